@@ -1,0 +1,20 @@
+"""pirecon: fine-tune Pi0 / Pi0.5 in plain PyTorch, with an optional reconstruction loss."""
+
+from pirecon.config import PolicyConfig
+
+__version__ = "0.1.0"
+
+__all__ = ["PolicyConfig", "Batch", "Pi0Policy", "load_policy", "save_policy", "__version__"]
+
+
+def __getattr__(name):  # imported lazily so `pirecon --help` does not pay for torch
+    if name == "Batch":
+        from pirecon.batch import Batch
+        return Batch
+    if name == "Pi0Policy":
+        from pirecon.model.pi0 import Pi0Policy
+        return Pi0Policy
+    if name in ("load_policy", "save_policy"):
+        from pirecon.model import weights
+        return getattr(weights, name)
+    raise AttributeError(f"module 'pirecon' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from pirecon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""The typed batch that flows from the data pipeline into the policy."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from pirecon.errors import InputError
+
+
+@dataclass
+class Batch:
+    """One model batch. Views follow `PolicyConfig.camera_names` order.
+
+    images:        (B, V, 3, H, W) float, values in [-1, 1]
+    image_masks:   (B, V) bool, False where a view is missing (its pixels are ignored)
+    tokens:        (B, L) long, prompt token ids, right-padded
+    token_masks:   (B, L) bool, True on real tokens
+    state:         (B, S) float, normalised and zero-padded to max_state_dim
+    actions:       (B, H, A) float, normalised and zero-padded to max_action_dim (training only)
+    action_is_pad: (B, H) bool, True on chunk steps past the episode end (training only)
+    action_dim:    number of real action dims (<= A); loss and outputs ignore the padding
+    extras:        optional per-sample tensors used by auxiliary heads (e.g. gaze boxes)
+    """
+
+    images: torch.Tensor
+    image_masks: torch.Tensor
+    tokens: torch.Tensor
+    token_masks: torch.Tensor
+    state: torch.Tensor
+    actions: torch.Tensor | None = None
+    action_is_pad: torch.Tensor | None = None
+    action_dim: int | None = None
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(x):
+            return x.to(device) if isinstance(x, torch.Tensor) else x
+        return dataclasses.replace(
+            self,
+            **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extras"},
+            extras={k: move(v) for k, v in self.extras.items()},
+        )
+
+    def validate(self, config) -> None:
+        """Check shapes against a PolicyConfig; raise InputError naming the field and expectation."""
+        b = self.images.shape[0] if self.images.dim() > 0 else 0
+        res = config.image_resolution
+        views = len(config.camera_names)
+        _expect(self.images, "images", (b, views, 3, res, res),
+                f"(batch, {views} views {list(config.camera_names)}, 3, {res}, {res})")
+        _expect(self.image_masks, "image_masks", (b, views), f"(batch, {views})")
+        if self.tokens.dim() != 2 or self.tokens.shape[0] != b:
+            raise InputError(f"batch.tokens has shape {tuple(self.tokens.shape)}; expected (batch={b}, length)")
+        _expect(self.token_masks, "token_masks", tuple(self.tokens.shape), "the shape of tokens")
+        if self.tokens.dtype not in (torch.int32, torch.int64):
+            raise InputError(f"batch.tokens has dtype {self.tokens.dtype}; expected an integer dtype")
+        if self.state.dim() != 2 or self.state.shape[0] != b or self.state.shape[1] > config.max_state_dim:
+            raise InputError(
+                f"batch.state has shape {tuple(self.state.shape)}; expected (batch={b}, <= max_state_dim="
+                f"{config.max_state_dim}); pad with zeros or raise --policy.max_state_dim")
+        if self.actions is not None:
+            if (self.actions.dim() != 3 or self.actions.shape[0] != b
+                    or self.actions.shape[1] != config.chunk_size or self.actions.shape[2] > config.max_action_dim):
+                raise InputError(
+                    f"batch.actions has shape {tuple(self.actions.shape)}; expected (batch={b}, chunk_size="
+                    f"{config.chunk_size}, <= max_action_dim={config.max_action_dim}); select dims or raise "
+                    f"--policy.max_action_dim")
+            if self.action_is_pad is not None:
+                _expect(self.action_is_pad, "action_is_pad", (b, config.chunk_size), f"(batch, {config.chunk_size})")
+        if self.action_dim is not None and not 0 < self.action_dim <= config.max_action_dim:
+            raise InputError(
+                f"batch.action_dim={self.action_dim}; expected 1..max_action_dim={config.max_action_dim}")
+
+
+def _expect(x: torch.Tensor, name: str, shape: tuple, text: str) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise InputError(f"batch.{name} has shape {tuple(x.shape)}; expected {text}")

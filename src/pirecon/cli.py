@@ -1,0 +1,49 @@
+"""`pirecon <command> [--flags]` — one entry point, one module per sub-command.
+
+Each command module exposes `run(argv: list[str]) -> int`. Modules are imported only when their
+command runs, so `pirecon --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from pirecon.errors import PireconError
+
+# name: (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "smoke": ("pirecon.smoke", "build tiny Pi0 and Pi0.5 models, take one optimiser step, sample actions"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: pirecon <command> [--flag=value ...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`pirecon <command> --help` shows a command's flags."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+        close = difflib.get_close_matches(name, list(COMMANDS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        print(f"pirecon: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.run(rest) or 0)
+    except PireconError as exc:
+        print(f"pirecon {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
