@@ -14,6 +14,9 @@ from pirecon.errors import PireconError
 # name: (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("pirecon.smoke", "build tiny Pi0 and Pi0.5 models, take one optimiser step, sample actions"),
+    "stats": ("pirecon.data.stats", "compute normalisation statistics of a LeRobot dataset (openpi norm_stats.json)"),
+    "doctor": ("pirecon.data.doctor", "check a LeRobot dataset folder and print a table of findings"),
+    "sim": ("pirecon.sim.cli", "built-in simulator: `pirecon sim record` writes expert demonstrations"),
 }
 
 
