@@ -82,3 +82,32 @@ class Batch:
 def _expect(x: torch.Tensor, name: str, shape: tuple, text: str) -> None:
     if tuple(x.shape) != tuple(shape):
         raise InputError(f"batch.{name} has shape {tuple(x.shape)}; expected {text}")
+
+
+def synthetic_batch(config, batch_size: int = 2, action_dim: int | None = None, seed: int = 0,
+                    missing_views: int = 0, text_lengths: list[int] | None = None) -> Batch:
+    """A random but well-formed batch for `config` (for smoke checks, tests and benchmarks).
+
+    The last `missing_views` views are masked out; `text_lengths` sets the number of real prompt
+    tokens per sample (default: 3/4 of the prompt length).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    res, views = config.image_resolution, len(config.camera_names)
+    length = config.max_token_len
+    action_dim = action_dim or config.max_action_dim
+    images = torch.rand(batch_size, views, 3, res, res, generator=gen) * 2 - 1
+    image_masks = torch.ones(batch_size, views, dtype=torch.bool)
+    if missing_views:
+        image_masks[:, views - missing_views:] = False
+        images[:, views - missing_views:] = -1.0
+    lengths = text_lengths or [max(1, length * 3 // 4)] * batch_size
+    token_masks = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
+    tokens = torch.randint(3, config.vlm.vocab_size, (batch_size, length), generator=gen) * token_masks
+    state = torch.zeros(batch_size, config.max_state_dim)
+    state[:, :min(action_dim, config.max_state_dim)] = torch.rand(batch_size, min(action_dim, config.max_state_dim),
+                                                                   generator=gen) * 2 - 1
+    actions = torch.zeros(batch_size, config.chunk_size, config.max_action_dim)
+    actions[..., :action_dim] = torch.rand(batch_size, config.chunk_size, action_dim, generator=gen) * 2 - 1
+    action_is_pad = torch.zeros(batch_size, config.chunk_size, dtype=torch.bool)
+    return Batch(images=images, image_masks=image_masks, tokens=tokens, token_masks=token_masks, state=state,
+                 actions=actions, action_is_pad=action_is_pad, action_dim=action_dim)

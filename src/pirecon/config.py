@@ -138,8 +138,12 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     for key, value in data.items():
         if key not in names:
             raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, names)}")
-        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+        kwargs[key] = _convert(value, hints[key], _join(where, key))
     return cls(**kwargs)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}{key}" if where.endswith("--") else f"{where}.{key}"
 
 
 def _suggest(name: str, choices) -> str:
@@ -255,7 +259,7 @@ def parse_flags(argv: list[str], cls: type, config_path_flag: bool = True) -> An
     data = base
     for name, value in overrides:
         _set_path(data, name, value, cls)
-    return from_dict(cls, data, where="flags")
+    return from_dict(cls, data, where="--")
 
 
 def _set_path(data: dict, dotted: str, value: str, cls: type) -> None:
@@ -267,7 +271,8 @@ def _set_path(data: dict, dotted: str, value: str, cls: type) -> None:
             prefix = ".".join(parts[:i])
             known = [f"{prefix}.{n}" if prefix else n for n in names]
             full = _all_flags(cls)
-            raise ConfigError(f"unknown flag --{dotted}{_suggest(dotted, full) or _suggest(part, known)}")
+            hint = _suggest(dotted, full) or _suggest(part, known)
+            raise ConfigError(f"unknown flag --{dotted}{hint.replace('mean ', 'mean --').replace(', ', ', --')}")
         tp = typing.get_type_hints(node_cls)[part]
         if i == len(parts) - 1:
             node[part] = value

@@ -1,0 +1,248 @@
+"""Pi0 and Pi0.5 policies: prefix/suffix embedding, flow-matching loss, sampling with a KV cache.
+
+Pi0:   suffix = 1 state token + H action tokens; the time embedding is mixed into each action
+       token by `action_time_mlp_{in,out}`.
+Pi0.5: suffix = H action tokens; the time embedding goes through `time_mlp_{in,out}` and
+       conditions every expert norm (adaRMS); the state is written into the prompt as text
+       (see `pirecon.data.transforms`), so there is no state token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pirecon.batch import Batch
+from pirecon.config import PolicyConfig
+from pirecon.model.backbone import Backbone, KVCache, make_attention_mask, position_ids
+from pirecon.model.gemma import AdaRMSNorm, RMSNorm
+from pirecon.model.siglip import FP32LayerNorm
+
+TIME_MIN_PERIOD = 4e-3
+TIME_MAX_PERIOD = 4.0
+
+
+def sinusoidal_time_embedding(t: torch.Tensor, dim: int,
+                              min_period: float = TIME_MIN_PERIOD, max_period: float = TIME_MAX_PERIOD) -> torch.Tensor:
+    """t: (B,) -> (B, dim) = cat(sin(2*pi*t/period), cos(2*pi*t/period)), periods log-spaced."""
+    if dim % 2:
+        raise ValueError(f"time embedding dim must be even, got {dim}")
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = (2 * math.pi / period)[None, :] * t.double()[:, None]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1).float()
+
+
+@dataclass
+class Prefix:
+    embs: torch.Tensor  # (B, Lp, Wvlm)
+    pad_masks: torch.Tensor  # (B, Lp) bool
+    block_starts: torch.Tensor  # (B, Lp) int
+    num_image_tokens: int  # V * tokens_per_image; image tokens come first
+
+
+@dataclass
+class Suffix:
+    embs: torch.Tensor  # (B, Ls, Wexp)
+    pad_masks: torch.Tensor  # (B, Ls) bool
+    block_starts: torch.Tensor  # (B, Ls) int
+    adarms_cond: torch.Tensor | None  # (B, Wexp) for Pi0.5
+
+
+class Pi0Policy(nn.Module):
+    """A Pi0 or Pi0.5 policy (`config.type`)."""
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config)
+        width = config.expert.width
+        self.action_in_proj = nn.Linear(config.max_action_dim, width)
+        self.action_out_proj = nn.Linear(width, config.max_action_dim)
+        if config.type == "pi0":
+            self.state_proj = nn.Linear(config.max_state_dim, width)
+            self.action_time_mlp_in = nn.Linear(2 * width, width)
+            self.action_time_mlp_out = nn.Linear(width, width)
+        else:
+            self.time_mlp_in = nn.Linear(width, width)
+            self.time_mlp_out = nn.Linear(width, width)
+        self._init_embeddings()
+        self.apply_dtype(config.torch_dtype)
+        self.apply_freeze()
+        self.backbone.set_gradient_checkpointing(config.gradient_checkpointing)
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _init_embeddings(self) -> None:
+        emb = self.backbone.vlm.embed_tokens
+        if emb.weight.device.type != "meta":
+            nn.init.normal_(emb.weight, std=1.0 / math.sqrt(emb.weight.shape[1]))
+
+    def float32_modules(self) -> list[nn.Module]:
+        """Modules the reference keeps in float32 under bf16: patch/position embeddings, norms,
+        and the projections around the action expert."""
+        keep = [self.backbone.vision.patch_embed, self.backbone.vision.pos_embed,
+                self.action_in_proj, self.action_out_proj]
+        keep += [getattr(self, name) for name in ("state_proj", "action_time_mlp_in", "action_time_mlp_out",
+                                                  "time_mlp_in", "time_mlp_out") if hasattr(self, name)]
+        keep += [m for m in self.modules() if isinstance(m, (RMSNorm, AdaRMSNorm, FP32LayerNorm))]
+        return keep
+
+    def apply_dtype(self, dtype: torch.dtype) -> "Pi0Policy":
+        """Cast the backbone's big matrices to `dtype`, keeping the float32 modules in float32."""
+        self.backbone.to(dtype)
+        for module in self.float32_modules():
+            module.float()
+        return self
+
+    def apply_freeze(self) -> None:
+        """`freeze_vision_encoder` freezes SigLIP; `train_expert_only` freezes the whole VLM side."""
+        if self.config.freeze_vision_encoder or self.config.train_expert_only:
+            self.backbone.vision.requires_grad_(False)
+        if self.config.train_expert_only:
+            self.backbone.projector.requires_grad_(False)
+            self.backbone.vlm.requires_grad_(False)
+
+    # -- embedding --------------------------------------------------------------------------------
+    def embed_prefix(self, batch: Batch) -> Prefix:
+        """Images (all views, image tokens first) followed by the language tokens."""
+        images = batch.images
+        b, v = images.shape[:2]
+        img = self.backbone.embed_images(images.flatten(0, 1))  # (B*V, N, W)
+        n = img.shape[1]
+        img = img.reshape(b, v * n, img.shape[-1])
+        img_pad = batch.image_masks.bool()[:, :, None].expand(b, v, n).reshape(b, v * n)
+        lang = self.backbone.vlm.embed(batch.tokens.long())
+        embs = torch.cat([img.to(lang.dtype), lang], dim=1)
+        pads = torch.cat([img_pad, batch.token_masks.bool()], dim=1)
+        starts = torch.zeros_like(pads, dtype=torch.long)  # the prefix attends bidirectionally
+        return Prefix(embs, pads, starts, v * n)
+
+    def embed_suffix(self, state: torch.Tensor, noisy_actions: torch.Tensor, time: torch.Tensor) -> Suffix:
+        """state: (B, S), noisy_actions: (B, H, A), time: (B,) -> suffix tokens."""
+        b, horizon, _ = noisy_actions.shape
+        width = self.config.expert.width
+        act = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))  # (B, H, W)
+        temb = sinusoidal_time_embedding(time, width).to(act.dtype)  # (B, W)
+        device = act.device
+        if self.config.type == "pi0":
+            state_tok = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None]  # (B, 1, W)
+            mixed = torch.cat([act, temb[:, None].expand(b, horizon, width)], dim=-1)
+            act = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(mixed)))
+            embs = torch.cat([state_tok, act], dim=1)
+            # The state token and the first action token each start a block.
+            starts = torch.tensor([1, 1] + [0] * (horizon - 1), device=device)
+            cond = None
+        else:
+            embs = act
+            starts = torch.tensor([1] + [0] * (horizon - 1), device=device)
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb))))
+        pads = torch.ones(b, embs.shape[1], dtype=torch.bool, device=device)
+        expert_dtype = self.backbone.expert.layers[0].q_proj.weight.dtype
+        return Suffix(embs.to(expert_dtype), pads, starts[None].expand(b, -1), cond)
+
+    # -- forward passes ----------------------------------------------------------------------------
+    def _pad_to(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        return F.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
+
+    def velocity_joint(self, prefix: Prefix, state: torch.Tensor, x_t: torch.Tensor, time: torch.Tensor):
+        """One joint pass (training): returns (v_t (B, H, A) float32, prefix_out (B, Lp, Wvlm))."""
+        suffix = self.embed_suffix(state, x_t, time)
+        pads = torch.cat([prefix.pad_masks, suffix.pad_masks], dim=1)
+        starts = torch.cat([prefix.block_starts, suffix.block_starts], dim=1)
+        mask = make_attention_mask(pads, starts)
+        prefix_out, suffix_out, _ = self.backbone(prefix.embs, suffix.embs, mask, position_ids(pads),
+                                                  adarms_cond=suffix.adarms_cond)
+        horizon = x_t.shape[1]
+        v_t = self.action_out_proj(suffix_out[:, -horizon:].to(self.action_out_proj.weight.dtype))
+        return v_t.float(), prefix_out
+
+    def prefix_cache(self, prefix: Prefix) -> KVCache:
+        """Run the prefix alone and return its per-layer K/V."""
+        mask = make_attention_mask(prefix.pad_masks, prefix.block_starts)
+        _, _, kv = self.backbone(prefix.embs, None, mask, position_ids(prefix.pad_masks), return_kv=True)
+        return kv
+
+    def velocity_cached(self, prefix: Prefix, kv: KVCache, state: torch.Tensor, x_t: torch.Tensor,
+                        time: torch.Tensor) -> torch.Tensor:
+        """The suffix against a cached prefix: returns v_t (B, H, A) float32."""
+        suffix = self.embed_suffix(state, x_t, time)
+        b, ls = suffix.pad_masks.shape
+        to_prefix = prefix.pad_masks[:, None, :].expand(b, ls, prefix.pad_masks.shape[1])
+        mask = torch.cat([to_prefix, make_attention_mask(suffix.pad_masks, suffix.block_starts)], dim=2)
+        # Suffix positions continue after the number of valid prefix tokens.
+        positions = prefix.pad_masks.long().sum(-1, keepdim=True) + position_ids(suffix.pad_masks)
+        _, suffix_out, _ = self.backbone(None, suffix.embs, mask, positions, past_kv=kv,
+                                         adarms_cond=suffix.adarms_cond)
+        horizon = x_t.shape[1]
+        return self.action_out_proj(suffix_out[:, -horizon:].to(self.action_out_proj.weight.dtype)).float()
+
+    # -- public API --------------------------------------------------------------------------------
+    def sample_time(self, batch_size: int, device) -> torch.Tensor:
+        """t = Beta(1.5, 1.0) * 0.999 + 0.001, (B,)."""
+        beta = torch.distributions.Beta(torch.tensor(self.config.time_beta_alpha),
+                                        torch.tensor(self.config.time_beta_beta))
+        return (beta.sample((batch_size,)) * 0.999 + 0.001).to(device)
+
+    def compute_loss(self, batch: Batch, noise: torch.Tensor | None = None,
+                     time: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Flow-matching loss averaged over the real action dims and the non-padded chunk steps.
+
+        Returns {"loss", "action_loss"} (scalars) and "prefix_out" (B, Lp, Wvlm), the VLM's
+        normed last-layer states, which auxiliary heads reuse (no second backbone pass).
+        """
+        cfg = self.config
+        batch.validate(cfg)
+        if batch.actions is None:
+            raise ValueError("compute_loss needs batch.actions")
+        real_dim = batch.action_dim or batch.actions.shape[-1]
+        actions = self._pad_to(batch.actions.float(), cfg.max_action_dim)
+        state = self._pad_to(batch.state.float(), cfg.max_state_dim)
+        b = actions.shape[0]
+        if noise is None:
+            noise = torch.randn_like(actions)
+        if time is None:
+            time = self.sample_time(b, actions.device)
+        t = time[:, None, None]
+        x_t = t * noise + (1 - t) * actions
+        u_t = noise - actions
+        prefix = self.embed_prefix(batch)
+        v_t, prefix_out = self.velocity_joint(prefix, state, x_t, time)
+        losses = (u_t - v_t) ** 2  # (B, H, A)
+        keep = torch.zeros_like(losses, dtype=torch.bool)
+        keep[..., :real_dim] = True
+        if batch.action_is_pad is not None:
+            keep &= ~batch.action_is_pad.bool()[:, :, None]
+        action_loss = (losses * keep).sum() / keep.sum().clamp(min=1)
+        return {"loss": action_loss, "action_loss": action_loss, "prefix_out": prefix_out,
+                "num_image_tokens": prefix.num_image_tokens}
+
+    @torch.no_grad()
+    def sample_actions(self, batch: Batch, noise: torch.Tensor | None = None, num_steps: int | None = None,
+                       use_cache: bool = True) -> torch.Tensor:
+        """Euler integration of the learned velocity from t=1 (noise) to t=0.
+
+        Returns (B, chunk_size, action_dim) float32, normalised, cut to `batch.action_dim`.
+        `use_cache=False` recomputes the prefix at every step (for testing the cache).
+        """
+        cfg = self.config
+        batch.validate(cfg)
+        steps = num_steps or cfg.num_inference_steps
+        b = batch.batch_size
+        device = batch.images.device
+        state = self._pad_to(batch.state.float(), cfg.max_state_dim)
+        x = noise.float() if noise is not None else torch.randn(b, cfg.chunk_size, cfg.max_action_dim, device=device)
+        prefix = self.embed_prefix(batch)
+        kv = self.prefix_cache(prefix) if use_cache else None
+        dt = -1.0 / steps
+        for step in range(steps):
+            time = torch.full((b,), 1.0 + step * dt, device=device)
+            if use_cache:
+                v = self.velocity_cached(prefix, kv, state, x, time)
+            else:
+                v, _ = self.velocity_joint(prefix, state, x, time)
+            x = x + dt * v
+        return x[..., :batch.action_dim or cfg.max_action_dim]

@@ -1,0 +1,288 @@
+"""Checkpoint I/O — the ONE place that knows foreign checkpoint key names.
+
+Layouts read from a local folder:
+- pirecon: `config.json` {"format": "pirecon", "policy": {...}} + `model.safetensors` (our keys);
+- openpi PyTorch: `config.json` {action_dim, action_horizon, paligemma_variant,
+  action_expert_variant, precision} + `model.safetensors` under `paligemma_with_expert.*` keys;
+- LeRobot: `config.json` {"type": "pi0"|"pi05", ...} + `model.safetensors` with the openpi keys
+  under a `model.` prefix.
+
+The model is built on the `meta` device and materialised from the checkpoint tensors, so a
+full-size checkpoint is ready in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pirecon.config import PolicyConfig, from_dict, to_dict
+from pirecon.errors import CheckpointError
+from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.variants import GEMMA_VARIANTS, VISION_VARIANTS
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_NAME = "pirecon"
+
+# ---------------------------------------------------------------------------------------------
+# Key names: ours <-> openpi (LeRobot = "model." + openpi)
+
+_PALI = "paligemma_with_expert.paligemma.model."
+_EXPERT = "paligemma_with_expert.gemma_expert.model."
+
+_VISION_RULES = [
+    (r"^patch_embed\.", "embeddings.patch_embedding."),
+    (r"^pos_embed\.", "embeddings.position_embedding."),
+    (r"^post_norm\.", "post_layernorm."),
+    (r"^layers\.(\d+)\.([qkv])_proj\.", r"encoder.layers.\1.self_attn.\2_proj."),
+    (r"^layers\.(\d+)\.o_proj\.", r"encoder.layers.\1.self_attn.out_proj."),
+    (r"^layers\.(\d+)\.(fc[12])\.", r"encoder.layers.\1.mlp.\2."),
+    (r"^layers\.(\d+)\.(layer_norm[12])\.", r"encoder.layers.\1.\2."),
+]
+_GEMMA_RULES = [
+    (r"^layers\.(\d+)\.([qkvo])_proj\.", r"layers.\1.self_attn.\2_proj."),
+    (r"^layers\.(\d+)\.input_norm\.", r"layers.\1.input_layernorm."),
+    (r"^layers\.(\d+)\.post_attn_norm\.", r"layers.\1.post_attention_layernorm."),
+    (r"^layers\.(\d+)\.mlp\.", r"layers.\1.mlp."),
+    (r"^embed_tokens\.", "embed_tokens."),
+    (r"^norm\.", "norm."),
+]
+_FAMILIES = [
+    ("backbone.vision.", _PALI + "vision_tower.vision_model.", _VISION_RULES),
+    ("backbone.projector.", _PALI + "multi_modal_projector.linear.", [(r"^", "")]),
+    ("backbone.vlm.", _PALI + "language_model.", _GEMMA_RULES),
+    ("backbone.expert.", _EXPERT, _GEMMA_RULES),
+]
+_HEAD_KEYS = re.compile(r"^(action_in_proj|action_out_proj|state_proj|action_time_mlp_in|action_time_mlp_out|"
+                        r"time_mlp_in|time_mlp_out)\.")
+
+# Keys older transformers versions used inside openpi/LeRobot checkpoints.
+_ALIASES = [
+    ("paligemma_with_expert.paligemma.language_model.model.", _PALI + "language_model."),
+    ("paligemma_with_expert.paligemma.language_model.", _PALI + "language_model."),
+    ("paligemma_with_expert.paligemma.vision_tower.", _PALI + "vision_tower."),
+    ("paligemma_with_expert.paligemma.multi_modal_projector.", _PALI + "multi_modal_projector."),
+]
+# Present in released checkpoints, unused by the policy.
+_UNUSED = {
+    "paligemma_with_expert.gemma_expert.lm_head.weight": "the action expert's lm_head is never used",
+    "paligemma_with_expert.gemma_expert.model.embed_tokens.weight": "the action expert takes no tokens",
+}
+_TIED_LM_HEAD = "paligemma_with_expert.paligemma.lm_head.weight"
+
+
+def openpi_key(our_key: str) -> str:
+    """Our state-dict key -> the openpi PyTorch checkpoint key."""
+    if _HEAD_KEYS.match(our_key):
+        return our_key
+    for ours, theirs, rules in _FAMILIES:
+        if our_key.startswith(ours):
+            rest = our_key[len(ours):]
+            for pattern, repl in rules:
+                new, count = re.subn(pattern, repl, rest, count=1)
+                if count:
+                    return theirs + new
+    raise KeyError(f"no openpi name for {our_key!r}")
+
+
+def _canonical_openpi(key: str) -> str:
+    for old, new in _ALIASES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# Save / load
+
+
+def save_policy(policy: Pi0Policy, path: str | Path, extra_config: dict | None = None) -> Path:
+    """Write `config.json` + `model.safetensors` (our key names, tensors as they are)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+    config = {"format": FORMAT_NAME, "policy": to_dict(policy.config), **(extra_config or {})}
+    (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def load_policy(path_or_config: str | Path | PolicyConfig, dtype: str | None = None,
+                device: str | torch.device = "cpu", **overrides) -> Pi0Policy:
+    """A policy from a PolicyConfig (random weights) or from a local checkpoint folder.
+
+    `dtype` ("float32" | "bfloat16") overrides the stored precision; other keyword arguments
+    override PolicyConfig fields that do not change weight shapes (e.g. num_inference_steps).
+    """
+    if isinstance(path_or_config, PolicyConfig):
+        config = dataclasses.replace(path_or_config, **overrides)
+        if dtype:
+            config = dataclasses.replace(config, dtype=dtype)
+        return Pi0Policy(config).to(device)
+    folder = Path(path_or_config)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found (expected a folder with {WEIGHTS_FILE} "
+                              f"and {CONFIG_FILE})")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        found = sorted(p.name for p in folder.iterdir())[:10]
+        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE} (found {found or 'nothing'}); expected a pirecon, "
+                              f"openpi or LeRobot checkpoint folder")
+    config_json = _read_config(folder)
+    with safe_open(str(weights), framework="pt") as f:
+        keys = list(f.keys())
+        metadata = f.metadata() or {}
+    layout = _detect_layout(config_json, keys, metadata)
+    if layout == FORMAT_NAME:
+        config = from_dict(PolicyConfig, config_json["policy"], where=f"{folder / CONFIG_FILE}:policy")
+        mapping = {k: k for k in keys}
+    else:
+        prefix = "model." if layout == "lerobot" else ""
+        config = _config_from_foreign(config_json, weights, keys, prefix, layout, folder)
+        mapping = {_canonical_openpi(k[len(prefix):]) if k.startswith(prefix) else k: k for k in keys}
+    config = dataclasses.replace(config, **overrides)
+    if dtype:
+        config = dataclasses.replace(config, dtype=dtype)
+    # Our own checkpoints keep their tensors bit for bit unless a dtype is asked for.
+    convert = layout != FORMAT_NAME or dtype is not None
+    return _materialise(config, weights, mapping, layout, device, convert)
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {CONFIG_FILE}; expected the config written beside {WEIGHTS_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _detect_layout(config_json: dict, keys: list[str], metadata: dict) -> str:
+    if config_json.get("format") == FORMAT_NAME or metadata.get("format") == FORMAT_NAME:
+        return FORMAT_NAME
+    if any(k.startswith("model.paligemma_with_expert.") for k in keys):
+        return "lerobot"
+    if any(k.startswith("paligemma_with_expert.") for k in keys):
+        return "openpi"
+    raise CheckpointError(f"cannot tell the checkpoint layout: keys such as {keys[:3]} are neither pirecon, openpi "
+                          f"(paligemma_with_expert.*) nor LeRobot (model.paligemma_with_expert.*)")
+
+
+def _config_from_foreign(cfg: dict, weights: Path, keys: list[str], prefix: str, layout: str,
+                         folder: Path) -> PolicyConfig:
+    """Derive a PolicyConfig from an openpi / LeRobot config.json and the tensor shapes."""
+    with safe_open(str(weights), framework="pt") as f:
+        def shape(key: str) -> list[int]:
+            for candidate in (prefix + key, *[prefix + old + key[len(new):] for old, new in _ALIASES
+                                              if key.startswith(new)]):
+                if candidate in keys:
+                    return list(f.get_slice(candidate).get_shape())
+            raise CheckpointError(f"{weights}: missing tensor {prefix + key}")
+        is_pi05 = any(k.endswith("time_mlp_in.weight") and "action_time" not in k for k in keys)
+        typ = cfg.get("type") or ("pi05" if cfg.get("pi05", is_pi05) else "pi0")
+        pos = shape(_PALI + "vision_tower.vision_model.embeddings.position_embedding.weight")
+        patch = shape(_PALI + "vision_tower.vision_model.embeddings.patch_embedding.weight")
+        vision_variant = _match_vision(patch[0], patch[-1], folder)
+        grid = round(pos[0] ** 0.5)
+        action_in = shape("action_in_proj.weight")  # (width, action_dim)
+        max_action_dim = action_in[1]
+        max_state_dim = shape("state_proj.weight")[1] if typ == "pi0" else max_action_dim
+    fields = {
+        "type": typ,
+        "vision_variant": vision_variant,
+        "paligemma_variant": cfg.get("paligemma_variant", "gemma_2b"),
+        "action_expert_variant": cfg.get("action_expert_variant", "gemma_300m"),
+        "chunk_size": cfg.get("chunk_size", cfg.get("action_horizon", 50)),
+        "max_action_dim": cfg.get("max_action_dim", max_action_dim),
+        "max_state_dim": cfg.get("max_state_dim", max_state_dim),
+        "image_resolution": grid * patch[-1],
+    }
+    for name in ("n_action_steps", "num_inference_steps", "tokenizer_max_length"):
+        if cfg.get(name) is not None:
+            fields[name] = cfg[name]
+    fields.setdefault("n_action_steps", fields["chunk_size"])
+    fields["n_action_steps"] = min(fields["n_action_steps"], fields["chunk_size"])
+    precision = cfg.get("precision") or cfg.get("dtype")
+    if precision in ("float32", "bfloat16"):
+        fields["dtype"] = precision
+    if cfg.get("image_resolution") is not None and layout == "lerobot":
+        res = cfg["image_resolution"]
+        res = res[0] if isinstance(res, (list, tuple)) else res
+        if res != fields["image_resolution"]:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: image_resolution {res} disagrees with the position "
+                                  f"embeddings ({fields['image_resolution']})")
+    for name in ("paligemma_variant", "action_expert_variant"):
+        if fields[name] not in GEMMA_VARIANTS:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: {name}={fields[name]!r} is not a known variant "
+                                  f"({sorted(GEMMA_VARIANTS)})")
+    return PolicyConfig(**fields)
+
+
+def _match_vision(width: int, patch: int, folder: Path) -> str:
+    for name, spec in VISION_VARIANTS.items():
+        if spec.width == width and spec.patch_size == patch:
+            return name
+    raise CheckpointError(f"{folder}: vision tower width {width} / patch {patch} matches no known variant")
+
+
+def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], layout: str,
+                 device, convert: bool) -> Pi0Policy:
+    """Build on `meta`, then assign the checkpoint tensors. Strict about missing/unexpected keys."""
+    with torch.device("meta"):
+        policy = Pi0Policy(config)
+    ours = list(policy.state_dict().keys())
+    to_file = {k: k for k in ours} if layout == FORMAT_NAME else {k: openpi_key(k) for k in ours}
+    file_keys = set(mapping)  # canonical names -> names in the file
+    missing = [k for k, name in to_file.items() if name not in file_keys]
+    # Tied embeddings: a checkpoint may store lm_head in place of embed_tokens.
+    embed = "backbone.vlm.embed_tokens.weight"
+    if embed in missing and layout != FORMAT_NAME and _TIED_LM_HEAD in file_keys:
+        to_file[embed] = _TIED_LM_HEAD
+        missing.remove(embed)
+        log.info("using %s for the tied token embeddings", _TIED_LM_HEAD)
+    used = set(to_file.values())
+    unexpected = []
+    for name in sorted(file_keys - used):
+        reason = _UNUSED.get(name) or ("tied to embed_tokens" if name == _TIED_LM_HEAD else None)
+        if reason and layout != FORMAT_NAME:
+            log.info("dropping %s (%s)", mapping[name], reason)
+        else:
+            unexpected.append(mapping[name])
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {[to_file[k] for k in missing][:20]}"
+                         + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else ""))
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected[:20]}"
+                         + (f" (+{len(unexpected) - 20} more)" if len(unexpected) > 20 else ""))
+        raise CheckpointError(f"{weights} ({layout} layout) does not match a {config.type} model with "
+                              f"{config.paligemma_variant}/{config.action_expert_variant}: " + "; ".join(parts))
+    state: dict[str, torch.Tensor] = {}
+    expected_shapes = {k: v.shape for k, v in policy.state_dict().items()}
+    with safe_open(str(weights), framework="pt", device=str(device)) as f:
+        for key in ours:
+            tensor = f.get_tensor(mapping[to_file[key]])
+            if tuple(tensor.shape) != tuple(expected_shapes[key]):
+                raise CheckpointError(f"{weights}: {mapping[to_file[key]]} has shape {tuple(tensor.shape)}; the "
+                                      f"model expects {tuple(expected_shapes[key])}")
+            state[key] = tensor
+    policy.load_state_dict(state, strict=True, assign=True)
+    if convert:
+        policy.apply_dtype(config.torch_dtype)
+    policy.apply_freeze()
+    return policy.to(device)
