@@ -1,0 +1,118 @@
+"""Tokenizers from local files: Gemma's SentencePiece model, tiny trained models, HF folders."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from pirecon.data.tokenizer import (
+    HFJsonTokenizer,
+    SentencePieceTokenizer,
+    check_vocab,
+    load_tokenizer,
+    pad_tokens,
+    train_tiny_tokenizer,
+)
+from pirecon.errors import ConfigError
+
+TEXTS = ["pick up the red block", "put the bowl on the plate", "open the top drawer",
+         "Task: stack the cubes, State: 12 128 255;\nAction: "]
+
+
+def test_gemma_model_ids_and_round_trip(gemma_tokenizer_path):
+    tok = load_tokenizer(gemma_tokenizer_path)
+    assert isinstance(tok, SentencePieceTokenizer)
+    assert (tok.vocab_size, tok.pad_id, tok.eos_id, tok.bos_id) == (256000, 0, 1, 2)
+    ids = tok.encode("pick up the red block")
+    assert ids == [2, 18075, 908, 573, 3118, 3963]
+    assert tok.encode("pick up the red block", add_bos=False) == ids[1:]
+    assert tok.encode("\n", add_bos=False) == [108]
+    assert tok.decode(ids) == "pick up the red block"
+    text = "Task: pick, State: 0 128 255;\nAction: "
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_hf_folder_with_tokenizer_model(gemma_tokenizer_path, tmp_path):
+    folder = tmp_path / "paligemma"
+    folder.mkdir()
+    shutil.copy(gemma_tokenizer_path, folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text("{}")
+    tok = load_tokenizer(folder)
+    assert isinstance(tok, SentencePieceTokenizer)
+    assert tok.encode("pick up the red block") == [2, 18075, 908, 573, 3118, 3963]
+
+
+def test_tiny_tokenizer_is_deterministic_and_gemma_like(tmp_path):
+    a = train_tiny_tokenizer(TEXTS, tmp_path / "a" / "tiny.model", vocab_size=128)
+    b = train_tiny_tokenizer(TEXTS, tmp_path / "b.model", vocab_size=128)
+    assert a.read_bytes() == b.read_bytes()
+    tok = load_tokenizer(a)
+    assert (tok.pad_id, tok.eos_id, tok.bos_id) == (0, 1, 2)
+    assert tok.vocab_size <= 128
+    # Any ASCII prompt, including unseen digits and words, encodes without <unk> (id 3).
+    text = "Task: grab the zebra_toy 9, State: 0 7 255;\nAction: "
+    ids = tok.encode(text)
+    assert ids[0] == 2 and 3 not in ids
+    assert tok.decode(ids) == text
+    assert tok.encode("\n", add_bos=False) == [tok.encode("\n", add_bos=False)[0]]  # one token
+    with pytest.raises(ConfigError, match="vocab_size=8 is too small"):
+        train_tiny_tokenizer(TEXTS, tmp_path / "c.model", vocab_size=8)
+
+
+def test_hf_folder_with_only_tokenizer_json(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "pick": 4, "up": 5, "the": 6, "block": 7}
+    hf = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    hf.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<bos>", "eos_token": {"content": "<eos>"}, "pad_token": "<pad>"}))
+    tok = load_tokenizer(folder)
+    assert isinstance(tok, HFJsonTokenizer)
+    assert (tok.vocab_size, tok.pad_id, tok.eos_id, tok.bos_id) == (8, 0, 1, 2)
+    assert tok.encode("pick up the block") == [2, 4, 5, 6, 7]
+    assert tok.encode("pick up", add_bos=False) == [4, 5]
+    assert pickle.loads(pickle.dumps(tok)).encode("the block") == [2, 6, 7]
+
+
+def test_missing_paths_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match=r"--policy.tokenizer_path=.*nowhere.*no such file"):
+        load_tokenizer(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"neither tokenizer.model nor tokenizer.json.*config.json"):
+        load_tokenizer(tmp_path / "empty")
+    junk = tmp_path / "junk.model"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="not a SentencePiece model"):
+        load_tokenizer(junk)
+
+
+def test_pad_tokens_and_truncation_warning():
+    tokens, mask = pad_tokens([2, 5, 6], 6)
+    assert tokens.tolist() == [2, 5, 6, 0, 0, 0] and tokens.dtype == torch.long
+    assert mask.tolist() == [True, True, True, False, False, False]
+    with pytest.warns(UserWarning, match=r"prompt has 9 tokens.*max_token_len of 4"):
+        tokens, mask = pad_tokens(list(range(9)), 4)
+    assert tokens.tolist() == [0, 1, 2, 3] and mask.all()
+
+
+def test_vocab_larger_than_model_is_a_config_error(gemma_tokenizer_path):
+    tok = load_tokenizer(gemma_tokenizer_path)
+    check_vocab(tok, 257152)
+    with pytest.raises(ConfigError, match=r"--policy.tokenizer_path=.*256000 tokens.*only 1024"):
+        check_vocab(tok, 1024)
+
+
+def test_sentencepiece_tokenizer_pickles(tmp_path):
+    tok = load_tokenizer(train_tiny_tokenizer(TEXTS, tmp_path / "t.model", vocab_size=100))
+    again = pickle.loads(pickle.dumps(tok))
+    assert again.encode("open the drawer") == tok.encode("open the drawer")
