@@ -38,3 +38,18 @@ def gemma_tokenizer_path(shared_dir) -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def sim_dataset(tmp_path_factory) -> Path:
+    """A small LeRobot v3.0 dataset of expert demos from the built-in simulator (32x32 cameras)."""
+    from pirecon.sim import record_dataset
+    return record_dataset(tmp_path_factory.mktemp("sim") / "data", episodes=4, seed=0, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def sim_tokenizer(tmp_path_factory) -> Path:
+    """A tiny SentencePiece model over the simulator's prompts (fits the tiny variant's vocabulary)."""
+    from pirecon.data.tokenizer import train_tiny_tokenizer
+    from pirecon.sim import SimEnv
+    return train_tiny_tokenizer(SimEnv().all_tasks(), tmp_path_factory.mktemp("tok") / "tok.model")

@@ -13,9 +13,12 @@ from pirecon.errors import PireconError
 
 # name: (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pirecon.demo", "record simulator demos, fine-tune a tiny Pi0 with LoRA, evaluate it closed-loop"),
     "smoke": ("pirecon.smoke", "build tiny Pi0 and Pi0.5 models, take one optimiser step, sample actions"),
     "stats": ("pirecon.data.stats", "compute normalisation statistics of a LeRobot dataset (openpi norm_stats.json)"),
     "doctor": ("pirecon.data.doctor", "check a LeRobot dataset folder and print a table of findings"),
+    "train": ("pirecon.train.command", "fine-tune Pi0 / Pi0.5 on a LeRobot dataset (LoRA or full, one or many processes)"),
+    "export": ("pirecon.train.export", "write a stand-alone checkpoint (LoRA merged, EMA weights if asked)"),
     "sim": ("pirecon.sim.cli", "built-in simulator: `pirecon sim record` writes expert demonstrations"),
 }
 

@@ -44,9 +44,14 @@ class PolicyConfig:
     train_expert_only: bool = False
     gradient_checkpointing: bool = False
     compile_model: bool = False
-    # Flow-matching time distribution t = Beta(a, b) * scale + offset (REFERENCE.md §1).
+    # Flow-matching time distribution t = Beta(a, b) * 0.999 + 0.001 (REFERENCE.md §1).
     time_beta_alpha: float = 1.5
     time_beta_beta: float = 1.0
+    # Where weights, tokenizer and statistics come from; none of these change the model's shape.
+    pretrained_path: str | None = None  # a pirecon, openpi or LeRobot folder (None: random init)
+    tokenizer_path: str | None = None  # SentencePiece .model file or a Hugging Face tokenizer folder
+    use_peft: bool = False  # LoRA adapters through PEFT (see --peft.*)
+    normalization_mode: str | None = None  # "mean_std" | "quantile"; None: mean_std for pi0, quantile for pi05
 
     def __post_init__(self) -> None:
         if self.type not in ("pi0", "pi05"):
@@ -83,6 +88,8 @@ class PolicyConfig:
             raise ConfigError(f"--policy.n_action_steps={self.n_action_steps}: expected <= chunk_size ({self.chunk_size})")
         if not self.camera_names:
             raise ConfigError("--policy.camera_names: expected at least one camera name")
+        if self.normalization_mode not in (None, "mean_std", "quantile"):
+            raise ConfigError(f"--policy.normalization_mode={self.normalization_mode!r}: expected mean_std or quantile")
 
     # Derived sizes -----------------------------------------------------------------------------
     @property
@@ -238,13 +245,14 @@ def _parse_list(text: str, where: str) -> list:
 # Command-line flags
 
 
-def parse_flags(argv: list[str], cls: type, config_path_flag: bool = True) -> Any:
+def parse_flags(argv: list[str], cls: type, config_path_flag: bool = True, base: dict | None = None) -> Any:
     """Parse `--a.b=value` flags into dataclass `cls`.
 
-    `--config_path=FILE` (a JSON file written by pirecon, e.g. a checkpoint's config) is loaded
-    first and the other flags override it. A bare `--flag` means `--flag=true`.
+    Values come from `base` (a dict such as a saved config), then `--config_path=FILE` (a JSON
+    file written by pirecon), then the other flags. A bare `--flag` means `--flag=true`.
     """
-    base: dict = {}
+    import copy
+    base = copy.deepcopy(base) if base else {}
     overrides: list[tuple[str, str]] = []
     for arg in argv:
         if not arg.startswith("--"):

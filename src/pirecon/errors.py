@@ -23,3 +23,7 @@ class InputError(PireconError, ValueError):
 
 class DatasetError(PireconError):
     """A dataset folder is missing files or holds data that cannot be read."""
+
+
+class TrainingError(PireconError):
+    """Training cannot go on (e.g. a NaN loss); the message names the step and the samples."""

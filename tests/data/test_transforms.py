@@ -238,7 +238,8 @@ def test_collate_makes_a_valid_batch_with_extras(tiny_tok):
     batch.validate(cfg)
     assert batch.images.shape == (3, 3, 3, RES, RES) and batch.tokens.shape == (3, cfg.max_token_len)
     assert batch.action_dim == 4 and batch.action_is_pad.shape == (3, CHUNK)
-    assert set(batch.extras) == {"observation.gaze_bbox"} and batch.extras["observation.gaze_bbox"].shape == (3, 4)
+    assert set(batch.extras) == {"observation.gaze_bbox", "index", "episode_index"}
+    assert batch.extras["observation.gaze_bbox"].shape == (3, 4) and batch.extras["index"].shape == (3,)
     assert batch.tokens.max() < cfg.vlm.vocab_size
 
 

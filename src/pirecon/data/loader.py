@@ -41,18 +41,23 @@ class _Processed(Dataset):
 class _EpochBatchSampler:
     """Index batches of one epoch, starting at batch `start`; `epoch` and `start` are set before use."""
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int):
-        self.size, self.batch_size = size, batch_size
+    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.dataset_size, self.batch_size = size, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.rank, self.world_size = rank, world_size
+        self.size = size // world_size  # samples per rank per epoch (equal on every rank)
         self.epoch = 0
         self.start = 0
 
     def order(self, epoch: int) -> list[int]:
-        """The sample order of `epoch`."""
+        """This rank's sample order in `epoch`: every `world_size`-th index of the epoch's permutation."""
         if not self.shuffle:
-            return list(range(self.size))
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.size, generator=generator).tolist()
+            order = list(range(self.dataset_size))
+        else:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.dataset_size, generator=generator).tolist()
+        return order[self.rank::self.world_size][:self.size]
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -80,15 +85,15 @@ class ResumableLoader:
     """
 
     def __init__(self, dataset, preprocessor, batch_size: int, num_workers: int = 0, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True):
+                 shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1):
         if batch_size <= 0:
             raise DatasetError(f"--batch_size={batch_size}: expected a positive integer")
         size = len(dataset)
-        self._sampler = _EpochBatchSampler(size, batch_size, shuffle, drop_last, seed)
+        self._sampler = _EpochBatchSampler(size, batch_size, shuffle, drop_last, seed, rank, world_size)
         if len(self._sampler) == 0:
             raise DatasetError(
-                f"the dataset has {size} samples, fewer than --batch_size={batch_size}, so an epoch has no "
-                f"full batch; lower the batch size")
+                f"the dataset has {size} samples, fewer than --batch_size={batch_size} x {world_size} "
+                f"process(es), so an epoch has no full batch; lower the batch size")
         self.dataset = dataset
         self.preprocessor = preprocessor
         self.batch_size = batch_size
@@ -143,8 +148,12 @@ class ResumableLoader:
 
 
 def make_dataloader(dataset, preprocessor, batch_size: int, num_workers: int = 0, seed: int = 0,
-                    shuffle: bool = True, drop_last: bool = True) -> ResumableLoader:
+                    shuffle: bool = True, drop_last: bool = True, rank: int = 0,
+                    world_size: int = 1) -> ResumableLoader:
     """A resumable loader over a map-style `dataset` (picklable when num_workers > 0) that applies
-    `preprocessor` per sample in the workers and `preprocessor.collate` per batch."""
+    `preprocessor` per sample in the workers and `preprocessor.collate` per batch.
+
+    With several processes, each `rank` takes every `world_size`-th sample of the shared epoch
+    permutation, so ranks see disjoint samples and the same number of batches."""
     return ResumableLoader(dataset, preprocessor, batch_size, num_workers=num_workers, seed=seed,
-                           shuffle=shuffle, drop_last=drop_last)
+                           shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size)

@@ -40,8 +40,9 @@ ACTION_KEY = "action"
 CAMERA_FLAG = "--dataset.camera_map"
 STATE_BINS = 256
 # Raw keys that are consumed or are bookkeeping; they never reach Batch.extras.
-_NOT_EXTRAS = {STATE_KEY, ACTION_KEY, "action_is_pad", "task", "prompt", "timestamp", "frame_index",
-               "episode_index", "index", "task_index"}
+# Sample keys that do not travel in Batch.extras (`index` and `episode_index` do: the trainer names
+# them when a loss turns NaN).
+_NOT_EXTRAS = {STATE_KEY, ACTION_KEY, "action_is_pad", "task", "prompt", "timestamp", "frame_index", "task_index"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -220,6 +220,11 @@ class Pi0Policy(nn.Module):
         return {"loss": action_loss, "action_loss": action_loss, "prefix_out": prefix_out,
                 "num_image_tokens": prefix.num_image_tokens}
 
+    def forward(self, batch: Batch, noise: torch.Tensor | None = None,
+                time: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training forward = `compute_loss` (so DDP / PEFT / torch.compile wrappers see it)."""
+        return self.compute_loss(batch, noise=noise, time=time)
+
     @torch.no_grad()
     def sample_actions(self, batch: Batch, noise: torch.Tensor | None = None, num_steps: int | None = None,
                        use_cache: bool = True) -> torch.Tensor:

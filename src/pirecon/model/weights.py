@@ -130,6 +130,26 @@ def load_policy(path_or_config: str | Path | PolicyConfig, dtype: str | None = N
             config = dataclasses.replace(config, dtype=dtype)
         return Pi0Policy(config).to(device)
     folder = Path(path_or_config)
+    if (folder / "adapter").is_dir() and (folder / CONFIG_FILE).is_file():
+        # A LoRA training checkpoint: base + adapter, merged for inference.
+        from pirecon.train.checkpoint import load_checkpoint_model
+        return load_checkpoint_model(folder, merge_lora=True, dtype=dtype).to(device)
+    config, weights, mapping, layout = _inspect(folder)
+    config = dataclasses.replace(config, **overrides)
+    if dtype:
+        config = dataclasses.replace(config, dtype=dtype)
+    # Our own checkpoints keep their tensors bit for bit unless a dtype is asked for.
+    convert = layout != FORMAT_NAME or dtype is not None
+    return _materialise(config, weights, mapping, layout, device, convert)
+
+
+def peek_config(folder: str | Path) -> PolicyConfig:
+    """The PolicyConfig of a checkpoint folder, without reading any weights."""
+    return _inspect(Path(folder))[0]
+
+
+def _inspect(folder: Path) -> tuple[PolicyConfig, Path, dict[str, str], str]:
+    """(config, weights file, canonical key -> key in file, layout) of a checkpoint folder."""
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: checkpoint folder not found (expected a folder with {WEIGHTS_FILE} "
                               f"and {CONFIG_FILE})")
@@ -150,12 +170,7 @@ def load_policy(path_or_config: str | Path | PolicyConfig, dtype: str | None = N
         prefix = "model." if layout == "lerobot" else ""
         config = _config_from_foreign(config_json, weights, keys, prefix, layout, folder)
         mapping = {_canonical_openpi(k[len(prefix):]) if k.startswith(prefix) else k: k for k in keys}
-    config = dataclasses.replace(config, **overrides)
-    if dtype:
-        config = dataclasses.replace(config, dtype=dtype)
-    # Our own checkpoints keep their tensors bit for bit unless a dtype is asked for.
-    convert = layout != FORMAT_NAME or dtype is not None
-    return _materialise(config, weights, mapping, layout, device, convert)
+    return config, weights, mapping, layout
 
 
 def _read_config(folder: Path) -> dict:

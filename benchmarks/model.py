@@ -1,0 +1,129 @@
+"""Model benchmarks: checkpoint load time / peak RSS at full size, sample_actions latency.
+
+    .venv/bin/python benchmarks/model.py [--skip-full] [--workdir DIR]
+
+Prints a table. Full-size checkpoints are random (openpi layout, bf16), written to a temporary
+folder first; each load runs in a fresh process so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def write_random_checkpoint(kind: str, folder: Path) -> float:
+    """Random bf16 weights under openpi key names, without random-initialising a real model."""
+    from safetensors.torch import save_file
+
+    from pirecon import PolicyConfig
+    from pirecon.model.pi0 import Pi0Policy
+    from pirecon.model.weights import openpi_key
+
+    config = PolicyConfig(type=kind, variant="full", dtype="bfloat16")
+    with torch.device("meta"):
+        shapes = {openpi_key(k): v.shape for k, v in Pi0Policy(config).state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    state = {k: (torch.rand(s, generator=gen, dtype=torch.bfloat16) - 0.5) * 0.04 for k, s in shapes.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "action_dim": config.max_action_dim, "action_horizon": config.chunk_size,
+        "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m", "precision": "bfloat16"}))
+    return sum(t.numel() for t in state.values()) / 1e9
+
+
+def load_in_child(folder: Path) -> dict:
+    """Time `load_policy` in a fresh interpreter and report its peak RSS."""
+    code = f"""
+import json, resource, time
+t0 = time.perf_counter()
+import pirecon
+policy = pirecon.load_policy({str(folder)!r})
+seconds = time.perf_counter() - t0
+print(json.dumps({{"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "params_b": sum(p.numel() for p in policy.parameters()) / 1e9}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_sampling(policy, batch, use_cache: bool, num_steps: int, repeats: int) -> float:
+    """Median seconds per call after one warm-up call."""
+    policy.sample_actions(batch, use_cache=use_cache, num_steps=num_steps)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        policy.sample_actions(batch, use_cache=use_cache, num_steps=num_steps)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-full", action="store_true", help="only the tiny model")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to write the random checkpoints")
+    parser.add_argument("--full-steps", type=int, default=2,
+                        help="denoising steps for the full-size latency rows (10 takes minutes on a CPU)")
+    args = parser.parse_args()
+
+    from pirecon import PolicyConfig, load_policy
+    from pirecon.batch import synthetic_batch
+
+    rows = []
+
+    def report(name: str, value: str) -> None:  # printed as it comes: the full-size rows take minutes
+        rows.append((name, value))
+        print(f"  {name}: {value}", flush=True)
+
+    torch.set_grad_enabled(False)
+    for kind in ("pi0", "pi05"):
+        policy = load_policy(PolicyConfig(type=kind, variant="tiny")).eval()
+        batch = synthetic_batch(policy.config, 1, action_dim=7)  # 3 views at 224
+        with_cache = time_sampling(policy, batch, True, 10, 9)
+        without = time_sampling(policy, batch, False, 10, 9)
+        report(f"sample_actions tiny {kind}, 3 views, 10 steps", f"{with_cache * 1e3:.0f} ms cached / "
+               f"{without * 1e3:.0f} ms uncached = {without / with_cache:.1f}x")
+
+    if not args.skip_full:
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pirecon-bench-"))
+        for kind in ("pi0", "pi05"):
+            folder = workdir / f"{kind}_full"
+            start = time.perf_counter()
+            billions = write_random_checkpoint(kind, folder)
+            report(f"write random {kind} checkpoint ({billions:.2f}B params, bf16)",
+                   f"{time.perf_counter() - start:.1f} s")
+            result = load_in_child(folder)
+            report(f"load_policy full {kind} (target <= 30 s)",
+                   f"{result['seconds']:.1f} s, peak RSS {result['peak_rss_gib']:.2f} GiB")
+            policy = load_policy(folder).eval()
+            batch = synthetic_batch(policy.config, 1, action_dim=7)
+            steps = args.full_steps
+            with_cache = time_sampling(policy, batch, True, steps, 1)
+            without = time_sampling(policy, batch, False, steps, 1)
+            report(f"sample_actions full {kind} bf16, 3 views, {steps} steps",
+                   f"{with_cache:.1f} s cached / {without:.1f} s uncached = {without / with_cache:.1f}x")
+            del policy
+            for file in folder.iterdir():
+                file.unlink()
+            folder.rmdir()
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measurement':<{width}}  result")
+    print("-" * (width + 40))
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print(f"(this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()

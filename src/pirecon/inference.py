@@ -1,0 +1,79 @@
+"""A trained policy ready to act: checkpoint -> model + preprocessing -> robot-unit action chunks.
+
+Used by closed-loop evaluation and by the policy server.
+
+    runner = PolicyRunner.from_checkpoint("outputs/run/checkpoints/last")
+    chunk = runner.predict_chunk(obs)   # (chunk_size, action_dim) in robot units
+    actions = runner(obs)               # the first n_action_steps of a fresh chunk
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pirecon.data.normalize import Normalizer, default_norm_mode, load_norm_stats_json
+from pirecon.data.tokenizer import load_tokenizer
+from pirecon.data.transforms import Preprocessor
+from pirecon.errors import CheckpointError
+from pirecon.model.pi0 import Pi0Policy
+
+
+class PolicyRunner:
+    def __init__(self, policy: Pi0Policy, preprocessor: Preprocessor, n_action_steps: int | None = None,
+                 num_steps: int | None = None, seed: int = 0):
+        self.policy = policy.eval()
+        self.preprocessor = preprocessor
+        self.n_action_steps = n_action_steps or policy.config.n_action_steps
+        self.num_steps = num_steps
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = next(policy.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, use_ema: bool = False, device: str = "cpu",
+                        n_action_steps: int | None = None, num_steps: int | None = None, seed: int = 0,
+                        tokenizer_path: str | None = None) -> "PolicyRunner":
+        from pirecon.train.checkpoint import load_checkpoint_model
+
+        folder = Path(path)
+        policy = load_checkpoint_model(folder, use_ema=use_ema, merge_lora=True).to(device)
+        return cls(policy, preprocessor_from_checkpoint(folder, policy.config, tokenizer_path),
+                   n_action_steps=n_action_steps, num_steps=num_steps, seed=seed)
+
+    def reset(self) -> None:
+        """Called at the start of every episode (the runner keeps no state between calls)."""
+
+    @torch.no_grad()
+    def predict_chunk(self, obs: dict) -> np.ndarray:
+        """One observation (dataset keys + `task`) -> (chunk_size, action_dim) in robot units."""
+        batch = self.preprocessor.from_observation(obs).to(self.device)
+        cfg = self.policy.config
+        noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=self.generator).to(self.device)
+        actions = self.policy.sample_actions(batch, noise=noise, num_steps=self.num_steps)
+        return self.preprocessor.postprocess_actions(actions)[0]
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        """The first `n_action_steps` actions of a fresh chunk, (n, action_dim)."""
+        return self.predict_chunk(obs)[:self.n_action_steps]
+
+
+def preprocessor_from_checkpoint(folder: Path, policy_config, tokenizer_path: str | None = None) -> Preprocessor:
+    """Rebuild the training-time preprocessing from a checkpoint folder."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer_file = tokenizer_path or (folder / config["tokenizer"] if config.get("tokenizer") else None)
+    if tokenizer_file is None:
+        raise CheckpointError(f"{folder}: holds no tokenizer copy; pass --policy.tokenizer_path")
+    info_path = folder / "data_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    normalizer = None
+    if (folder / "norm_stats.json").is_file():
+        mode = info.get("normalization_mode") or policy_config.normalization_mode or default_norm_mode(policy_config.type)
+        normalizer = Normalizer(load_norm_stats_json(folder / "norm_stats.json"), mode)
+    return Preprocessor(policy_config, load_tokenizer(tokenizer_file), normalizer,
+                        camera_map=info.get("camera_map") or None, action_dims=info.get("action_dims"),
+                        state_dims=info.get("state_dims"), camera_keys=info.get("camera_keys"),
+                        action_dim=info.get("action_dim"))

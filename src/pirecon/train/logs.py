@@ -1,0 +1,99 @@
+"""Training logs: log.jsonl (always), TensorBoard and WandB (when asked), a loss-curve PNG at the end.
+
+Only the main process writes; other ranks get a logger that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from pirecon.errors import ConfigError
+
+LOG_FILE = "log.jsonl"
+PLOT_FILE = "loss_curves.png"
+
+
+class RunLogger:
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, wandb_cfg, run_config: dict,
+                 resume: bool):
+        self.enabled = enabled
+        self.path = Path(output_dir) / LOG_FILE
+        self.tb = None
+        self.wandb = None
+        if not enabled:
+            return
+        if not resume and self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+        if wandb_cfg.enable:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("--wandb.enable=true needs the wandb package: pip install 'pirecon[wandb]'") from None
+            mode = wandb_cfg.mode or os.environ.get("WANDB_MODE") or "online"
+            if mode not in ("online", "offline", "disabled"):
+                raise ConfigError(f"--wandb.mode={mode!r}: expected online, offline or disabled")
+            # Never block on the network: short init timeout; offline mode works with no network.
+            self.wandb = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.run_name,
+                                    mode=mode, dir=str(output_dir), config=run_config,
+                                    settings=wandb.Settings(init_timeout=30, silent=True))
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        if self.tb is not None:
+            for key, value in numbers.items():
+                self.tb.add_scalar(f"train/{key}", value, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in numbers.items()}, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_log(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_losses(log_path: Path, output: Path) -> Path | None:
+    """A PNG with the loss curves of log.jsonl (log scale); None when there is nothing to plot."""
+    records = read_log(log_path)
+    if not records:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("loss", "action_loss", "recon_loss") if any(k in r for r in records)]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key]) and r[key] > 0]
+        if points:
+            ax.plot(*zip(*points), label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(output)
+    plt.close(fig)
+    return output

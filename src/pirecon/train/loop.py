@@ -1,0 +1,272 @@
+"""The training loop: data -> policy (optionally LoRA) -> AdamW + warm-up/cosine -> checkpoints.
+
+Runs on one CPU/GPU or many through `accelerate` (DDP); launch several processes with
+`accelerate launch ... -m pirecon train ...`. Only the main process writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pirecon.config import PolicyConfig, to_dict
+from pirecon.data.lerobot import open_dataset
+from pirecon.data.loader import make_dataloader
+from pirecon.data.normalize import normalizer_from_dataset, save_norm_stats_json
+from pirecon.data.tokenizer import load_tokenizer
+from pirecon.data.transforms import Preprocessor
+from pirecon.errors import ConfigError, TrainingError
+from pirecon.model import weights
+from pirecon.model.pi0 import Pi0Policy
+from pirecon.train import checkpoint as ckpt
+from pirecon.train import lora
+from pirecon.train.config import TrainConfig
+from pirecon.train.ema import EMA
+from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
+
+# PolicyConfig fields that do not change weight shapes: flags may override a pretrained config.
+RUNTIME_POLICY_FIELDS = ("dtype", "freeze_vision_encoder", "train_expert_only", "gradient_checkpointing",
+                         "compile_model", "n_action_steps", "num_inference_steps", "tokenizer_max_length",
+                         "tokenizer_path", "use_peft", "normalization_mode", "camera_names", "pretrained_path")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    checkpoint: Path | None
+    steps: int
+    final_loss: float
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up to lr, then cosine decay to decay_lr at decay_steps (as a factor of lr)."""
+    sched, base = cfg.scheduler, cfg.optimizer.lr
+    floor = sched.decay_lr / base if base > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < sched.warmup_steps:
+            return (step + 1) / (sched.warmup_steps + 1)
+        progress = min(1.0, (step - sched.warmup_steps) / max(1, sched.decay_steps - sched.warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def resolve_policy_config(cfg: PolicyConfig) -> PolicyConfig:
+    """With a pretrained folder, its sizes win; runtime fields the user changed from the defaults apply."""
+    if not cfg.pretrained_path:
+        return cfg
+    saved = weights.peek_config(cfg.pretrained_path)
+    if saved.type != cfg.type and cfg.type != PolicyConfig.type:
+        raise ConfigError(f"--policy.type={cfg.type} but {cfg.pretrained_path} holds a {saved.type} policy")
+    defaults = PolicyConfig()
+    changed = {f: getattr(cfg, f) for f in RUNTIME_POLICY_FIELDS if getattr(cfg, f) != getattr(defaults, f)}
+    return dataclasses.replace(saved, **changed)
+
+
+def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset) -> Preprocessor:
+    if not policy_cfg.tokenizer_path:
+        raise ConfigError("--policy.tokenizer_path: expected a SentencePiece .model file or a tokenizer folder "
+                          "(e.g. ../shared/assets/gemma_tokenizer.model); pirecon never downloads one")
+    tokenizer = load_tokenizer(policy_cfg.tokenizer_path)
+    normalizer = normalizer_from_dataset(dataset, policy_cfg.type, policy_cfg.normalization_mode)
+    return Preprocessor(policy_cfg, tokenizer, normalizer, camera_map=cfg.dataset.camera_map or None,
+                        action_dims=cfg.dataset.action_dims, state_dims=cfg.dataset.state_dims,
+                        camera_keys=dataset.camera_keys)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        if not cfg.output_dir:
+            raise ConfigError("--output_dir: expected a folder for checkpoints and logs")
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir)
+        policy_cfg = resolve_policy_config(cfg.policy)
+        self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
+        mixed = "bf16" if policy_cfg.dtype == "bfloat16" else "no"
+        self.accelerator = Accelerator(
+            mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        resume_from = ckpt.last_checkpoint(self.output_dir) if cfg.resume else None
+        if cfg.resume and resume_from is None:
+            raise ConfigError(f"--resume=true but {self.output_dir / ckpt.CHECKPOINTS} holds no checkpoint")
+        if not cfg.resume and ckpt.last_checkpoint(self.output_dir) is not None:
+            raise ConfigError(f"--output_dir={self.output_dir} already holds checkpoints; pass --resume=true to "
+                              f"continue that run or choose a new --output_dir")
+
+        # Data: each rank reads its own share of every epoch.
+        self.dataset = open_dataset(cfg.dataset.resolve_root(), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
+                                    split="train", val_episodes=cfg.dataset.val_episodes)
+        self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset)
+        self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
+                                      seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes)
+
+        # Model: the same initial weights on every rank, then per-rank randomness for noise/time.
+        torch.manual_seed(cfg.seed)
+        self.base_path = policy_cfg.pretrained_path
+        if resume_from is not None:
+            model = ckpt.load_checkpoint_model(resume_from, trainable=True)
+            saved = ckpt.read_checkpoint_config(resume_from)
+            self.base_path = saved.get("base_path") or self.base_path
+        else:
+            policy = weights.load_policy(policy_cfg.pretrained_path or policy_cfg, **(
+                {k: getattr(policy_cfg, k) for k in RUNTIME_POLICY_FIELDS} if policy_cfg.pretrained_path else {}))
+            if policy_cfg.use_peft:
+                if not self.base_path:  # a random base must be kept for the adapters to make sense
+                    self.base_path = str((self.output_dir / "base").resolve())
+                    if self.is_main:
+                        weights.save_policy(policy, self.base_path)
+                model = lora.add_lora(policy, cfg.peft)
+            else:
+                model = policy
+        lora.base_policy(model).backbone.set_gradient_checkpointing(policy_cfg.gradient_checkpointing)
+        lora.apply_training_precision(model, policy_cfg.torch_dtype)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise ConfigError("nothing to train: every weight is frozen (check --policy.train_expert_only, "
+                              "--policy.freeze_vision_encoder and --policy.use_peft)")
+        opt = cfg.optimizer
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+                                           weight_decay=opt.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+        self.step = 0
+        if resume_from is not None:
+            state = torch.load(resume_from / ckpt.TRAINING_STATE, weights_only=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.loader.load_state_dict(state["loader"][acc.process_index] if isinstance(state["loader"], list)
+                                        else state["loader"])
+            if self.ema is not None:
+                from safetensors.torch import load_file
+                self.ema.load_state_dict(load_file(str(resume_from / ckpt.EMA_FILE)))
+            self.step = state["step"]
+            ckpt.set_rng_state(state["rng"][acc.process_index] if isinstance(state["rng"], list) else state["rng"])
+        else:
+            torch.manual_seed(cfg.seed + acc.process_index)
+        self.model, self.optimizer = acc.prepare(model, self.optimizer)
+        self.forward = torch.compile(self.model) if policy_cfg.compile_model else self.model
+        self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
+                                resume=resume_from is not None)
+
+    # -------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+            print("pirecon train: resolved config\n" + json.dumps(to_dict(cfg), indent=2))
+        data = self.loader.forever()
+        samples_per_step = cfg.batch_size * cfg.grad_accum_steps * acc.num_processes
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.is_main and cfg.progress_bar),
+                   desc="train", dynamic_ncols=True)
+        last_saved, loss_value = None, float("nan")
+        self.model.train()
+        try:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                sums = self._train_step(data)
+                self.step += 1
+                elapsed = time.perf_counter() - start
+                loss_value = sums["loss"]
+                if self.step % cfg.log_freq == 0 or self.step == cfg.steps:
+                    record = {"step": self.step, **sums, "lr": self.scheduler.get_last_lr()[0],
+                              "samples_per_s": samples_per_step / max(elapsed, 1e-9)}
+                    self.logger.log(record)
+                    bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                    sps=f"{record['samples_per_s']:.1f}")
+                bar.update(1)
+                if self.step % cfg.save_freq == 0 or self.step == cfg.steps:
+                    last_saved = self.save()
+        finally:
+            bar.close()
+            self.logger.close()
+        if self.is_main:
+            plot_losses(self.output_dir / LOG_FILE, self.output_dir / PLOT_FILE)
+        acc.wait_for_everyone()
+        return TrainResult(self.output_dir, last_saved, self.step, loss_value)
+
+    def _train_step(self, data) -> dict[str, float]:
+        cfg, acc = self.cfg, self.accelerator
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(cfg.grad_accum_steps):
+            batch = next(data).to(acc.device)
+            sync = micro == cfg.grad_accum_steps - 1
+            with (contextlib.nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
+                out = self.forward(batch)
+            loss = out["loss"]
+            self._check_finite(loss, batch)
+            acc.backward(loss / cfg.grad_accum_steps)
+            for key, value in out.items():
+                if key.endswith("loss"):
+                    totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum_steps
+        grad_norm = acc.clip_grad_norm_(self.trainable, cfg.optimizer.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model if not hasattr(self.model, "module") else self.model.module)
+        means = {k: acc.reduce(v.reshape(1), reduction="mean").item() for k, v in totals.items()}
+        means["grad_norm"] = float(grad_norm)
+        return means
+
+    def _check_finite(self, loss: torch.Tensor, batch) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            index = batch.extras.get("index")
+            where = f" for samples (dataset index) {index.tolist()}" if index is not None else ""
+            raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()}{where} on rank "
+                                f"{self.accelerator.process_index}; stopped without writing a checkpoint (the last "
+                                f"good one stays in {self.output_dir / ckpt.CHECKPOINTS})")
+
+    def save(self) -> Path | None:
+        acc = self.accelerator
+        # Each rank's data position and RNG are gathered so every rank resumes exactly.
+        local = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
+        gathered = [local]
+        if acc.num_processes > 1:
+            import torch.distributed as dist
+            gathered = [None] * acc.num_processes
+            dist.all_gather_object(gathered, local)
+        path = None
+        if self.is_main:
+            model = acc.unwrap_model(self.model)
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(),
+                     "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered]}
+            path = ckpt.save_checkpoint(
+                self.output_dir, self.step, model, to_dict(self.cfg), state,
+                self.ema.state_dict() if self.ema else None,
+                lambda p: save_norm_stats_json(self.preprocessor.dataset_normalizer, p),
+                self.cfg.policy.tokenizer_path, self.base_path, self.cfg.keep_last_checkpoints,
+                extra_json={"data_info.json": self._data_info()})
+        acc.wait_for_everyone()
+        return path
+
+    def _data_info(self) -> dict:
+        """What inference needs to rebuild the preprocessing: cameras, dims, normalisation mode."""
+        pre = self.preprocessor
+        info = {"camera_keys": list(self.dataset.camera_keys), "camera_map": self.cfg.dataset.camera_map,
+                "action_dims": self.cfg.dataset.action_dims, "state_dims": self.cfg.dataset.state_dims,
+                "action_dim": pre.action_dim, "normalization_mode": pre.normalizer.mode if pre.normalizer else None,
+                "fps": getattr(self.dataset, "fps", None)}
+        return info
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    return Trainer(cfg).run()
