@@ -184,7 +184,8 @@ class Trainer:
                 loss_value = sums["loss"]
                 if self.step % cfg.log_freq == 0 or self.step == cfg.steps:
                     record = {"step": self.step, **sums, "lr": self.scheduler.get_last_lr()[0],
-                              "samples_per_s": samples_per_step / max(elapsed, 1e-9)}
+                              "samples_per_s": samples_per_step / max(elapsed, 1e-9),
+                              "world_size": acc.num_processes, "effective_batch_size": samples_per_step}
                     self.logger.log(record)
                     bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     sps=f"{record['samples_per_s']:.1f}")

@@ -1,0 +1,102 @@
+"""Training-step benchmark: step time and peak RSS, LoRA r=16, batch 1, frozen base in bf16,
+gradient checkpointing on, for the tiny and the full-size Pi0 / Pi0.5.
+
+    .venv/bin/python benchmarks/train.py [--skip-full] [--steps 3] [--workdir DIR]
+
+Each configuration runs in its own process (so peak RSS is its own). Full-size models start from a
+random openpi-layout bf16 checkpoint written to --workdir first. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+from pirecon import PolicyConfig, load_policy
+from pirecon.batch import synthetic_batch
+from pirecon.train.config import PeftConfig
+from pirecon.train.lora import add_lora, apply_training_precision
+
+kind, source, steps, views = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cameras = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")[:views]
+runtime = dict(dtype="bfloat16", gradient_checkpointing=True, freeze_vision_encoder=True, camera_names=cameras)
+t0 = time.perf_counter()
+if source == "tiny":
+    policy = load_policy(PolicyConfig(type=kind, variant="tiny", **runtime))
+else:
+    policy = load_policy(source, **runtime)
+load_s = time.perf_counter() - t0
+model = add_lora(policy, PeftConfig(r=16))
+apply_training_precision(model, torch.bfloat16)
+policy.backbone.set_gradient_checkpointing(True)
+model.train()
+trainable = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(trainable, lr=1e-4)
+batch = synthetic_batch(policy.config, 1, action_dim=7)
+times = []
+for _ in range(steps):
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(batch)["loss"]
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"load_s": load_s, "first_step_s": times[0], "step_s": sorted(times[1:] or times)[len(times[1:] or times) // 2],
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "trainable_m": sum(p.numel() for p in trainable) / 1e6, "loss": float(loss)}))
+"""
+
+
+def run_child(kind: str, source: str, steps: int, views: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, kind, source, str(steps), str(views)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-full", action="store_true")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--views", type=int, default=3, help="camera views per sample (full size)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model import write_random_checkpoint
+
+    rows = []
+    for kind in ("pi0", "pi05"):
+        r = run_child(kind, "tiny", 10, 3)
+        rows.append((f"tiny {kind}, 3 views", r))
+        print(f"  tiny {kind}: {r}", flush=True)
+    if not args.skip_full:
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pirecon-bench-"))
+        for kind in ("pi0", "pi05"):
+            folder = workdir / f"{kind}_full"
+            write_random_checkpoint(kind, folder)
+            r = run_child(kind, str(folder), args.steps, args.views)
+            name = f"full {kind}, {args.views} view(s)" + (" (target peak RSS <= 10 GiB)" if kind == "pi05" else "")
+            rows.append((name, r))
+            print(f"  {name}: {r}", flush=True)
+            for file in folder.iterdir():
+                file.unlink()
+            folder.rmdir()
+    width = max(len(n) for n, _ in rows)
+    print(f"\n{'LoRA r=16, batch 1, bf16 frozen base, grad ckpt':<{width}}  {'step s':>8} {'1st step s':>10} "
+          f"{'peak RSS GiB':>12} {'trainable M':>11} {'load s':>7}")
+    for name, r in rows:
+        print(f"{name:<{width}}  {r['step_s']:>8.2f} {r['first_step_s']:>10.2f} {r['peak_rss_gib']:>12.2f} "
+              f"{r['trainable_m']:>11.2f} {r['load_s']:>7.1f}")
+
+
+if __name__ == "__main__":
+    main()
