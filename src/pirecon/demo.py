@@ -28,7 +28,7 @@ class DemoConfig:
     lr: float = 1e-3
     lora_r: int = 16
     use_peft: bool = True
-    num_workers: int = 2
+    num_workers: int = 0  # the demo keeps its small dataset in RAM
     eval_episodes: int = 50
     eval_seed: int = 100_000  # far from the recording seeds: evaluation layouts are unseen
     seed: int = 0
@@ -45,7 +45,7 @@ def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir:
                           use_peft=cfg.use_peft, max_state_dim=8, max_action_dim=8)
     return TrainConfig(
         policy=policy,
-        dataset=DatasetConfig(root=str(data_dir), camera_map={"observation.images.top": "base_0_rgb",
+        dataset=DatasetConfig(root=str(data_dir), cache_in_memory=True, camera_map={"observation.images.top": "base_0_rgb",
                                                               "observation.images.wrist": "left_wrist_0_rgb"}),
         peft=PeftConfig(r=cfg.lora_r),
         optimizer=OptimizerConfig(lr=cfg.lr, weight_decay=1e-4, grad_clip_norm=1.0),

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pirecon.config import PolicyConfig, to_dict
+from pirecon.data.cache import InMemoryDataset
 from pirecon.data.lerobot import open_dataset
 from pirecon.data.loader import make_dataloader
 from pirecon.data.normalize import normalizer_from_dataset, save_norm_stats_json
@@ -108,6 +109,8 @@ class Trainer:
         # Data: each rank reads its own share of every epoch.
         self.dataset = open_dataset(cfg.dataset.resolve_root(), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
                                     split="train", val_episodes=cfg.dataset.val_episodes)
+        if cfg.dataset.cache_in_memory:
+            self.dataset = InMemoryDataset(self.dataset)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset)
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes)
