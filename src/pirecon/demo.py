@@ -14,6 +14,9 @@ from pirecon.config import PolicyConfig, parse_flags, to_dict
 from pirecon.errors import ConfigError
 
 
+MARKER = ".pirecon-demo"
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     output_dir: str = "outputs/demo"
@@ -70,10 +73,13 @@ def run(argv: list[str]) -> int:
 
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise ConfigError(f"--output_dir={out} is not empty; pass --overwrite=true or choose another folder")
+        # A previous demo's folder (it carries our marker) is replaced; anything else is left alone.
+        if not (cfg.overwrite or (out / MARKER).is_file()):
+            raise ConfigError(f"--output_dir={out} is not empty and not a previous demo's folder; pass "
+                              f"--overwrite=true or choose another folder")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    (out / MARKER).write_text("written by `pirecon demo`; the next demo run replaces this folder\n")
     started = time.perf_counter()
     sim_config = SimConfig(image_size=cfg.image_size)
 

@@ -1,0 +1,1 @@
+from pirecon.data.lerobot import DatasetConfig, LeRobotDataset, open_dataset

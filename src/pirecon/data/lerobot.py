@@ -1,0 +1,521 @@
+"""Read LeRobot datasets (codebase v2.0, v2.1, v3.0) from a local folder.
+
+`open_dataset(root, action_horizon=H)` returns a map-style torch Dataset whose samples match
+LeRobot's `LeRobotDataset(delta_timestamps={"action": [i / fps for i in range(H)]})`:
+
+    observation.images.<key>  (3, H, W) float32 in [0, 1]
+    observation.state         (S,) float32
+    action                    (H, D) float32; past the episode end the last action repeats
+    action_is_pad             (H,) bool, True where the action was padded
+    task                      str
+    timestamp, frame_index, episode_index, index, task_index   scalar tensors
+    other numeric features (e.g. next.reward)                  as stored, shape [1] -> scalar
+
+`Layout` reads the metadata of any supported version into one form (episodes, tasks, files);
+the stats and doctor commands use it too. The dataset loads all parquet columns of the selected
+episodes as numpy arrays when it opens; per item only video frames are decoded
+(`pirecon.data.video.FrameDecoder`, one per process). Known quirks of real datasets (phantom
+cameras, no frame_index column, several task strings per episode, wrong path templates) are
+handled with one warning each; broken data raises `DatasetError` naming the file or key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from pirecon.data.video import FrameDecoder
+from pirecon.errors import ConfigError, DatasetError
+
+SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
+DEFAULT_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+
+
+class DatasetWarning(UserWarning):
+    """A quirk in a dataset that pirecon works around (the message says how)."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, DatasetWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where the dataset is and which part of it to use (`--dataset.*` flags)."""
+
+    root: str | None = None  # local dataset folder
+    repo_id: str | None = None  # used as $HF_LEROBOT_HOME/<repo_id> when root is not given
+    episodes: list[int] | None = None  # episode indices to use (None: all)
+    # Applied by the preprocessor (pirecon.data.transforms), not by the dataset:
+    camera_map: dict[str, str] = field(default_factory=dict)  # dataset camera key -> model camera
+    action_dims: list[int] | None = None  # keep only these action dimensions (None: all)
+    state_dims: list[int] | None = None  # keep only these state dimensions (None: all)
+    video_backend: str = "pyav"
+    cache_in_memory: bool = False  # keep decoded samples in RAM after the first read (small datasets)
+    val_episodes: int = 0  # last N of the selected episodes held out for offline evaluation
+
+    def __post_init__(self) -> None:
+        if self.video_backend != "pyav":
+            raise ConfigError(f"--dataset.video_backend={self.video_backend!r}: expected 'pyav'")
+        if self.val_episodes < 0:
+            raise ConfigError(f"--dataset.val_episodes={self.val_episodes}: expected >= 0")
+
+    def resolve_root(self) -> Path:
+        if self.root:
+            return Path(self.root).expanduser()
+        if self.repo_id:
+            home = os.environ.get("HF_LEROBOT_HOME", "~/.cache/huggingface/lerobot")
+            return Path(home).expanduser() / self.repo_id
+        raise ConfigError("--dataset.root: expected a dataset folder (or --dataset.repo_id of a local copy)")
+
+    def open(self, action_horizon: int, split: str = "train", **kwargs) -> LeRobotDataset:
+        """`open_dataset` with this config's root, episodes and val_episodes."""
+        return open_dataset(self.resolve_root(), action_horizon, episodes=self.episodes, split=split,
+                            val_episodes=self.val_episodes, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# File helpers: every failure names the file
+
+
+def read_json(path: Path):
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{number}: not valid JSON ({exc})") from None
+    return rows
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read (some columns of) a parquet file; a missing or truncated file is a DatasetError."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: parquet file not found")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read parquet file ({exc})") from None
+
+
+def parquet_columns(path: Path) -> list[str]:
+    """Column names of a parquet file (reads only the footer)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: parquet file not found")
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read parquet file ({exc})") from None
+
+
+def column_vectors(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    """A list (or scalar) column as a (rows, D) numpy array, checking every row has D values."""
+    column = table.column(name).combine_chunks()
+    rows = len(column)
+    if column.null_count:
+        raise DatasetError(f"{path}: column {name!r} has {column.null_count} empty rows; expected values")
+    if pa.types.is_fixed_size_list(column.type):
+        values, dim = column.flatten(), column.type.list_size
+    elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        dim = int(lengths[0]) if rows else 0
+        if rows and (lengths != dim).any():
+            bad = int(np.flatnonzero(lengths != dim)[0])
+            raise DatasetError(f"{path}: column {name!r} row {bad} has {lengths[bad]} values; expected {dim}")
+        values = column.flatten()
+    else:
+        values, dim = column, 1
+    try:
+        return values.to_numpy(zero_copy_only=False).reshape(rows, dim)
+    except (pa.ArrowException, ValueError) as exc:
+        raise DatasetError(f"{path}: column {name!r} is not numeric ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata of any version in one form
+
+
+@dataclass
+class Episode:
+    """One episode's metadata and files (v3.0: a slice of shared files)."""
+
+    index: int
+    length: int
+    tasks: list[str]
+    data_file: Path | None = None
+    # camera key -> (mp4 file, from_timestamp, to_timestamp or None)
+    videos: dict[str, tuple[Path, float, float | None]] = field(default_factory=dict)
+
+
+class Layout:
+    """The metadata of a dataset folder: info, episodes, tasks and where each file is.
+
+    `quirks` lists what was worked around (one message per kind); `missing_files` the video
+    files absent for a camera that has other files (the doctor lists them all; the reader raises
+    on the first one of a selected episode).
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        info_path = self.root / "meta" / "info.json"
+        if not info_path.is_file():
+            raise DatasetError(f"{info_path}: missing; expected a LeRobot dataset folder with meta/info.json")
+        self.info: dict = read_json(info_path)
+        self.version = self.info.get("codebase_version")
+        if self.version not in SUPPORTED_VERSIONS:
+            raise DatasetError(f"{info_path}: codebase_version {self.version!r} is not supported; "
+                               f"expected one of {', '.join(SUPPORTED_VERSIONS)}")
+        for key in ("fps", "features"):
+            if key not in self.info:
+                raise DatasetError(f"{info_path}: missing key {key!r}")
+        self.fps = float(self.info["fps"])
+        self.features: dict = self.info["features"]
+        self.quirks: list[str] = []
+        if self.version == "v3.0":
+            self.tasks, self.episodes = self._load_v3()
+        else:
+            self.tasks, self.episodes = self._load_v2()
+        self.image_keys = [k for k, ft in self.features.items() if ft.get("dtype") == "image"]
+        declared = [k for k, ft in self.features.items() if ft.get("dtype") == "video"]
+        self.phantom_cameras = [k for k in declared if not self._camera_has_files(k)]
+        if self.phantom_cameras:
+            self.quirks.append(f"info.json lists camera(s) {self.phantom_cameras} without any video file; "
+                               f"skipping them")
+        self.video_keys = [k for k in declared if k not in self.phantom_cameras]
+        self.missing_files = [ep.videos[k][0] for ep in self.episodes.values() for k in self.video_keys
+                              if k in ep.videos and not ep.videos[k][0].is_file()]
+        multi = [ep.index for ep in self.episodes.values() if len(ep.tasks) > 1]
+        if multi:
+            example = self.episodes[multi[0]].tasks
+            self.quirks.append(f"{len(multi)} episode(s) list several task strings (episode {multi[0]}: "
+                               f"{example}); each frame's task comes from its task_index column "
+                               f"(or the episode's first task)")
+
+    @property
+    def camera_keys(self) -> list[str]:
+        return self.video_keys + self.image_keys
+
+    # v2.x: one parquet and one mp4 per episode ---------------------------------------------
+    def _load_v2(self):
+        meta = self.root / "meta"
+        tasks = {int(row["task_index"]): str(row["task"]) for row in read_jsonl(meta / "tasks.jsonl")}
+        chunks_size = int(self.info.get("chunks_size") or 1000)
+        episodes = {}
+        for row in read_jsonl(meta / "episodes.jsonl"):
+            if "episode_index" not in row:
+                raise DatasetError(f"{meta / 'episodes.jsonl'}: a line lacks 'episode_index'")
+            index = int(row["episode_index"])
+            tasks_ = row.get("tasks") or []
+            episodes[index] = Episode(index, int(row.get("length", 0)), [tasks_] if isinstance(tasks_, str)
+                                      else list(tasks_))
+        data_t = self._template("data_path", V2_DATA_PATH, episodes, chunks_size)
+        video_keys = [k for k, ft in self.features.items() if ft.get("dtype") == "video"]
+        video_t = {k: self._template("video_path", V2_VIDEO_PATH, episodes, chunks_size, k) for k in video_keys}
+        for ep in episodes.values():
+            names = {"episode_chunk": ep.index // chunks_size, "episode_index": ep.index}
+            ep.data_file = self.root / data_t.format(**names)
+            ep.videos = {k: (self.root / t.format(video_key=k, **names), 0.0, None) for k, t in video_t.items()}
+        return tasks, dict(sorted(episodes.items()))
+
+    def _template(self, key: str, default: str, episodes: dict, chunks_size: int, video_key=None) -> str:
+        """info[key], or the standard v2 template when that finds more of the episodes' files."""
+        template = self.info.get(key) or default
+        if not episodes or template == default:
+            return template
+
+        def found(t: str) -> int:
+            return sum((self.root / t.format(episode_chunk=i // chunks_size, episode_index=i,
+                                             video_key=video_key)).is_file() for i in episodes)
+        try:
+            ours = found(template)
+        except (KeyError, IndexError, ValueError):
+            ours = 0
+        if found(default) > ours:
+            message = f"info.json {key} {template!r} does not match the files; using the standard {default!r}"
+            if message not in self.quirks:
+                self.quirks.append(message)
+            return default
+        return template
+
+    # v3.0: many episodes per file, episode table in meta/episodes/ ---------------------------
+    def _load_v3(self):
+        meta = self.root / "meta"
+        tasks_table = read_table(meta / "tasks.parquet")
+        names = tasks_table.column_names
+        index_columns = (tasks_table.schema.pandas_metadata or {}).get("index_columns", [])
+        text_col = next((c for c in ["task", "__index_level_0__", *index_columns] if c in names), None)
+        if text_col is None or "task_index" not in names:
+            raise DatasetError(f"{meta / 'tasks.parquet'}: expected a 'task_index' column and the task "
+                               f"strings as index (or a 'task' column); found {names}")
+        tasks = dict(zip(map(int, tasks_table.column("task_index").to_pylist()),
+                         map(str, tasks_table.column(text_col).to_pylist())))
+        files = sorted((meta / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetError(f"{meta / 'episodes'}: no chunk-XXX/file-XXX.parquet episode tables found")
+        data_t = self.info.get("data_path") or V3_DATA_PATH
+        video_t = self.info.get("video_path") or V3_VIDEO_PATH
+        video_keys = [k for k, ft in self.features.items() if ft.get("dtype") == "video"]
+        episodes = {}
+        for path in files:
+            table = read_table(path, [c for c in parquet_columns(path) if not c.startswith("stats/")])
+            required = ["episode_index", "length", "data/chunk_index", "data/file_index"]
+            missing = [c for c in required if c not in table.column_names]
+            if missing:
+                raise DatasetError(f"{path}: missing episode column(s) {missing}")
+            for row in table.to_pylist():
+                ep = Episode(int(row["episode_index"]), int(row["length"]), list(row.get("tasks") or []))
+                ep.data_file = self.root / data_t.format(chunk_index=row["data/chunk_index"],
+                                                         file_index=row["data/file_index"])
+                for k in video_keys:
+                    chunk, file = row.get(f"videos/{k}/chunk_index"), row.get(f"videos/{k}/file_index")
+                    if chunk is None or file is None:
+                        continue
+                    video_path = self.root / video_t.format(video_key=k, chunk_index=chunk, file_index=file)
+                    ep.videos[k] = (video_path, float(row.get(f"videos/{k}/from_timestamp") or 0.0),
+                                    row.get(f"videos/{k}/to_timestamp"))
+                episodes[ep.index] = ep
+        return tasks, dict(sorted(episodes.items()))
+
+    def _camera_has_files(self, key: str) -> bool:
+        return any(ep.videos[key][0].is_file() for ep in self.episodes.values() if key in ep.videos)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+def select_episodes(layout: Layout, episodes=None, split: str = "all", val_episodes: int = 0) -> list[int]:
+    """Sorted episode indices of `split` among `episodes` (None: all); the last `val_episodes` are "val"."""
+    available = list(layout.episodes)
+    chosen = available if episodes is None else sorted(set(int(e) for e in episodes))
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise DatasetError(f"{layout.root}: episode(s) {unknown} not in the dataset "
+                           f"(it has {len(available)}: {available[0]}..{available[-1]})")
+    if split not in ("train", "val", "all"):
+        raise ConfigError(f"split={split!r}: expected 'train', 'val' or 'all'")
+    if not 0 <= val_episodes < len(chosen) + (split != "train"):
+        raise DatasetError(f"val_episodes={val_episodes}: expected 0 <= val_episodes < {len(chosen)} "
+                           f"(the number of selected episodes) so that training episodes remain")
+    if split == "val" and val_episodes == 0:
+        raise DatasetError("split='val' is empty: set val_episodes to the number of held-out episodes")
+    if split == "val":
+        return chosen[-val_episodes:]
+    return chosen if split == "all" or val_episodes == 0 else chosen[:-val_episodes]
+
+
+class LeRobotDataset(torch.utils.data.Dataset):
+    """Map-style dataset of LeRobot frames with action chunks (see the module docstring).
+
+    Every numeric feature of info.json found in the parquet files is returned too (e.g.
+    `next.reward`, `observation.gaze_bbox`), as LeRobot does: shape [1] as a scalar tensor.
+    """
+
+    def __init__(self, layout: Layout, episodes: list[int], action_horizon: int,
+                 tolerance_s: float | None = None, frame_cache_mb: float = 256):
+        if action_horizon < 1:
+            raise ConfigError(f"action_horizon={action_horizon}: expected a positive integer")
+        if "action" not in layout.features:
+            raise DatasetError(f"{layout.root / 'meta' / 'info.json'}: features has no 'action'")
+        self.root, self.meta, self.features = layout.root, layout.info, layout.features
+        self.codebase_version, self.fps, self.tasks = layout.version, layout.fps, layout.tasks
+        self.episodes, self.action_horizon = list(episodes), action_horizon
+        self.camera_keys, self.video_keys, self.image_keys = layout.camera_keys, layout.video_keys, layout.image_keys
+        self.tolerance_s = tolerance_s if tolerance_s is not None else 0.5 / self.fps
+        for message in layout.quirks:
+            warn(f"{layout.root}: {message}")
+        self._load(layout)
+        from pirecon.data.stats import load_dataset_stats
+        self.stats = load_dataset_stats(layout)
+        self._decoder = FrameDecoder(cache_mb=frame_cache_mb)
+
+    # loading ----------------------------------------------------------------------------------
+    def _load(self, layout: Layout) -> None:
+        """Read every needed column of the selected episodes into flat numpy arrays."""
+        by_file: dict[Path, list[Episode]] = {}
+        for index in self.episodes:
+            episode = layout.episodes[index]
+            for key in self.video_keys:
+                path = episode.videos.get(key, (None,))[0]
+                if path is None or not path.is_file():
+                    raise DatasetError(f"{path or layout.root}: video file of camera {key!r} for episode "
+                                       f"{index} is missing (other episodes of this camera have files)")
+            by_file.setdefault(episode.data_file, []).append(episode)
+        parts: dict[str, list[np.ndarray]] = {}
+        images: dict[str, list] = {k: [] for k in self.image_keys}
+        self._videos = {k: [] for k in self.video_keys}  # camera -> per episode (file, from_ts, to_ts)
+        derived: set[str] = set()
+        lengths = []
+        for path, episodes in by_file.items():
+            table = self._read_data_file(path)
+            file_eps = (table.column("episode_index").to_numpy() if "episode_index" in table.column_names
+                        else np.full(table.num_rows, episodes[0].index))
+            for episode in episodes:
+                rows = np.flatnonzero(file_eps == episode.index)
+                if len(rows) == 0:
+                    raise DatasetError(f"{path}: no rows with episode_index {episode.index}")
+                contiguous = rows[-1] - rows[0] + 1 == len(rows)
+                sub = table.slice(int(rows[0]), len(rows)) if contiguous else table.take(pa.array(rows))
+                for key, value in self._episode_arrays(sub, path, episode, rows, derived).items():
+                    parts.setdefault(key, []).append(value)
+                for key in self.image_keys:
+                    column = sub.column(key).combine_chunks()
+                    images[key].append(column.field("bytes") if pa.types.is_struct(column.type) else column)
+                for key in self.video_keys:
+                    self._videos[key].append(episode.videos[key])
+                lengths.append(len(rows))
+        for column in sorted(derived):
+            warn(f"{layout.root}: parquet files have no {column!r} column; derived from row order")
+        late = [ts[0] for ts in parts["timestamp"] if abs(ts[0]) > 0.5 / self.fps]
+        if late:
+            warn(f"{layout.root}: timestamps of {len(late)} episode(s) start after 0 (first: {late[0]:.4f} s); "
+                 f"video frames are looked up by timestamp as LeRobot does, and a time past the last frame "
+                 f"shows the last frame")
+        # name -> (N,) or (N, D); an optional column missing from some files is dropped
+        self._columns = {k: np.concatenate(v) for k, v in parts.items() if len(v) == len(lengths)}
+        self._images = {k: pa.concat_arrays(v) for k, v in images.items()}
+        self._row_episode = np.repeat(np.arange(len(lengths)), lengths).astype(np.int32)  # (N,)
+        self._episode_last = np.cumsum(lengths) - 1  # last row of each selected episode
+
+    def _read_data_file(self, path: Path) -> pa.Table:
+        names = parquet_columns(path)
+        required = ["action", "timestamp", *self.image_keys]
+        required += ["observation.state"] if "observation.state" in self.features else []
+        for column in required:
+            if column not in names:
+                raise DatasetError(f"{path}: missing column {column!r} (listed in meta/info.json features)")
+        self._extra = [k for k, ft in self.features.items() if k in names and k not in required
+                       and k not in DEFAULT_COLUMNS and ft.get("dtype") not in ("video", "image", "string")]
+        return read_table(path, [c for c in dict.fromkeys(required + list(DEFAULT_COLUMNS) + self._extra)
+                                 if c in names])
+
+    def _episode_arrays(self, sub: pa.Table, path: Path, episode: Episode, rows: np.ndarray,
+                        derived: set[str]) -> dict[str, np.ndarray]:
+        n, cols = sub.num_rows, sub.column_names
+        out = {}
+        for name in ("action", "observation.state"):
+            if name not in cols:
+                continue
+            values = column_vectors(sub, name, path)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                row, dim = (int(x) for x in np.argwhere(bad)[0])
+                raise DatasetError(f"{path}: column {name!r} holds {values[row, dim]} in episode "
+                                   f"{episode.index} at row {int(rows[row])} (dimension {dim}); "
+                                   f"expected finite numbers")
+            out[name] = values.astype(np.float32)
+        out["timestamp"] = sub.column("timestamp").to_numpy().astype(np.float64)
+
+        def ints(name: str, fallback) -> np.ndarray:
+            if name in cols:
+                return sub.column(name).to_numpy().astype(np.int64)
+            derived.add(name)
+            return np.asarray(fallback, dtype=np.int64)
+        out["frame_index"] = ints("frame_index", np.arange(n))
+        out["episode_index"] = np.full(n, episode.index, dtype=np.int64)
+        out["index"] = ints("index", np.arange(n))
+        first_task = next((i for i, t in self.tasks.items() if episode.tasks and t == episode.tasks[0]), 0)
+        out["task_index"] = ints("task_index", np.full(n, first_task))
+        unknown = set(np.unique(out["task_index"]).tolist()) - set(self.tasks)
+        if unknown:
+            raise DatasetError(f"{path}: task_index {sorted(unknown)} of episode {episode.index} not in "
+                               f"the dataset's task list")
+        for name in self._extra:
+            values = column_vectors(sub, name, path)
+            kind = values.dtype.kind
+            values = values.astype(np.float32 if kind == "f" else bool if kind == "b" else np.int64)
+            out[name] = values[:, 0] if list(self.features[name].get("shape", [])) == [1] else values
+        return out
+
+    # access -----------------------------------------------------------------------------------
+    @property
+    def num_frames(self) -> int:
+        return len(self._row_episode)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} frames")
+        i = int(i) % len(self)
+        episode = int(self._row_episode[i])
+        last = int(self._episode_last[episode])
+        rows = i + np.arange(self.action_horizon)  # (H,)
+        item = {key: torch.from_numpy(np.array(values[i])) for key, values in self._columns.items()
+                if key != "action"}
+        item["timestamp"] = item["timestamp"].float()
+        item["action"] = torch.from_numpy(self._columns["action"][np.minimum(rows, last)])  # (H, D)
+        item["action_is_pad"] = torch.from_numpy(rows > last)  # (H,)
+        item["task"] = self.tasks[int(self._columns["task_index"][i])]
+        timestamp = float(self._columns["timestamp"][i])
+        for key in self.video_keys:
+            path, start, end = self._videos[key][episode]
+            item[key] = _to_chw(self._decoder.frame_at(path, start + timestamp, self.tolerance_s, end))
+        for key in self.image_keys:
+            data = self._images[key][i].as_py()
+            if data is None:
+                raise DatasetError(f"{self.root}: image {key!r} of row {int(self._columns['index'][i])} "
+                                   f"holds no bytes")
+            item[key] = _to_chw(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        return item
+
+    def __repr__(self) -> str:
+        return (f"LeRobotDataset({self.root}, {self.codebase_version}, {self.num_episodes} episodes, "
+                f"{self.num_frames} frames, cameras={self.camera_keys}, horizon={self.action_horizon})")
+
+
+def _to_chw(frame: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1].
+
+    In numpy: torch would split this small op over its intra-op threads, which is many times
+    slower when the cores are busy (DataLoader workers, other processes).
+    """
+    out = np.empty((3, *frame.shape[:2]), dtype=np.float32)
+    np.divide(frame.transpose(2, 0, 1), np.float32(255.0), out=out)
+    return torch.from_numpy(out)
+
+
+def open_dataset(root: str | Path, action_horizon: int = 50, episodes: list[int] | None = None,
+                 split: str = "train", val_episodes: int = 0, *, tolerance_s: float | None = None,
+                 frame_cache_mb: float = 256) -> LeRobotDataset:
+    """Open a local LeRobot dataset as a map-style torch Dataset of frames with action chunks.
+
+    split: "train" (selected episodes minus the last `val_episodes`), "val" (those last ones) or
+    "all". tolerance_s: how far a video frame may be from the requested timestamp (default half a
+    frame). frame_cache_mb: decoded-frame cache per process (0 disables it).
+    """
+    layout = Layout(root)
+    chosen = select_episodes(layout, episodes, split, val_episodes)
+    return LeRobotDataset(layout, chosen, action_horizon, tolerance_s, frame_cache_mb)
