@@ -1,6 +1,7 @@
-"""`pirecon smoke`: build a tiny Pi0 and a tiny Pi0.5 with random weights, take one optimiser step
-on a synthetic batch, sample actions, print each loss. Exit 0 only when every loss is finite and
-the step changed the weights."""
+"""`pirecon smoke`: build a tiny Pi0 and a tiny Pi0.5 with random weights and the reconstruction
+head, take one optimiser step on a synthetic batch, sample actions, print each loss (action and
+reconstruction: "both losses obtained"). Exit 0 only when every loss is finite and the step
+changed the weights."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from pirecon.batch import synthetic_batch
 from pirecon.config import PolicyConfig, parse_flags
 from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.recon import ReconConfig
 
 
 @dataclass(frozen=True)
@@ -22,12 +24,13 @@ class SmokeConfig:
     action_dim: int = 7
     lr: float = 1e-3
     seed: int = 0
+    recon: bool = True  # build the reconstruction head too
 
 
 def smoke_one(policy_type: str, cfg: SmokeConfig) -> dict:
     torch.manual_seed(cfg.seed)
     config = PolicyConfig(type=policy_type, variant=cfg.variant)
-    policy = Pi0Policy(config)
+    policy = Pi0Policy(config, recon=ReconConfig(enable=cfg.recon, views=config.camera_names[:2]))
     batch = synthetic_batch(config, cfg.batch_size, action_dim=cfg.action_dim, seed=cfg.seed, missing_views=1)
     before = {k: v.detach().clone() for k, v in policy.named_parameters() if v.requires_grad}
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
@@ -50,6 +53,7 @@ def smoke_one(policy_type: str, cfg: SmokeConfig) -> dict:
         "type": policy_type,
         "params": sum(p.numel() for p in policy.parameters()),
         "action_loss": out["action_loss"].item(),
+        "recon_loss": out["recon_loss"].item() if "recon_loss" in out else float("nan"),
         "changed": changed,
         "trainable": len(before),
         "all_reached_changed": bool(reached) and reached <= changed_keys,
@@ -62,16 +66,19 @@ def smoke_one(policy_type: str, cfg: SmokeConfig) -> dict:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv:
-        print("pirecon smoke [--variant=tiny] [--batch_size=2] [--action_dim=7] [--lr=1e-3] [--seed=0]")
+        print("pirecon smoke [--variant=tiny] [--batch_size=2] [--action_dim=7] [--lr=1e-3] [--seed=0] [--recon=true]")
         return 0
     cfg = parse_flags(argv, SmokeConfig, config_path_flag=False)
     ok = True
-    print(f"{'policy':<6} {'params':>9} {'action_loss':>12} {'changed':>9} {'actions':>14} {'step s':>7} {'sample s':>8}")
+    print(f"{'policy':<6} {'params':>9} {'action_loss':>12} {'recon_loss':>11} {'changed':>9} {'actions':>14} "
+          f"{'step s':>7} {'sample s':>8}")
     for policy_type in ("pi0", "pi05"):
         r = smoke_one(policy_type, cfg)
-        good = math.isfinite(r["action_loss"]) and r["all_reached_changed"] and r["actions_finite"]
+        good = (math.isfinite(r["action_loss"]) and r["all_reached_changed"] and r["actions_finite"]
+                and (math.isfinite(r["recon_loss"]) or not cfg.recon))
         ok &= good
-        print(f"{r['type']:<6} {r['params']:>9,} {r['action_loss']:>12.4f} {r['changed']:>4}/{r['trainable']:<4} "
+        print(f"{r['type']:<6} {r['params']:>9,} {r['action_loss']:>12.4f} {r['recon_loss']:>11.4f} "
+              f"{r['changed']:>4}/{r['trainable']:<4} "
               f"{str(r['actions_shape']):>14} {r['step_s']:>7.3f} {r['sample_s']:>8.3f}  {'OK' if good else 'FAILED'}")
     print("smoke: all losses finite, the step changed the weights" if ok else "smoke: FAILED")
     return 0 if ok else 1

@@ -56,9 +56,12 @@ class Suffix:
 class Pi0Policy(nn.Module):
     """A Pi0 or Pi0.5 policy (`config.type`)."""
 
-    def __init__(self, config: PolicyConfig):
+    def __init__(self, config: PolicyConfig, recon=None):
+        """`recon`: an enabled `ReconConfig` adds the reconstruction head (`self.recon_head`)."""
         super().__init__()
         self.config = config
+        self.recon_config = None
+        self.recon_head = None
         self.backbone = Backbone(config)
         width = config.expert.width
         self.action_in_proj = nn.Linear(config.max_action_dim, width)
@@ -71,9 +74,18 @@ class Pi0Policy(nn.Module):
             self.time_mlp_in = nn.Linear(width, width)
             self.time_mlp_out = nn.Linear(width, width)
         self._init_embeddings()
+        if recon is not None and recon.enable:
+            self.add_recon_head(recon)
         self.apply_dtype(config.torch_dtype)
         self.apply_freeze()
         self.backbone.set_gradient_checkpointing(config.gradient_checkpointing)
+
+    def add_recon_head(self, recon) -> None:
+        """Attach a freshly initialised reconstruction head (trains in full, kept in float32)."""
+        from pirecon.model.recon import ReconHead
+        device = next(self.backbone.parameters()).device
+        self.recon_config = recon
+        self.recon_head = ReconHead(recon, self.config).to(device)
 
     # -- set-up ------------------------------------------------------------------------------------
     def _init_embeddings(self) -> None:
@@ -89,6 +101,8 @@ class Pi0Policy(nn.Module):
         keep += [getattr(self, name) for name in ("state_proj", "action_time_mlp_in", "action_time_mlp_out",
                                                   "time_mlp_in", "time_mlp_out") if hasattr(self, name)]
         keep += [m for m in self.modules() if isinstance(m, (RMSNorm, AdaRMSNorm, FP32LayerNorm))]
+        if self.recon_head is not None:
+            keep.append(self.recon_head)
         return keep
 
     def apply_dtype(self, dtype: torch.dtype) -> "Pi0Policy":
@@ -188,11 +202,13 @@ class Pi0Policy(nn.Module):
         return (beta.sample((batch_size,)) * 0.999 + 0.001).to(device)
 
     def compute_loss(self, batch: Batch, noise: torch.Tensor | None = None,
-                     time: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                     time: torch.Tensor | None = None, recon_weight: float | None = None) -> dict[str, torch.Tensor]:
         """Flow-matching loss averaged over the real action dims and the non-padded chunk steps.
 
         Returns {"loss", "action_loss"} (scalars) and "prefix_out" (B, Lp, Wvlm), the VLM's
-        normed last-layer states, which auxiliary heads reuse (no second backbone pass).
+        normed last-layer states. With a reconstruction head, "recon_loss" is computed from those
+        same states (no second backbone pass) and loss = action_loss + recon_weight * recon_loss
+        (`recon_weight` defaults to `--recon.weight`; the trainer passes its warmed-up value).
         """
         cfg = self.config
         batch.validate(cfg)
@@ -217,13 +233,21 @@ class Pi0Policy(nn.Module):
         if batch.action_is_pad is not None:
             keep &= ~batch.action_is_pad.bool()[:, :, None]
         action_loss = (losses * keep).sum() / keep.sum().clamp(min=1)
-        return {"loss": action_loss, "action_loss": action_loss, "prefix_out": prefix_out,
-                "num_image_tokens": prefix.num_image_tokens}
+        out = {"loss": action_loss, "action_loss": action_loss, "prefix_out": prefix_out,
+               "num_image_tokens": prefix.num_image_tokens}
+        if self.recon_head is not None:
+            # With train_expert_only the backbone is frozen: the head trains on detached features.
+            features = prefix_out.detach() if cfg.train_expert_only else prefix_out
+            recon_loss = self.recon_head(features.float(), prefix.num_image_tokens, batch)["recon_loss"]
+            weight = self.recon_config.weight if recon_weight is None else recon_weight
+            out["recon_loss"] = recon_loss
+            out["loss"] = action_loss + weight * recon_loss
+        return out
 
     def forward(self, batch: Batch, noise: torch.Tensor | None = None,
-                time: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                time: torch.Tensor | None = None, recon_weight: float | None = None) -> dict[str, torch.Tensor]:
         """Training forward = `compute_loss` (so DDP / PEFT / torch.compile wrappers see it)."""
-        return self.compute_loss(batch, noise=noise, time=time)
+        return self.compute_loss(batch, noise=noise, time=time, recon_weight=recon_weight)
 
     @torch.no_grad()
     def sample_actions(self, batch: Batch, noise: torch.Tensor | None = None, num_steps: int | None = None,

@@ -31,6 +31,7 @@ from pirecon.model.variants import GEMMA_VARIANTS, VISION_VARIANTS
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
+RECON_PREFIX = "recon_head."
 CONFIG_FILE = "config.json"
 FORMAT_NAME = "pirecon"
 
@@ -113,6 +114,8 @@ def save_policy(policy: Pi0Policy, path: str | Path, extra_config: dict | None =
     state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
     save_file(state, str(path / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
     config = {"format": FORMAT_NAME, "policy": to_dict(policy.config), **(extra_config or {})}
+    if policy.recon_head is not None:
+        config["recon"] = to_dict(policy.recon_config)
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return path
 
@@ -140,7 +143,16 @@ def load_policy(path_or_config: str | Path | PolicyConfig, dtype: str | None = N
         config = dataclasses.replace(config, dtype=dtype)
     # Our own checkpoints keep their tensors bit for bit unless a dtype is asked for.
     convert = layout != FORMAT_NAME or dtype is not None
-    return _materialise(config, weights, mapping, layout, device, convert)
+    recon = _read_recon_config(folder) if layout == FORMAT_NAME else None
+    return _materialise(config, weights, mapping, layout, device, convert, recon)
+
+
+def _read_recon_config(folder: Path):
+    data = _read_config(folder).get("recon")
+    if not data or not data.get("enable"):
+        return None
+    from pirecon.model.recon import ReconConfig
+    return from_dict(ReconConfig, data, where=f"{folder / CONFIG_FILE}:recon")
 
 
 def peek_config(folder: str | Path) -> PolicyConfig:
@@ -255,10 +267,15 @@ def _match_vision(width: int, patch: int, folder: Path) -> str:
 
 
 def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], layout: str,
-                 device, convert: bool) -> Pi0Policy:
-    """Build on `meta`, then assign the checkpoint tensors. Strict about missing/unexpected keys."""
+                 device, convert: bool, recon=None) -> Pi0Policy:
+    """Build on `meta`, then assign the checkpoint tensors. Strict about missing/unexpected keys.
+
+    A reconstruction head (our format only) is built for real after the backbone, then loaded."""
     with torch.device("meta"):
         policy = Pi0Policy(config)
+    if recon is not None:
+        head_keys = [k for k in mapping if k.startswith(RECON_PREFIX)]
+        mapping = {k: v for k, v in mapping.items() if not k.startswith(RECON_PREFIX)}
     ours = list(policy.state_dict().keys())
     to_file = {k: k for k in ours} if layout == FORMAT_NAME else {k: openpi_key(k) for k in ours}
     file_keys = set(mapping)  # canonical names -> names in the file
@@ -297,6 +314,15 @@ def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], l
                                       f"model expects {tuple(expected_shapes[key])}")
             state[key] = tensor
     policy.load_state_dict(state, strict=True, assign=True)
+    if recon is not None:
+        policy.add_recon_head(recon)
+        expected = set(policy.recon_head.state_dict())
+        found = {k[len(RECON_PREFIX):] for k in head_keys}
+        if expected != found:
+            raise CheckpointError(f"{weights}: reconstruction head keys differ from the config's head: missing "
+                                  f"{sorted(expected - found)[:10]}, unexpected {sorted(found - expected)[:10]}")
+        with safe_open(str(weights), framework="pt") as f:
+            policy.recon_head.load_state_dict({k: f.get_tensor(RECON_PREFIX + k) for k in expected})
     if convert:
         policy.apply_dtype(config.torch_dtype)
     policy.apply_freeze()

@@ -114,6 +114,8 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, train_c
     config = {"format": weights.FORMAT_NAME, "policy": to_dict(policy.config), "train": train_config,
               "step": step, "peft": is_peft, "base_path": base_path if is_peft else None,
               "tokenizer": tokenizer_file}
+    if policy.recon_head is not None:
+        config["recon"] = to_dict(policy.recon_config)
     (tmp / weights.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     for name, body in (extra_json or {}).items():
         (tmp / name).write_text(json.dumps(body, indent=2) + "\n")
@@ -186,6 +188,9 @@ def load_checkpoint_model(folder: str | Path, trainable: bool = False, use_ema: 
         overrides = {k: getattr(policy_cfg, k) for k in ("freeze_vision_encoder", "train_expert_only",
                                                           "num_inference_steps", "n_action_steps")}
         base = weights.load_policy(base_path, dtype=dtype or policy_cfg.dtype, **overrides)
+        if config.get("recon", {}).get("enable"):
+            from pirecon.model.recon import ReconConfig
+            base.add_recon_head(from_dict(ReconConfig, config["recon"], where=f"{folder / weights.CONFIG_FILE}:recon"))
         peft_cfg = from_dict(PeftConfig, config.get("train", {}).get("peft", {}), where="peft")
         model = lora.load_lora(base, folder / ADAPTER_DIR, peft_cfg, trainable=trainable)
         lora.load_trainable_non_lora(model, load_file(str(folder / TRAINABLE_FILE)), folder / TRAINABLE_FILE)

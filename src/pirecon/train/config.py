@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pirecon.config import PolicyConfig
 from pirecon.data.lerobot import DatasetConfig
 from pirecon.errors import ConfigError
+from pirecon.model.recon import ReconConfig
 
 # openpi's LoRA configs adapt attention and MLP of both Gemma stacks.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -82,6 +83,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
     output_dir: str | None = None
     steps: int = 30000
     batch_size: int = 8  # per process

@@ -34,12 +34,13 @@ class ExportConfig:
     output: str | None = None
     merge_lora: bool = True
     use_ema: bool = False
+    keep_recon_head: bool = False  # the head only matters for training; serving never runs it
     format: str = "pirecon"
     overwrite: bool = False
 
 
 def export(source: str | Path, output: str | Path, merge_lora: bool = True, use_ema: bool = False,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, keep_recon_head: bool = False) -> Path:
     source, output = Path(source), Path(output)
     config = ckpt.read_checkpoint_config(source)
     if config.get("peft") and not merge_lora:
@@ -51,6 +52,8 @@ def export(source: str | Path, output: str | Path, merge_lora: bool = True, use_
         shutil.rmtree(output)
     model = ckpt.load_checkpoint_model(source, use_ema=use_ema, merge_lora=True)
     policy = lora.base_policy(model)
+    if not keep_recon_head:
+        policy.recon_head, policy.recon_config = None, None
     tmp = output.with_name(output.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -76,6 +79,7 @@ def run(argv: list[str]) -> int:
         raise ConfigError("--output: expected the folder to write")
     if cfg.format != "pirecon":
         raise ConfigError(f"--format={cfg.format!r}: expected 'pirecon'")
-    path = export(cfg.policy.path, cfg.output, merge_lora=cfg.merge_lora, use_ema=cfg.use_ema, overwrite=cfg.overwrite)
+    path = export(cfg.policy.path, cfg.output, merge_lora=cfg.merge_lora, use_ema=cfg.use_ema, overwrite=cfg.overwrite,
+                  keep_recon_head=cfg.keep_recon_head)
     print(f"pirecon export: wrote {path}")
     return 0

@@ -125,11 +125,13 @@ class Trainer:
         else:
             policy = weights.load_policy(policy_cfg.pretrained_path or policy_cfg, **(
                 {k: getattr(policy_cfg, k) for k in RUNTIME_POLICY_FIELDS} if policy_cfg.pretrained_path else {}))
+            if cfg.recon.enable and policy.recon_head is None:
+                policy.add_recon_head(cfg.recon)
             if policy_cfg.use_peft:
                 if not self.base_path:  # a random base must be kept for the adapters to make sense
                     self.base_path = str((self.output_dir / "base").resolve())
                     if self.is_main:
-                        weights.save_policy(policy, self.base_path)
+                        self._save_random_base(policy)
                 model = lora.add_lora(policy, cfg.peft)
             else:
                 model = policy
@@ -210,8 +212,9 @@ class Trainer:
         for micro in range(cfg.grad_accum_steps):
             batch = next(data).to(acc.device)
             sync = micro == cfg.grad_accum_steps - 1
+            kwargs = {"recon_weight": cfg.recon.loss_weight(self.step)} if cfg.recon.enable else {}
             with (contextlib.nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
-                out = self.forward(batch)
+                out = self.forward(batch, **kwargs)
             loss = out["loss"]
             self._check_finite(loss, batch)
             acc.backward(loss / cfg.grad_accum_steps)
@@ -261,6 +264,15 @@ class Trainer:
                 extra_json={"data_info.json": self._data_info()})
         acc.wait_for_everyone()
         return path
+
+    def _save_random_base(self, policy: Pi0Policy) -> None:
+        """The frozen random base a LoRA run on an untrained model refers to (without any aux head)."""
+        head, recon = policy.recon_head, policy.recon_config
+        policy.recon_head, policy.recon_config = None, None
+        try:
+            weights.save_policy(policy, self.base_path)
+        finally:
+            policy.recon_head, policy.recon_config = head, recon
 
     def _data_info(self) -> dict:
         """What inference needs to rebuild the preprocessing: cameras, dims, normalisation mode."""
