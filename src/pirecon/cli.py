@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("pirecon.data.doctor", "check a LeRobot dataset folder and print a table of findings"),
     "train": ("pirecon.train.command", "fine-tune Pi0 / Pi0.5 on a LeRobot dataset (LoRA or full, one or many processes)"),
     "export": ("pirecon.train.export", "write a stand-alone checkpoint (LoRA merged, EMA weights if asked)"),
+    "recon-viz": ("pirecon.recon_viz", "PNG grid input | target | reconstruction from a checkpoint's recon head"),
     "sim": ("pirecon.sim.cli", "built-in simulator: `pirecon sim record` writes expert demonstrations"),
 }
 

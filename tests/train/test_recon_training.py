@@ -74,3 +74,18 @@ def test_lora_training_with_recon_logs_both_losses_and_resumes(sim_dataset, sim_
     assert head is not None and head.cfg.views == ("base_0_rgb", "left_wrist_0_rgb")
     exported = pirecon.load_policy(export(folder, tmp_path / "exported"))
     assert exported.recon_head is None  # export drops the head by default
+
+
+def test_recon_viz_writes_a_grid(sim_dataset, sim_tokenizer, tmp_path):
+    from PIL import Image
+
+    from pirecon.recon_viz import ReconVizConfig, VizDatasetFlags, VizPolicyFlags, recon_viz
+
+    out = tmp_path / "run"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=1", "--recon.enable=true",
+                                             "--recon.region=gaze")))
+    path = recon_viz(ReconVizConfig(policy=VizPolicyFlags(str(last_checkpoint(out))),
+                                    dataset=VizDatasetFlags(str(sim_dataset)), output=str(tmp_path / "g.png"),
+                                    frames=3, steps=5))
+    width, height = Image.open(path).size
+    assert height > width / 3 > 0  # 3 rows, 3 columns (input | target | reconstruction)

@@ -1,0 +1,74 @@
+"""`pirecon recon-viz --policy.path=CKPT --dataset.root=DIR --output=grid.png [--frames=4]`:
+run the reconstruction head's reverse diffusion on a few dataset frames and write a PNG grid
+input | target | reconstruction (one row per frame), to see what the backbone's image tokens encode.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pirecon.config import parse_flags, to_dict
+from pirecon.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class VizPolicyFlags:
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class VizDatasetFlags:
+    root: str | None = None
+    episodes: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class ReconVizConfig:
+    policy: VizPolicyFlags = field(default_factory=VizPolicyFlags)
+    dataset: VizDatasetFlags = field(default_factory=VizDatasetFlags)
+    output: str = "recon_grid.png"
+    frames: int = 4
+    steps: int | None = None  # reverse-diffusion steps (default: --recon.sample_steps of the checkpoint)
+    use_ema: bool = False
+    seed: int = 0
+
+
+def recon_viz(cfg: ReconVizConfig) -> Path:
+    from pirecon.data.lerobot import open_dataset
+    from pirecon.inference import preprocessor_from_checkpoint
+    from pirecon.model.recon_targets import reconstruction_grid
+    from pirecon.train.checkpoint import load_checkpoint_model
+    from pirecon.train.lora import base_policy
+
+    if not cfg.policy.path or not cfg.dataset.root:
+        raise ConfigError("--policy.path and --dataset.root: expected a checkpoint folder and a dataset folder")
+    folder = Path(cfg.policy.path)
+    policy = base_policy(load_checkpoint_model(folder, use_ema=cfg.use_ema, merge_lora=True)).eval()
+    if policy.recon_head is None:
+        raise ConfigError(f"--policy.path={folder}: this checkpoint has no reconstruction head (train with "
+                          f"--recon.enable=true)")
+    dataset = open_dataset(cfg.dataset.root, policy.config.chunk_size, episodes=cfg.dataset.episodes, split="all")
+    pre = preprocessor_from_checkpoint(folder, policy.config)
+    picks = torch.linspace(0, len(dataset) - 1, max(1, cfg.frames)).round().long().unique().tolist()
+    batch = pre.collate([pre(dataset[i]) for i in picks])
+    with torch.no_grad():
+        prefix = policy.embed_prefix(batch)
+        out = policy.compute_loss(batch)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    result = policy.recon_head.reconstruct(out["prefix_out"].float(), prefix.num_image_tokens, batch,
+                                           steps=cfg.steps, generator=generator)
+    return reconstruction_grid(result, Path(cfg.output))
+
+
+def run(argv: list[str]) -> int:
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        print(json.dumps(to_dict(ReconVizConfig()), indent=2))
+        return 0
+    path = recon_viz(parse_flags(argv, ReconVizConfig, config_path_flag=False))
+    print(f"pirecon recon-viz: wrote {path}")
+    return 0
