@@ -1,5 +1,6 @@
 """Training-step benchmark: step time and peak RSS, LoRA r=16, batch 1, frozen base in bf16,
-gradient checkpointing on, for the tiny and the full-size Pi0 / Pi0.5.
+gradient checkpointing on, for the tiny and the full-size Pi0 / Pi0.5, and the overhead of the
+reconstruction head (default size) on Pi0.5.
 
     .venv/bin/python benchmarks/train.py [--skip-full] [--steps 3] [--workdir DIR]
 
@@ -22,9 +23,10 @@ import torch
 from pirecon import PolicyConfig, load_policy
 from pirecon.batch import synthetic_batch
 from pirecon.train.config import PeftConfig
+from pirecon.model.recon import ReconConfig
 from pirecon.train.lora import add_lora, apply_training_precision
 
-kind, source, steps, views = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+kind, source, steps, views, recon = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 cameras = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")[:views]
 runtime = dict(dtype="bfloat16", gradient_checkpointing=True, freeze_vision_encoder=True, camera_names=cameras)
 t0 = time.perf_counter()
@@ -33,6 +35,8 @@ if source == "tiny":
 else:
     policy = load_policy(source, **runtime)
 load_s = time.perf_counter() - t0
+if recon:
+    policy.add_recon_head(ReconConfig(enable=True))
 model = add_lora(policy, PeftConfig(r=16))
 apply_training_precision(model, torch.bfloat16)
 policy.backbone.set_gradient_checkpointing(True)
@@ -55,9 +59,9 @@ print(json.dumps({"load_s": load_s, "first_step_s": times[0], "step_s": sorted(t
 """
 
 
-def run_child(kind: str, source: str, steps: int, views: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, kind, source, str(steps), str(views)], capture_output=True,
-                         text=True)
+def run_child(kind: str, source: str, steps: int, views: int, recon: bool = False) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, kind, source, str(steps), str(views), str(int(recon))],
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -69,6 +73,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--views", type=int, default=3, help="camera views per sample (full size)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--recon", action="store_true", help="also time full-size Pi0.5 with the recon head")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from model import write_random_checkpoint
@@ -78,6 +83,9 @@ def main() -> None:
         r = run_child(kind, "tiny", 10, 3)
         rows.append((f"tiny {kind}, 3 views", r))
         print(f"  tiny {kind}: {r}", flush=True)
+    r = run_child("pi05", "tiny", 10, 3, recon=True)
+    rows.append(("tiny pi05, 3 views, + recon head", r))
+    print(f"  tiny pi05 + recon: {r}", flush=True)
     if not args.skip_full:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pirecon-bench-"))
         for kind in ("pi0", "pi05"):
@@ -87,6 +95,10 @@ def main() -> None:
             name = f"full {kind}, {args.views} view(s)" + (" (target peak RSS <= 10 GiB)" if kind == "pi05" else "")
             rows.append((name, r))
             print(f"  {name}: {r}", flush=True)
+            if kind == "pi05" and args.recon:
+                r = run_child(kind, str(folder), args.steps, args.views, recon=True)
+                rows.append((f"full pi05, {args.views} view(s), + recon head", r))
+                print(f"  full pi05 + recon: {r}", flush=True)
             for file in folder.iterdir():
                 file.unlink()
             folder.rmdir()
