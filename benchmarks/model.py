@@ -49,7 +49,9 @@ t0 = time.perf_counter()
 import pirecon
 policy = pirecon.load_policy({str(folder)!r})
 seconds = time.perf_counter() - t0
-print(json.dumps({{"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+# VmHWM, not ru_maxrss: the latter also counts the parent's pages copied at fork, before exec.
+hwm_kib = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+print(json.dumps({{"seconds": seconds, "peak_rss_gib": hwm_kib / 2**20,
                   "params_b": sum(p.numel() for p in policy.parameters()) / 1e9}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -71,6 +73,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-full", action="store_true", help="only the tiny model")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the random checkpoints")
+    parser.add_argument("--no-full-sampling", action="store_true",
+                        help="full size: only write and load (sampling takes many minutes on a CPU)")
+    parser.add_argument("--full-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="precision of the full-size latency rows (CPUs without native bf16 run float32 faster)")
+    parser.add_argument("--full-views", type=int, default=3)
     parser.add_argument("--full-steps", type=int, default=2,
                         help="denoising steps for the full-size latency rows (10 takes minutes on a CPU)")
     args = parser.parse_args()
@@ -104,14 +111,16 @@ def main() -> None:
             result = load_in_child(folder)
             report(f"load_policy full {kind} (target <= 30 s)",
                    f"{result['seconds']:.1f} s, peak RSS {result['peak_rss_gib']:.2f} GiB")
-            policy = load_policy(folder).eval()
-            batch = synthetic_batch(policy.config, 1, action_dim=7)
-            steps = args.full_steps
-            with_cache = time_sampling(policy, batch, True, steps, 1)
-            without = time_sampling(policy, batch, False, steps, 1)
-            report(f"sample_actions full {kind} bf16, 3 views, {steps} steps",
-                   f"{with_cache:.1f} s cached / {without:.1f} s uncached = {without / with_cache:.1f}x")
-            del policy
+            if not args.no_full_sampling:
+                cameras = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")[:args.full_views]
+                policy = load_policy(folder, dtype=args.full_dtype, camera_names=cameras).eval()
+                batch = synthetic_batch(policy.config, 1, action_dim=7)
+                steps = args.full_steps
+                with_cache = time_sampling(policy, batch, True, steps, 1)
+                without = time_sampling(policy, batch, False, steps, 1)
+                report(f"sample_actions full {kind} {args.full_dtype}, {args.full_views} view(s), {steps} steps",
+                       f"{with_cache:.1f} s cached / {without:.1f} s uncached = {without / with_cache:.1f}x")
+                del policy
             for file in folder.iterdir():
                 file.unlink()
             folder.rmdir()

@@ -54,7 +54,8 @@ for _ in range(steps):
     opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - start)
 print(json.dumps({"load_s": load_s, "first_step_s": times[0], "step_s": sorted(times[1:] or times)[len(times[1:] or times) // 2],
-                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  # VmHWM, not ru_maxrss (which also counts the parent's pages copied at fork)
+                  "peak_rss_gib": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 2**20,
                   "trainable_m": sum(p.numel() for p in trainable) / 1e6, "loss": float(loss)}))
 """
 

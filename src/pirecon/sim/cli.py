@@ -1,0 +1,166 @@
+"""`pirecon sim <record|eval|preview> [--flags]`: the built-in simulator on the command line.
+
+    pirecon sim record --episodes=50 --output=data/sim [--seed=0] [--image_size=96] [--version=v3.0]
+    pirecon sim eval --episodes=50 [--policy=expert|random]
+    pirecon sim preview --output=sim.png [--seed=0]
+
+Flags may be written `--name=value` or `--name value`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pirecon.config import parse_flags
+from pirecon.errors import ConfigError
+
+
+def _help(text: str, default=dataclasses.MISSING):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class RecordFlags:
+    """Record scripted-expert demonstrations as a LeRobot dataset."""
+
+    output: str = _help("dataset folder to create (required)", "")
+    episodes: int = _help("number of successful episodes to write", 50)
+    seed: int = _help("first seed; episode i uses the next seeds", 0)
+    image_size: int = _help("camera resolution (square), e.g. 64..256", 96)
+    version: str = _help("LeRobot dataset format: v3.0 or v2.1", "v3.0")
+    overwrite: bool = _help("replace an existing dataset folder at --output", False)
+
+
+@dataclass(frozen=True)
+class EvalFlags:
+    """Success rate of the scripted expert or a random policy."""
+
+    policy: str = _help("expert or random", "expert")
+    episodes: int = _help("number of seeded episodes", 50)
+    seed: int = _help("first seed", 0)
+    image_size: int = _help("camera resolution (square)", 96)
+
+
+@dataclass(frozen=True)
+class PreviewFlags:
+    """Save a PNG contact sheet of one expert episode (top row: top camera, bottom: wrist)."""
+
+    output: str = _help("PNG file to write (required)", "")
+    seed: int = _help("episode seed", 0)
+    image_size: int = _help("camera resolution (square)", 96)
+    every: int = _help("show every n-th frame", 3)
+
+
+SUBCOMMANDS = {"record": RecordFlags, "eval": EvalFlags, "preview": PreviewFlags}
+
+
+def usage() -> str:
+    lines = ["usage: pirecon sim <subcommand> [--flag=value ...]", "", "subcommands:"]
+    lines += [f"  {name:<8} {cls.__doc__}" for name, cls in SUBCOMMANDS.items()]
+    lines += ["", "`pirecon sim <subcommand> --help` shows its flags."]
+    return "\n".join(lines)
+
+
+def flag_help(name: str, cls: type) -> str:
+    """The flags of one subcommand with types, defaults and help."""
+    hints = typing.get_type_hints(cls)
+    lines = [f"usage: pirecon sim {name} [--flag=value ...]", "", cls.__doc__ or "", "", "flags:"]
+    for f in dataclasses.fields(cls):
+        tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        flag = f"--{f.name}={f.default}"
+        lines.append(f"  {flag:<22} {tp:<5} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _equals_form(argv: list[str]) -> list[str]:
+    """['--a', '1', '--b'] -> ['--a=1', '--b'] so that both flag spellings work."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
+def run(argv: list[str]) -> int:
+    """Entry point of `pirecon sim`; returns the exit code."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"pirecon sim: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help") for a in rest):
+        print(flag_help(name, SUBCOMMANDS[name]))
+        return 0
+    flags = parse_flags(_equals_form(rest), SUBCOMMANDS[name], config_path_flag=False)
+    return {"record": _record, "eval": _eval, "preview": _preview}[name](flags)
+
+
+def _record(flags: RecordFlags) -> int:
+    from pirecon.sim.record import record
+
+    if not flags.output:
+        raise ConfigError("--output: required, e.g. --output=data/sim_demos")
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(total // 10, 1) == 0:
+            print(f"  {done}/{total} episodes", flush=True)
+
+    summary = record(flags.output, flags.episodes, seed=flags.seed, image_size=flags.image_size,
+                     version=flags.version, overwrite=flags.overwrite, progress=progress)
+    print(summary.describe())
+    return 0
+
+
+def _eval(flags: EvalFlags) -> int:
+    from pirecon.sim.env import SimConfig
+    from pirecon.sim.expert import RandomPolicy, ScriptedExpert, evaluate
+
+    makers = {"expert": ScriptedExpert, "random": lambda env: RandomPolicy(env.action_dim, seed=flags.seed)}
+    if flags.policy not in makers:
+        raise ConfigError(f"--policy={flags.policy!r}: expected one of {list(makers)}")
+    result = evaluate(makers[flags.policy], flags.episodes, flags.seed, SimConfig(image_size=flags.image_size))
+    print(f"{flags.policy}: success {result.successes}/{result.episodes} = {result.success_rate:.1%}, "
+          f"mean steps {result.mean_steps:.1f}")
+    width = max(len(t) for t in result.per_task)
+    for task, (ok, n) in result.per_task.items():
+        print(f"  {task:<{width}}  {ok}/{n}")
+    return 0
+
+
+def _preview(flags: PreviewFlags) -> int:
+    from PIL import Image
+
+    from pirecon.sim.env import SimConfig, SimEnv
+    from pirecon.sim.expert import ScriptedExpert, run_episode
+
+    if not flags.output:
+        raise ConfigError("--output: required, e.g. --output=sim_preview.png")
+    env = SimEnv(SimConfig(image_size=flags.image_size))
+    columns: list[np.ndarray] = []
+
+    def keep(obs: dict, action: np.ndarray) -> None:
+        if env.steps % max(flags.every, 1) == 0:
+            columns.append(np.concatenate([obs["observation.images.top"], obs["observation.images.wrist"]], axis=0))
+
+    result = run_episode(env, ScriptedExpert(env), flags.seed, on_step=keep)
+    columns.append(np.concatenate([env.observation()[k] for k in env.camera_keys], axis=0))  # final frame
+    sheet = np.concatenate([np.pad(c, ((0, 0), (0, 2), (0, 0)), constant_values=255) for c in columns], axis=1)
+    Path(flags.output).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(flags.output)
+    print(f"{flags.output}: {len(columns)} frames of '{result['task']}' (seed {flags.seed}), "
+          f"success={result['success']} after {result['steps']} steps")
+    return 0

@@ -1,0 +1,139 @@
+"""Record scripted-expert demonstrations of the built-in simulator as a LeRobot dataset.
+
+Each frame stores the observation the expert acted on and the action it took:
+    observation.images.top / .wrist  (H, W, 3) uint8 (encoded to video by the writer)
+    observation.state                (3,) float32   gripper x, y, closed
+    action                           (3,) float32   vx, vy, gripper
+    observation.gaze_bbox            (4,) float32   the named block's box in the top image
+Only successful episodes are written; a failed seed is skipped and the next seed is tried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pirecon.errors import ConfigError, DatasetError
+from pirecon.sim.env import SimConfig, SimEnv
+from pirecon.sim.expert import ScriptedExpert, run_episode
+
+VERSIONS = ("v3.0", "v2.1")
+
+
+@dataclass(frozen=True)
+class RecordSummary:
+    """What `record` wrote."""
+
+    path: Path
+    episodes: int
+    frames: int
+    seeds_tried: int  # successful + skipped seeds
+    skipped_seeds: tuple[int, ...]  # seeds whose expert episode failed (not written)
+    tasks: dict  # prompt -> number of episodes
+    seconds: float
+
+    def describe(self) -> str:
+        lines = [
+            f"wrote {self.episodes} episodes ({self.frames} frames, "
+            f"{self.frames / max(self.episodes, 1):.1f} per episode) to {self.path} in {self.seconds:.1f}s",
+            f"seeds tried: {self.seeds_tried}, skipped (expert failed): {len(self.skipped_seeds)}",
+            "tasks:",
+        ]
+        width = max((len(t) for t in self.tasks), default=0)
+        lines += [f"  {task:<{width}}  {n}" for task, n in self.tasks.items()]
+        return "\n".join(lines)
+
+
+def record(output: str | Path, episodes: int, seed: int = 0, image_size: int = 96, version: str = "v3.0",
+           config: SimConfig | None = None, overwrite: bool = False,
+           progress: Callable[[int, int], None] | None = None) -> RecordSummary:
+    """Write `episodes` successful expert episodes, trying seeds seed, seed + 1, ...
+
+    `config` overrides the simulator settings (its image_size is replaced by `image_size`).
+    `progress(done, total)` is called after each written episode.
+    """
+    from pirecon.data.writer import LeRobotWriter  # imported here: it pulls in torch, the simulator does not
+
+    if episodes <= 0:
+        raise ConfigError(f"--episodes={episodes}: expected a positive integer")
+    if version not in VERSIONS:
+        raise ConfigError(f"--version={version!r}: expected one of {list(VERSIONS)}")
+    root = Path(output)
+    # With --overwrite an old dataset is replaced only after the new one is complete.
+    write_root = _check_output(root, overwrite)
+    env = SimEnv(dataclasses.replace(config or SimConfig(), image_size=image_size))
+    expert = ScriptedExpert(env)
+
+    start = time.perf_counter()
+    written, frames, skipped, tasks = 0, 0, [], Counter()
+    s = seed
+    max_seed = seed + 2 * episodes + 100  # the expert essentially never fails; this bounds a broken config
+    # The writer deletes its partial output if anything below raises.
+    with LeRobotWriter(write_root, fps=env.fps, features=env.features(), version=version,
+                       robot_type="pirecon_sim") as writer:
+        while written < episodes:
+            if s >= max_seed:
+                raise DatasetError(f"{root}: the expert failed on {len(skipped)} of {s - seed} seeds; "
+                                   f"check the simulator settings")
+            buffer: list[dict] = []
+
+            def keep(obs: dict, action: np.ndarray) -> None:
+                buffer.append({
+                    "observation.images.top": obs["observation.images.top"],
+                    "observation.images.wrist": obs["observation.images.wrist"],
+                    "observation.state": obs["observation.state"],
+                    "action": np.asarray(action, dtype=np.float32),
+                    "observation.gaze_bbox": env.gaze_bbox(),
+                })
+
+            result = run_episode(env, expert, s, on_step=keep)
+            if result["success"]:
+                for frame in buffer:
+                    writer.add_frame(frame, task=result["task"])
+                writer.save_episode()
+                written += 1
+                frames += len(buffer)
+                tasks[result["task"]] += 1
+                if progress is not None:
+                    progress(written, episodes)
+            else:
+                skipped.append(s)
+            s += 1
+        writer.finalize()
+    if write_root != root:
+        shutil.rmtree(root)
+        write_root.rename(root)
+    return RecordSummary(root, written, frames, s - seed, tuple(skipped), dict(sorted(tasks.items())),
+                         time.perf_counter() - start)
+
+
+def record_dataset(output: str | Path, episodes: int, seed: int = 0, image_size: int = 96,
+                   version: str = "v3.0") -> Path:
+    """Record `episodes` expert demonstrations to `output` (LeRobot `version`); returns the folder."""
+    return record(output, episodes, seed=seed, image_size=image_size, version=version).path
+
+
+def _check_output(root: Path, overwrite: bool) -> Path:
+    """The folder to write into: `root` itself, or with `overwrite` a sibling that replaces it later.
+
+    A non-empty `root` is an error unless `overwrite` is set and `root` holds a LeRobot dataset
+    (meta/info.json); any other folder is never deleted.
+    """
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        return root
+    if not root.is_dir():
+        raise DatasetError(f"{root}: exists and is not a folder")
+    if not overwrite:
+        raise DatasetError(f"{root}: folder is not empty; choose a new --output or pass --overwrite")
+    if not (root / "meta" / "info.json").is_file():
+        raise DatasetError(f"{root}: --overwrite only replaces a LeRobot dataset folder (with meta/info.json); "
+                           f"this folder has none, so it is left alone")
+    return root.parent / f".{root.name}.new-{uuid.uuid4().hex[:8]}"
