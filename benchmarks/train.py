@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--views", type=int, default=3, help="camera views per sample (full size)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--kinds", default="pi0,pi05", help="full-size policies to run")
     parser.add_argument("--recon", action="store_true", help="also time full-size Pi0.5 with the recon head")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
@@ -89,7 +90,7 @@ def main() -> None:
     print(f"  tiny pi05 + recon: {r}", flush=True)
     if not args.skip_full:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pirecon-bench-"))
-        for kind in ("pi0", "pi05"):
+        for kind in args.kinds.split(","):
             folder = workdir / f"{kind}_full"
             write_random_checkpoint(kind, folder)
             r = run_child(kind, str(folder), args.steps, args.views)

@@ -11,7 +11,7 @@ import difflib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -306,13 +306,22 @@ def _all_flags(cls: type, prefix: str = "") -> list[str]:
     return out
 
 
-def load_json(path: Path) -> dict:
+def load_json(path: Path, error: type[Exception] = ConfigError, missing: str | None = None) -> dict:
+    """A JSON object from `path`; a missing file, bad JSON or a non-object raises `error`
+    naming the file (`missing` replaces the default "config file not found" text)."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise error(f"{path}: {missing or 'config file not found'}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        raise error(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level")
+        raise error(f"{path}: expected a JSON object at the top level")
     return data
+
+
+def print_help(doc: str, cls: type) -> None:
+    """A command's `--help`: its docstring, then every flag with its default (as JSON)."""
+    print(doc)
+    print(json.dumps(to_dict(cls()), indent=2))

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pirecon.config import PolicyConfig, parse_flags, to_dict
+from pirecon.config import PolicyConfig, parse_flags, print_help
 from pirecon.errors import ConfigError
 
 
@@ -60,8 +60,7 @@ def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        print(json.dumps(to_dict(DemoConfig()), indent=2))
+        print_help(__doc__, DemoConfig)
         return 0
     cfg = parse_flags(argv, DemoConfig, config_path_flag=False)
     import shutil

@@ -5,13 +5,12 @@ input | target | reconstruction (one row per frame), to see what the backbone's 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pirecon.config import parse_flags, to_dict
+from pirecon.config import parse_flags, print_help
 from pirecon.errors import ConfigError
 
 
@@ -66,8 +65,7 @@ def recon_viz(cfg: ReconVizConfig) -> Path:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        print(json.dumps(to_dict(ReconVizConfig()), indent=2))
+        print_help(__doc__, ReconVizConfig)
         return 0
     path = recon_viz(parse_flags(argv, ReconVizConfig, config_path_flag=False))
     print(f"pirecon recon-viz: wrote {path}")

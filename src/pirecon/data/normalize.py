@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from pirecon.config import load_json
 from pirecon.errors import ConfigError, DatasetError, InputError
 
 EPS = 1e-6
@@ -181,13 +182,8 @@ def load_norm_stats_json(path: str | Path) -> Stats:
     file without the outer `norm_stats` key is accepted too.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: norm stats file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and "norm_stats" in data:
+    data = load_json(path, ConfigError, missing="norm stats file not found")
+    if "norm_stats" in data:
         data = data["norm_stats"]
     if not isinstance(data, dict) or not any(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"{path}: expected {{\"norm_stats\": {{\"state\": {{...}}, \"actions\": {{...}}}}}}")

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pirecon.config import PolicyConfig, from_dict, to_dict
+from pirecon.config import PolicyConfig, from_dict, load_json, to_dict
 from pirecon.errors import CheckpointError
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.variants import GEMMA_VARIANTS, VISION_VARIANTS
@@ -186,16 +186,8 @@ def _inspect(folder: Path) -> tuple[PolicyConfig, Path, dict[str, str], str]:
 
 
 def _read_config(folder: Path) -> dict:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no {CONFIG_FILE}; expected the config written beside {WEIGHTS_FILE}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return load_json(folder / CONFIG_FILE, CheckpointError,
+                     missing=f"no {CONFIG_FILE}; expected the config written beside {WEIGHTS_FILE}")
 
 
 def _detect_layout(config_json: dict, keys: list[str], metadata: dict) -> str:

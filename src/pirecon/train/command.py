@@ -6,10 +6,9 @@ configuration; flags given on the command line still override it (e.g. a larger 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pirecon.config import parse_flags, to_dict
+from pirecon.config import parse_flags, print_help
 from pirecon.errors import ConfigError
 from pirecon.train.config import TrainConfig
 
@@ -30,8 +29,7 @@ def parse_train_flags(argv: list[str]) -> TrainConfig:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        print(json.dumps(to_dict(TrainConfig()), indent=2))
+        print_help(__doc__, TrainConfig)
         return 0
     cfg = parse_train_flags(argv)
     from pirecon.train.loop import train

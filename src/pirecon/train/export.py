@@ -8,12 +8,11 @@ checkpoint.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pirecon.config import parse_flags, to_dict
+from pirecon.config import parse_flags, print_help
 from pirecon.errors import ConfigError
 from pirecon.model import weights
 from pirecon.train import checkpoint as ckpt
@@ -69,8 +68,7 @@ def export(source: str | Path, output: str | Path, merge_lora: bool = True, use_
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        print(json.dumps(to_dict(ExportConfig()), indent=2))
+        print_help(__doc__, ExportConfig)
         return 0
     cfg = parse_flags(argv, ExportConfig, config_path_flag=False)
     if not cfg.policy.path:
