@@ -144,3 +144,32 @@ def test_record_skips_seeds_where_the_expert_fails(tmp_path, fake_writer):
     assert summary.seeds_tried == 5 + len(summary.skipped_seeds)
     assert all(len(e) <= 12 for e in fake_writer.instances[0].episodes)
     assert "skipped (expert failed)" in summary.describe()
+
+
+def test_record_keeps_the_simulator_settings_beside_the_data(tmp_path):
+    from pirecon.sim import SimConfig, record_dataset, recorded_sim_config
+
+    config = SimConfig(image_size=32, cells="corners", max_steps=70)
+    root = record_dataset(tmp_path / "d", 1, image_size=32, config=config)
+    assert recorded_sim_config(root) == config
+    assert recorded_sim_config(tmp_path) is None  # not a recorded dataset
+
+
+def test_corner_cells_put_the_zone_and_blocks_in_the_board_corners():
+    import numpy as np
+    from pirecon.errors import ConfigError
+    from pirecon.sim import SimConfig
+    from pirecon.sim.env import sample_scene
+
+    config = SimConfig(cells="corners", grid=4, jitter=0.02)
+    corners = np.array([[0.125, 0.125], [0.875, 0.125], [0.125, 0.875], [0.875, 0.875]])
+    for seed in range(20):
+        scene = sample_scene(config, seed)
+        points = np.concatenate([scene.zone[None], scene.blocks])  # (4, 2)
+        nearest = np.abs(points[:, None] - corners[None]).max(-1).argmin(1)
+        assert sorted(nearest) == [0, 1, 2, 3]  # one object per corner
+        assert np.abs(points - corners[nearest]).max() <= 0.02 + 1e-9
+    with pytest.raises(ConfigError, match="cells='corners' needs grid > 0"):
+        SimConfig(cells="corners", grid=0)
+    with pytest.raises(ConfigError, match="cells='middle'"):
+        SimConfig(cells="middle")

@@ -13,10 +13,10 @@
 
 from pirecon.sim.env import PROMPTS, TASK_KINDS, Scene, SimConfig, SimEnv
 from pirecon.sim.expert import EvalResult, RandomPolicy, ScriptedExpert, evaluate, run_episode
-from pirecon.sim.record import RecordSummary, record, record_dataset
+from pirecon.sim.record import RecordSummary, record, record_dataset, recorded_sim_config
 
 __all__ = [
     "SimConfig", "SimEnv", "Scene", "PROMPTS", "TASK_KINDS",
     "ScriptedExpert", "RandomPolicy", "run_episode", "evaluate", "EvalResult",
-    "record", "record_dataset", "RecordSummary",
+    "record", "record_dataset", "recorded_sim_config", "RecordSummary",
 ]

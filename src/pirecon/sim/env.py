@@ -45,6 +45,7 @@ CAMERA_KEYS = ("observation.images.top", "observation.images.wrist")
 STATE_NAMES = ("x", "y", "gripper")
 ACTION_NAMES = ("vx", "vy", "gripper")
 GRIPPER_LIMITS = (0.02, 0.98)  # the gripper stays over the table
+CELL_SETS = ("all", "corners")
 HOME = (0.5, 0.5)  # where the gripper starts unless SimConfig.random_start
 
 
@@ -65,6 +66,7 @@ class SimConfig:
     gaze_margin: float = 0.02  # gaze_bbox extends the named block's square by this much
     grid: int = 4  # > 0: blocks and zone sit in the cells of a grid x grid board; 0: anywhere
     jitter: float = 0.02  # with grid > 0: random offset (up to +-jitter) from the cell centres
+    cells: str = "all"  # with grid > 0: "all" cells or only the 4 "corners" hold the zone and blocks
     random_start: bool = False  # False: the gripper starts at HOME; True: anywhere away from the blocks
 
     def __post_init__(self) -> None:
@@ -79,11 +81,16 @@ class SimConfig:
             raise ConfigError(f"num_blocks={self.num_blocks}: expected 1..{len(self.colors)} (one block per colour)")
         if not self.tasks or any(t not in TASK_KINDS for t in self.tasks):
             raise ConfigError(f"tasks={list(self.tasks)}: expected a non-empty subset of {list(TASK_KINDS)}")
-        for name in ("wrist_span", "max_speed", "block_size", "zone_size"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected a value in (0, 1] table units")
+        for name, top in (("wrist_span", 2), ("max_speed", 1), ("block_size", 1), ("zone_size", 1)):
+            if not 0 < getattr(self, name) <= top:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected a value in (0, {top}] table units")
         if self.block_size > 0.2 or self.zone_size > 0.3:
             raise ConfigError("block_size <= 0.2 and zone_size <= 0.3 are needed for random layouts to fit")
+        if self.cells not in CELL_SETS:
+            raise ConfigError(f"cells={self.cells!r}: expected one of {list(CELL_SETS)}")
+        if self.cells == "corners" and (not self.grid or self.num_blocks > 3):
+            raise ConfigError(f"cells='corners' needs grid > 0 and at most 3 blocks (the zone takes the 4th "
+                              f"corner); got grid={self.grid}, num_blocks={self.num_blocks}")
         if self.grid:
             self._check_grid()
         if self.max_steps <= 0 or self.fps <= 0:
@@ -158,21 +165,24 @@ def _start_clearance(config: SimConfig) -> float:
 
 
 def grid_cells(config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (n*n, 2) of the board cells and a mask (n*n,) of the cells a block may use.
+    """Centres (k, 2) of the usable board cells and a mask (k,) of the cells a block may use.
 
-    Cells too close to HOME (when the gripper starts there) hold no block, only the zone.
+    Usable cells are all n*n cells, or the 4 corner cells with `cells="corners"`. Cells too close
+    to HOME (when the gripper starts there) hold no block, only the zone.
     """
     n = config.grid
     index = np.arange(n * n)
-    centres = (np.stack([index % n, index // n], axis=1) + 0.5) / n  # (n*n, 2) x = column, y = row
+    if config.cells == "corners":
+        index = np.array([0, n - 1, n * (n - 1), n * n - 1])
+    centres = (np.stack([index % n, index // n], axis=1) + 0.5) / n  # (k, 2) x = column, y = row
     if config.random_start:
-        return centres, np.ones(n * n, dtype=bool)
+        return centres, np.ones(len(index), dtype=bool)
     far = np.abs(centres - np.array(HOME)).max(axis=1) - config.jitter > _start_clearance(config)
     return centres, far
 
 
 def _grid_layout(config: SimConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Zone (2,) and blocks (N, 2) at the jittered centres of distinct random grid cells."""
+    """Zone (2,) and blocks (N, 2) at the jittered centres of distinct random usable grid cells."""
     centres, block_ok = grid_cells(config)
     order = rng.permutation(len(centres))
     blocks = [c for c in order if block_ok[c]][: config.num_blocks]

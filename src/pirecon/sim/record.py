@@ -11,6 +11,7 @@ Only successful episodes are written; a failed seed is skipped and the next seed
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ from pirecon.sim.env import SimConfig, SimEnv
 from pirecon.sim.expert import ScriptedExpert, run_episode
 
 VERSIONS = ("v3.0", "v2.1")
+SIM_CONFIG_FILE = "meta/pirecon_sim.json"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ def record(output: str | Path, episodes: int, seed: int = 0, image_size: int = 9
                 skipped.append(s)
             s += 1
         writer.finalize()
+    # The simulator settings travel with the data, so evaluation can rebuild the same world.
+    (write_root / SIM_CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (write_root / SIM_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(env.config), indent=2) + "\n")
     if write_root != root:
         shutil.rmtree(root)
         write_root.rename(root)
@@ -116,9 +121,24 @@ def record(output: str | Path, episodes: int, seed: int = 0, image_size: int = 9
 
 
 def record_dataset(output: str | Path, episodes: int, seed: int = 0, image_size: int = 96,
-                   version: str = "v3.0") -> Path:
+                   version: str = "v3.0", config: SimConfig | None = None) -> Path:
     """Record `episodes` expert demonstrations to `output` (LeRobot `version`); returns the folder."""
-    return record(output, episodes, seed=seed, image_size=image_size, version=version).path
+    return record(output, episodes, seed=seed, image_size=image_size, version=version, config=config).path
+
+
+def recorded_sim_config(dataset_root: str | Path) -> SimConfig | None:
+    """The simulator settings a dataset was recorded with (`meta/pirecon_sim.json`), or None."""
+    path = Path(dataset_root) / SIM_CONFIG_FILE
+    if not path.is_file():
+        return None
+    from pirecon.config import load_json
+
+    fields = {f.name for f in dataclasses.fields(SimConfig)}
+    values = load_json(path, DatasetError)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise DatasetError(f"{path}: unknown simulator settings {unknown}; expected keys among {sorted(fields)}")
+    return SimConfig(**values)
 
 
 def _check_output(root: Path, overwrite: bool) -> Path:
