@@ -1,0 +1,141 @@
+"""`pirecon serve --policy.path=CKPT [--host 0.0.0.0] [--port 8000] [--serve.preset=libero] [--serve.obs_map=JSON]`
+
+Serves a checkpoint to robot clients over openpi's websocket protocol, so openpi_client's
+WebsocketClientPolicy (and the LIBERO / ALOHA / DROID example clients) work unchanged:
+metadata on connect, msgpack observations in, {"actions": (chunk_size, action_dim) in robot units,
+"server_timing": {...}} out; GET /healthz answers 200. Ctrl-C stops it. Each reply is the whole
+chunk; clients run its first n_action_steps (in the metadata) before asking again. A bad request
+gets a text frame naming the problem and that connection closes (code 1011).
+
+Request keys -> dataset keys. The checkpoint reads the keys of the dataset it was trained on
+(`observation.images.<camera>`, `observation.state`, `task`); the obs map says which request key
+feeds each one:
+  --serve.preset=libero|aloha|droid   start from openpi's example client keys (listed below); each
+                                      preset maps onto default dataset keys, which you retarget:
+  --serve.obs_map='{"observation/image": "observation.images.top", "observation/wrist_image": "wrist"}'
+                                      request key -> dataset key, applied on top of the preset
+                                      (a bare camera name means observation.images.<name>; null
+                                      drops a preset key, e.g. '{"images/cam_low": null}').
+Without a preset, clients send the dataset keys as they are, plus `prompt` for the task.
+A request key `a/b` is the key "a/b" itself, or "b" inside the dict "a" (ALOHA's images/cam_high).
+Several request keys mapped to observation.state are joined in order (DROID's joint_position +
+gripper_position). Images are uint8 (H, W, 3) or (3, H, W), any size (resized with padding).
+The server checks the map against the checkpoint's cameras at start-up and names what is missing.
+
+Other flags: --use_ema (EMA weights), --policy.num_inference_steps (denoising steps; default the
+checkpoint's), --policy.n_action_steps (advertised in the metadata), --seed, --policy.device,
+--serve.reseed_each_request (same observation -> same actions), --serve.default_prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from pirecon.config import parse_flags, print_help
+from pirecon.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServePolicyFlags:
+    path: str | None = None  # checkpoint folder (training checkpoint or `pirecon export` output)
+    num_inference_steps: int | None = None  # denoising steps; None: the checkpoint's
+    n_action_steps: int | None = None  # advertised to clients; None: the checkpoint's
+    tokenizer_path: str | None = None  # only for checkpoints without a tokenizer copy
+    device: str = "cpu"  # cpu | cuda | cuda:1 ...
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    preset: str | None = None  # libero | aloha | droid | none
+    obs_map: dict[str, str | None] = field(default_factory=dict)  # request key -> dataset key (null drops)
+    default_prompt: str | None = None  # used when no request key maps to `task` or a request lacks it
+    reseed_each_request: bool = False  # re-seed the noise per request: replies depend on the observation only
+    max_message_mb: int = 256  # largest accepted request
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    policy: ServePolicyFlags = field(default_factory=ServePolicyFlags)
+    serve: ServeOptions = field(default_factory=ServeOptions)
+    host: str = "0.0.0.0"
+    port: int = 8000
+    use_ema: bool = False
+    seed: int = 0
+
+
+def join_flag_values(argv: list[str]) -> list[str]:
+    """`--port 8000` -> `--port=8000` (the issue's spelling); `--flag=value` and bare `--flag` stay."""
+    out: list[str] = []
+    for arg in argv:
+        if out and not arg.startswith("--") and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def build_server(cfg: ServeConfig):
+    """Load the checkpoint and wire runner, obs map and metadata into a PolicyServer."""
+    from pirecon.inference import PolicyRunner
+    from pirecon.serve.obs_map import (ObsMapper, checkpoint_camera_keys, checkpoint_state_dim,
+                                       resolve_obs_map)
+    from pirecon.serve.server import PolicyServer, build_metadata
+
+    if not cfg.policy.path:
+        raise ConfigError("--policy.path: expected a checkpoint folder (e.g. OUT/checkpoints/last)")
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"--port={cfg.port}: expected 0..65535 (0 picks a free port)")
+    if cfg.serve.max_message_mb <= 0:
+        raise ConfigError(f"--serve.max_message_mb={cfg.serve.max_message_mb}: expected a positive number")
+    if cfg.policy.num_inference_steps is not None and cfg.policy.num_inference_steps <= 0:
+        raise ConfigError(f"--policy.num_inference_steps={cfg.policy.num_inference_steps}: expected a positive integer")
+    if cfg.policy.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--policy.device={cfg.policy.device}: this torch build sees no CUDA device; "
+                              f"use --policy.device=cpu")
+    preset = None if cfg.serve.preset in (None, "", "none") else cfg.serve.preset
+    # Check the preset's name before the (slow) checkpoint load.
+    resolve_obs_map(preset, {}, None)
+    runner = PolicyRunner.from_checkpoint(cfg.policy.path, use_ema=cfg.use_ema, device=cfg.policy.device,
+                                          n_action_steps=cfg.policy.n_action_steps,
+                                          num_steps=cfg.policy.num_inference_steps, seed=cfg.seed,
+                                          tokenizer_path=cfg.policy.tokenizer_path)
+    if runner.preprocessor.action_dim is None:
+        raise ConfigError(f"--policy.path={cfg.policy.path}: the checkpoint does not say its real action dim "
+                          f"(no data_info.json action_dim nor norm stats with 'actions')")
+    camera_keys = checkpoint_camera_keys(runner.preprocessor)
+    obs_map = resolve_obs_map(preset, cfg.serve.obs_map, camera_keys)
+    mapper = ObsMapper(obs_map, camera_keys=camera_keys, state_dim=checkpoint_state_dim(runner.preprocessor),
+                       default_prompt=cfg.serve.default_prompt)
+    metadata = build_metadata(runner, mapper, preset=preset, checkpoint=str(cfg.policy.path), use_ema=cfg.use_ema,
+                              reseed_each_request=cfg.serve.reseed_each_request)
+    return PolicyServer(runner, mapper, metadata, host=cfg.host, port=cfg.port, seed=cfg.seed,
+                        reseed_each_request=cfg.serve.reseed_each_request,
+                        max_message_bytes=cfg.serve.max_message_mb * 2**20)
+
+
+def run(argv: list[str]) -> int:
+    if "--help" in argv or "-h" in argv:
+        from pirecon.serve.obs_map import presets_help
+        print_help(f"{__doc__}\n{presets_help()}\n\nflags and defaults:", ServeConfig)
+        return 0
+    cfg = parse_flags(join_flag_values(argv), ServeConfig, config_path_flag=False)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # our own log names each client
+    server = build_server(cfg)
+
+    def ready(host: str, port: int) -> None:
+        print(f"pirecon serve: metadata {json.dumps(server.metadata)}", flush=True)
+        print(f"pirecon serve: listening on ws://{host}:{port} (health: http://{host}:{port}/healthz); "
+              f"Ctrl-C stops", flush=True)
+
+    try:
+        server.run(ready)
+    except OSError as exc:  # e.g. the port is taken
+        raise ConfigError(f"--host={cfg.host} --port={cfg.port}: cannot listen ({exc.strerror or exc})") from None
+    print(f"pirecon serve: stopped after {server.served} replies and {server.rejected} error frames", flush=True)
+    return 0

@@ -1,0 +1,43 @@
+import socket
+
+from pirecon.cli import main
+from pirecon.serve.command import join_flag_values
+
+
+def test_space_separated_values_are_joined():
+    argv = ["--policy.path=CKPT", "--host", "0.0.0.0", "--port", "8000", "--use_ema", "--serve.preset", "libero"]
+    assert join_flag_values(argv) == ["--policy.path=CKPT", "--host=0.0.0.0", "--port=8000", "--use_ema",
+                                      "--serve.preset=libero"]
+
+
+def test_help_lists_flags_and_presets(capsys):
+    assert main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("--serve.obs_map", "images/cam_high", "observation/joint_position", '"port": 8000', "Ctrl-C"):
+        assert text in out
+
+
+def test_missing_checkpoint_and_unknown_preset_are_named(capsys):
+    assert main(["serve"]) == 2
+    assert "--policy.path: expected a checkpoint folder" in capsys.readouterr().err
+    assert main(["serve", "--policy.path=nowhere", "--serve.preset=bridge"]) == 2
+    assert "--serve.preset='bridge': expected one of ['aloha', 'droid', 'libero']" in capsys.readouterr().err
+    assert main(["serve", "--policy.path=nowhere", "--serve.obs_map=[1]"]) == 2
+    assert "--serve.obs_map" in capsys.readouterr().err
+
+
+def test_a_map_that_misses_the_checkpoints_cameras_fails_before_listening(trained_checkpoint, capsys):
+    # The simulator checkpoint reads cameras top and wrist; LIBERO's defaults are image and wrist_image.
+    assert main(["serve", f"--policy.path={trained_checkpoint}", "--serve.preset=libero", "--port=0"]) == 2
+    err = capsys.readouterr().err
+    assert "request key 'observation/image' maps to 'observation.images.image'" in err
+    assert "['observation.images.top', 'observation.images.wrist']" in err
+
+
+def test_a_taken_port_is_reported(trained_checkpoint, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", f"--policy.path={trained_checkpoint}", "--host", "127.0.0.1", "--port", str(port)]) == 2
+    assert f"--host=127.0.0.1 --port={port}: cannot listen" in capsys.readouterr().err
