@@ -12,4 +12,18 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet "torch==${PIRECON_TORCH_VERSION:-2.13.0}"
 fi
-.venv/bin/python -m pip install --quiet -e ".[test]"
+EXTRAS="test"
+# PIRECON_LIBERO=1 adds the LIBERO simulator (the `libero` extra, ~650 MB, about a minute) and the
+# OSMesa library it renders with (Debian's libosmesa6, installed here when running as root).
+if [ "${PIRECON_LIBERO:-0}" = 1 ]; then
+    EXTRAS="test,libero"
+    if ! .venv/bin/python -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('OSMesa') is None)"; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 >/dev/null
+        else
+            echo "install.sh: LIBERO needs OSMesa: run 'sudo apt-get install libosmesa6'" >&2
+        fi
+    fi
+fi
+.venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"

@@ -1,0 +1,72 @@
+"""Success statistics of closed-loop evaluation: Wilson intervals and the per-task summary."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping
+
+Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (default 95 %); (0, 1) when n is 0.
+
+    Better behaved than the normal interval at small n and at rates near 0 or 1 (it never leaves
+    [0, 1] and is not empty at 0/n or n/n), which is where robot evaluations usually are.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval: expected 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # Clamp rounding noise at the ends (0/n and n/n give exactly 0 and 1).
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_entry(successes: int, n: int) -> dict:
+    low, high = wilson_interval(successes, n)
+    return {"successes": successes, "episodes": n, "success_rate": successes / n if n else 0.0,
+            "ci95": [low, high]}
+
+
+def summarize(episodes: Iterable[Mapping]) -> dict:
+    """Per-episode records ({"task", "success", "steps", "wall_time_s"}) -> the summary numbers.
+
+    {"episodes", "successes", "success_rate", "ci95": [low, high], "mean_steps",
+     "mean_steps_success" (None without successes), "mean_wall_time_s", "per_task": {task: rate entry}}
+    """
+    episodes = list(episodes)
+    n = len(episodes)
+    successes = sum(bool(e["success"]) for e in episodes)
+    per_task: dict[str, list[int]] = {}
+    for e in episodes:
+        ok, count = per_task.get(e["task"], [0, 0])
+        per_task[e["task"]] = [ok + bool(e["success"]), count + 1]
+    won = [e["steps"] for e in episodes if e["success"]]
+    return {
+        **rate_entry(successes, n),
+        "mean_steps": sum(e["steps"] for e in episodes) / n if n else 0.0,
+        "mean_steps_success": sum(won) / len(won) if won else None,
+        "mean_wall_time_s": sum(e["wall_time_s"] for e in episodes) / n if n else 0.0,
+        "per_task": {task: rate_entry(ok, count) for task, (ok, count) in sorted(per_task.items())},
+    }
+
+
+def format_summary(summary: Mapping) -> str:
+    """The summary as a small table: overall line, then one line per task."""
+    rows = [("all tasks", summary)] + list(summary["per_task"].items())
+    width = max(len("task"), *(len(name) for name, _ in rows))
+    lines = [f"  {'task':<{width}}  {'success':>8}  {'95% CI':>13}  {'episodes':>8}"]
+    for name, row in rows:
+        low, high = row["ci95"]
+        lines.append(f"  {name:<{width}}  {row['success_rate']:>8.1%}  {f'{low:.0%}-{high:.0%}':>13}  "
+                     f"{row['episodes']:>8}")
+    lines.append(f"  mean episode length {summary['mean_steps']:.1f} steps"
+                 + (f" ({summary['mean_steps_success']:.1f} in successes)"
+                    if summary.get("mean_steps_success") is not None else "")
+                 + f", {summary['mean_wall_time_s']:.2f} s per episode")
+    return "\n".join(lines)
