@@ -27,3 +27,7 @@ class DatasetError(PireconError):
 
 class TrainingError(PireconError):
     """Training cannot go on (e.g. a NaN loss); the message names the step and the samples."""
+
+
+class HubError(PireconError):
+    """The Hugging Face Hub cannot serve or take a repo (offline, not cached, no network, no access)."""

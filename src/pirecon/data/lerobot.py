@@ -59,7 +59,9 @@ class DatasetConfig:
     """Where the dataset is and which part of it to use (`--dataset.*` flags)."""
 
     root: str | None = None  # local dataset folder
-    repo_id: str | None = None  # used as $HF_LEROBOT_HOME/<repo_id> when root is not given
+    # Without root: a folder, $HF_LEROBOT_HOME/<repo_id>, or a Hub dataset id (org/name[@revision]) fetched
+    # into the Hugging Face cache (pirecon.hub; HF_HUB_OFFLINE=1 reads only the cache).
+    repo_id: str | None = None
     episodes: list[int] | None = None  # episode indices to use (None: all)
     # Applied by the preprocessor (pirecon.data.transforms), not by the dataset:
     camera_map: dict[str, str] = field(default_factory=dict)  # dataset camera key -> model camera
@@ -80,8 +82,13 @@ class DatasetConfig:
             return Path(self.root).expanduser()
         if self.repo_id:
             home = os.environ.get("HF_LEROBOT_HOME", "~/.cache/huggingface/lerobot")
-            return Path(home).expanduser() / self.repo_id
-        raise ConfigError("--dataset.root: expected a dataset folder (or --dataset.repo_id of a local copy)")
+            local = Path(home).expanduser() / self.repo_id
+            if local.is_dir():
+                return local
+            from pirecon.hub import resolve_dataset
+            return resolve_dataset(self.repo_id)
+        raise ConfigError("--dataset.root: expected a dataset folder (or --dataset.repo_id=ORG/NAME of a Hub "
+                          "dataset or a local copy)")
 
     def open(self, action_horizon: int, split: str = "train", **kwargs) -> LeRobotDataset:
         """`open_dataset` with this config's root, episodes and val_episodes."""
