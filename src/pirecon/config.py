@@ -52,6 +52,12 @@ class PolicyConfig:
     tokenizer_path: str | None = None  # SentencePiece .model file or a Hugging Face tokenizer folder
     use_peft: bool = False  # LoRA adapters through PEFT (see --peft.*)
     normalization_mode: str | None = None  # "mean_std" | "quantile"; None: mean_std for pi0, quantile for pi05
+    # Normalise with the dataset's statistics even when pretrained_path holds its own.
+    use_dataset_stats: bool = False
+    asset_id: str | None = None  # openpi folders: which assets/<asset_id>/norm_stats.json to use
+    # Upload the final checkpoint of `pirecon train` to the Hugging Face Hub repo repo_id ("org/name").
+    push_to_hub: bool = False
+    repo_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in ("pi0", "pi05"):

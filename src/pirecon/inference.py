@@ -9,16 +9,15 @@ Used by closed-loop evaluation and by the policy server.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pirecon.data.normalize import Normalizer, default_norm_mode, load_norm_stats_json
+from pirecon.data.normalize import default_norm_mode
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
-from pirecon.errors import CheckpointError
+from pirecon.model import foreign
 from pirecon.model.pi0 import Pi0Policy
 
 
@@ -61,19 +60,18 @@ class PolicyRunner:
 
 
 def preprocessor_from_checkpoint(folder: Path, policy_config, tokenizer_path: str | None = None) -> Preprocessor:
-    """Rebuild the training-time preprocessing from a checkpoint folder."""
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    tokenizer_file = tokenizer_path or (folder / config["tokenizer"] if config.get("tokenizer") else None)
-    if tokenizer_file is None:
-        raise CheckpointError(f"{folder}: holds no tokenizer copy; pass --policy.tokenizer_path")
-    info_path = folder / "data_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    """Rebuild the preprocessing of a checkpoint folder: a pirecon one (norm_stats.json, data_info.json,
+    tokenizer copy), a LeRobot one (processor pipelines and their statistics, rename map, tokenizer
+    name) or an openpi one (assets/<asset_id>/norm_stats.json; `policy_config.asset_id` chooses).
+    `tokenizer_path` (--policy.tokenizer_path) replaces the tokenizer the folder names."""
+    info = foreign.read_folder_info(folder, asset_id=policy_config.asset_id)
+    tokenizer_file = foreign.resolve_tokenizer(info, tokenizer_path)
     normalizer = None
-    if (folder / "norm_stats.json").is_file():
-        mode = info.get("normalization_mode") or policy_config.normalization_mode or default_norm_mode(policy_config.type)
-        normalizer = Normalizer(load_norm_stats_json(folder / "norm_stats.json"), mode)
-    return Preprocessor(policy_config, load_tokenizer(tokenizer_file), normalizer,
-                        camera_map=info.get("camera_map") or None, action_dims=info.get("action_dims"),
-                        state_dims=info.get("state_dims"), camera_keys=info.get("camera_keys"),
-                        action_dim=info.get("action_dim"))
+    if info.stats is not None:
+        mode = info.normalization_mode or policy_config.normalization_mode
+        if mode is None and not info.mode_problem:
+            mode = default_norm_mode(policy_config.type)
+        normalizer = foreign.folder_normalizer(info, mode)
+    return Preprocessor(policy_config, load_tokenizer(tokenizer_file), normalizer, camera_map=info.camera_map,
+                        action_dims=info.action_dims, state_dims=info.state_dims, camera_keys=info.camera_keys,
+                        action_dim=info.action_dim)

@@ -15,6 +15,7 @@ dataset or the action/state dim selection was not applied to them.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,8 +31,10 @@ MODES = ("mean_std", "quantile")
 _MODE_FIELDS = {"mean_std": ("mean", "std"), "quantile": ("q01", "q99")}
 # LeRobot feature names -> openpi names.
 LEROBOT_KEYS = {"observation.state": "state", "action": "actions"}
+_STATS_FEATURES = {v: k for k, v in LEROBOT_KEYS.items()}
 
 Stats = dict[str, dict[str, np.ndarray]]
+log = logging.getLogger(__name__)
 
 
 def default_norm_mode(policy_type: str) -> str:
@@ -173,6 +176,61 @@ def normalizer_from_dataset(dataset, policy_type: str = "pi0", mode: str | None 
     if "actions" not in converted:
         raise DatasetError(f"dataset stats have no 'action' entry (found {sorted(stats)}); run `pirecon stats`")
     return Normalizer(converted, mode or default_norm_mode(policy_type))
+
+
+def dataset_widths(dataset) -> dict[str, int | None]:
+    """{"state": d_s, "actions": d_a} of a dataset, from its features (else its statistics)."""
+    features = getattr(dataset, "features", None) or {}
+    stats = getattr(dataset, "stats", None) or {}
+    out = {}
+    for key, name in _STATS_FEATURES.items():
+        feature = features.get(name)
+        shape = feature.get("shape") if isinstance(feature, dict) else None
+        if shape:
+            out[key] = int(np.prod(shape))
+        elif name in stats and "mean" in stats[name]:
+            out[key] = int(np.asarray(stats[name]["mean"]).size)
+        else:
+            out[key] = None
+    return out
+
+
+def fit_to_dataset(normalizer: Normalizer, dataset, padded: Mapping[str, int], source: str,
+                   owner: str) -> Normalizer:
+    """Statistics from elsewhere (`source`, e.g. a pretrained folder's files; `owner` names the flag
+    that brought them) checked against a dataset: same keys and widths, or one clear error.
+
+    Statistics as wide as the model's padded width whose extra dims are all zero (openpi pads with
+    zeros before computing them) are cut to the data's width.
+    `padded`: {"state": max_state_dim, "actions": max_action_dim}."""
+    widths = dataset_widths(dataset)
+    root = getattr(dataset, "root", "the dataset")
+    problems = []
+    for key, data_width in widths.items():
+        if data_width is None:
+            continue
+        width = normalizer.dim(key)
+        if width is None:
+            problems.append(f"no {_STATS_FEATURES[key]!r} statistics, but the dataset has {_STATS_FEATURES[key]} "
+                            f"({data_width} dims)")
+        elif width != data_width:
+            if width == padded[key] and data_width < width and _zero_beyond(normalizer.stats[key], data_width):
+                log.info("%s: %s statistics are padded to %d dims; using the first %d for the data",
+                         source, key, width, data_width)
+                normalizer = normalizer.select(key, list(range(data_width)))
+            else:
+                problems.append(f"{_STATS_FEATURES[key]} statistics of {width} dims, but the dataset's "
+                                f"{_STATS_FEATURES[key]} has {data_width}")
+    if problems:
+        raise ConfigError(
+            f"{owner}: its statistics ({source}) do not fit the dataset {root}: " + "; ".join(problems)
+            + ". Pass --policy.use_dataset_stats=true to normalise with the dataset's own statistics "
+              "(meta/stats.json) instead")
+    return normalizer
+
+
+def _zero_beyond(fields: dict[str, np.ndarray], width: int) -> bool:
+    return all(not np.any(value[width:]) for value in fields.values())
 
 
 def load_norm_stats_json(path: str | Path) -> Stats:

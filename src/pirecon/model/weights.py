@@ -8,7 +8,9 @@ Layouts read from a local folder:
   under a `model.` prefix.
 
 The model is built on the `meta` device and materialised from the checkpoint tensors, so a
-full-size checkpoint is ready in seconds.
+full-size checkpoint is ready in seconds. `save_foreign_weights` writes the openpi / LeRobot
+tensor names back (`pirecon export --format=...`); the JSON and statistics files around foreign
+weights are read by `pirecon.model.foreign` and written by `pirecon.model.foreign_write`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pirecon.config import PolicyConfig, from_dict, load_json, to_dict
-from pirecon.errors import CheckpointError
+from pirecon.errors import CheckpointError, ConfigError
+from pirecon.model import foreign
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.variants import GEMMA_VARIANTS, VISION_VARIANTS
 
@@ -80,6 +83,8 @@ _UNUSED = {
     "paligemma_with_expert.gemma_expert.model.embed_tokens.weight": "the action expert takes no tokens",
 }
 _TIED_LM_HEAD = "paligemma_with_expert.paligemma.lm_head.weight"
+_EXPERT_LM_HEAD = "paligemma_with_expert.gemma_expert.lm_head.weight"
+FOREIGN_LAYOUTS = ("openpi", "lerobot")
 
 
 def openpi_key(our_key: str) -> str:
@@ -94,6 +99,29 @@ def openpi_key(our_key: str) -> str:
                 if count:
                     return theirs + new
     raise KeyError(f"no openpi name for {our_key!r}")
+
+
+def foreign_state_dict(policy: Pi0Policy, layout: str) -> dict[str, torch.Tensor]:
+    """The policy's tensors under openpi (or LeRobot: "model." + openpi) names, as released
+    checkpoints hold them: with the unused expert lm_head (zeros), which strict loaders expect;
+    the PaliGemma lm_head stays tied to embed_tokens and is not written."""
+    if layout not in FOREIGN_LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {FOREIGN_LAYOUTS}")
+    state = {openpi_key(k): v.detach().contiguous().cpu() for k, v in policy.state_dict().items()
+             if not k.startswith(RECON_PREFIX)}
+    expert = policy.config.expert
+    like = policy.backbone.expert.layers[0].mlp.up_proj.weight
+    state[_EXPERT_LM_HEAD] = torch.zeros(expert.vocab_size, expert.width, dtype=like.dtype)
+    prefix = "model." if layout == "lerobot" else ""
+    return {prefix + k: v for k, v in state.items()}
+
+
+def save_foreign_weights(policy: Pi0Policy, path: str | Path, layout: str) -> Path:
+    """Write `model.safetensors` in the openpi or LeRobot layout (config files: `foreign_write`)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(foreign_state_dict(policy, layout), str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    return path / WEIGHTS_FILE
 
 
 def _canonical_openpi(key: str) -> str:
@@ -185,6 +213,19 @@ def _inspect(folder: Path) -> tuple[PolicyConfig, Path, dict[str, str], str]:
     return config, weights, mapping, layout
 
 
+def folder_layout(folder: str | Path) -> str:
+    """"pirecon", "openpi" or "lerobot", from config.json and the tensor names (no tensor is read)."""
+    folder = Path(folder)
+    config_json = _read_config(folder)
+    if config_json.get("format") == FORMAT_NAME:
+        return FORMAT_NAME  # also LoRA checkpoints, which hold no model.safetensors
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}; expected a pirecon, openpi or LeRobot checkpoint folder")
+    with safe_open(str(weights), framework="pt") as f:
+        return _detect_layout(config_json, list(f.keys()), f.metadata() or {})
+
+
 def _read_config(folder: Path) -> dict:
     return load_json(folder / CONFIG_FILE, CheckpointError,
                      missing=f"no {CONFIG_FILE}; expected the config written beside {WEIGHTS_FILE}")
@@ -203,7 +244,9 @@ def _detect_layout(config_json: dict, keys: list[str], metadata: dict) -> str:
 
 def _config_from_foreign(cfg: dict, weights: Path, keys: list[str], prefix: str, layout: str,
                          folder: Path) -> PolicyConfig:
-    """Derive a PolicyConfig from an openpi / LeRobot config.json and the tensor shapes."""
+    """A PolicyConfig from an openpi / LeRobot config.json (fields: `foreign.policy_fields`) checked
+    against the tensor shapes, which decide type, vision tower, resolution and padded widths."""
+    where = folder / CONFIG_FILE
     with safe_open(str(weights), framework="pt") as f:
         def shape(key: str) -> list[int]:
             for candidate in (prefix + key, *[prefix + old + key[len(new):] for old, new in _ALIASES
@@ -212,43 +255,46 @@ def _config_from_foreign(cfg: dict, weights: Path, keys: list[str], prefix: str,
                     return list(f.get_slice(candidate).get_shape())
             raise CheckpointError(f"{weights}: missing tensor {prefix + key}")
         is_pi05 = any(k.endswith("time_mlp_in.weight") and "action_time" not in k for k in keys)
-        typ = cfg.get("type") or ("pi05" if cfg.get("pi05", is_pi05) else "pi0")
         pos = shape(_PALI + "vision_tower.vision_model.embeddings.position_embedding.weight")
         patch = shape(_PALI + "vision_tower.vision_model.embeddings.patch_embedding.weight")
         vision_variant = _match_vision(patch[0], patch[-1], folder)
-        grid = round(pos[0] ** 0.5)
-        action_in = shape("action_in_proj.weight")  # (width, action_dim)
-        max_action_dim = action_in[1]
-        max_state_dim = shape("state_proj.weight")[1] if typ == "pi0" else max_action_dim
-    fields = {
-        "type": typ,
-        "vision_variant": vision_variant,
-        "paligemma_variant": cfg.get("paligemma_variant", "gemma_2b"),
-        "action_expert_variant": cfg.get("action_expert_variant", "gemma_300m"),
-        "chunk_size": cfg.get("chunk_size", cfg.get("action_horizon", 50)),
-        "max_action_dim": cfg.get("max_action_dim", max_action_dim),
-        "max_state_dim": cfg.get("max_state_dim", max_state_dim),
-        "image_resolution": grid * patch[-1],
-    }
-    for name in ("n_action_steps", "num_inference_steps", "tokenizer_max_length"):
-        if cfg.get(name) is not None:
-            fields[name] = cfg[name]
-    fields.setdefault("n_action_steps", fields["chunk_size"])
-    fields["n_action_steps"] = min(fields["n_action_steps"], fields["chunk_size"])
-    precision = cfg.get("precision") or cfg.get("dtype")
-    if precision in ("float32", "bfloat16"):
-        fields["dtype"] = precision
+        action_width = shape("action_in_proj.weight")[1]  # (width, max_action_dim)
+        state_width = None if is_pi05 else shape("state_proj.weight")[1]
+    fields = foreign.policy_fields(cfg, layout, where)
+    kind = "pi05" if is_pi05 else "pi0"
+    if fields.setdefault("type", kind) != kind:
+        raise CheckpointError(f"{where}: type={fields['type']} but {weights} holds a {kind} model "
+                              f"({'time_mlp_in' if is_pi05 else 'state_proj and action_time_mlp_in'} tensors)")
+    fields["vision_variant"] = vision_variant
+    fields["image_resolution"] = round(pos[0] ** 0.5) * patch[-1]
     if cfg.get("image_resolution") is not None and layout == "lerobot":
         res = cfg["image_resolution"]
         res = res[0] if isinstance(res, (list, tuple)) else res
         if res != fields["image_resolution"]:
-            raise CheckpointError(f"{folder / CONFIG_FILE}: image_resolution {res} disagrees with the position "
+            raise CheckpointError(f"{where}: image_resolution {res} disagrees with the position "
                                   f"embeddings ({fields['image_resolution']})")
+    if state_width is None:
+        state_width = fields.get("max_state_dim", action_width)
+    for name, width, tensor in (("max_action_dim", action_width, "action_in_proj.weight"),
+                                ("max_state_dim", state_width, "state_proj.weight")):
+        if fields.get(name, width) != width:
+            raise CheckpointError(f"{where}: {name}={fields[name]} but {prefix + tensor} in {weights.name} takes "
+                                  f"{width} dims")
+        fields[name] = width
+    fields.setdefault("paligemma_variant", "gemma_2b")
+    fields.setdefault("action_expert_variant", "gemma_300m")
     for name in ("paligemma_variant", "action_expert_variant"):
         if fields[name] not in GEMMA_VARIANTS:
-            raise CheckpointError(f"{folder / CONFIG_FILE}: {name}={fields[name]!r} is not a known variant "
+            raise CheckpointError(f"{where}: {name}={fields[name]!r} is not a known variant "
                                   f"({sorted(GEMMA_VARIANTS)})")
-    return PolicyConfig(**fields)
+    fields.setdefault("chunk_size", 50)
+    fields["n_action_steps"] = min(fields.get("n_action_steps", fields["chunk_size"]), fields["chunk_size"])
+    if fields.get("dtype") not in ("float32", "bfloat16"):
+        fields.pop("dtype", None)
+    try:
+        return PolicyConfig(**fields)
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
 
 
 def _match_vision(width: int, patch: int, folder: Path) -> str:

@@ -16,15 +16,16 @@ from pathlib import Path
 
 import torch
 
+from pirecon import hub
 from pirecon.config import PolicyConfig, to_dict
 from pirecon.data.cache import InMemoryDataset
 from pirecon.data.lerobot import open_dataset
 from pirecon.data.loader import make_dataloader
-from pirecon.data.normalize import normalizer_from_dataset, save_norm_stats_json
+from pirecon.data.normalize import save_norm_stats_json
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
 from pirecon.errors import ConfigError, TrainingError
-from pirecon.model import weights
+from pirecon.model import foreign, weights
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train import checkpoint as ckpt
 from pirecon.train import lora
@@ -35,7 +36,8 @@ from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
 # PolicyConfig fields that do not change weight shapes: flags may override a pretrained config.
 RUNTIME_POLICY_FIELDS = ("dtype", "freeze_vision_encoder", "train_expert_only", "gradient_checkpointing",
                          "compile_model", "n_action_steps", "num_inference_steps", "tokenizer_max_length",
-                         "tokenizer_path", "use_peft", "normalization_mode", "camera_names", "pretrained_path")
+                         "tokenizer_path", "use_peft", "normalization_mode", "camera_names", "pretrained_path",
+                         "push_to_hub", "repo_id", "use_dataset_stats", "asset_id")
 
 
 @dataclass
@@ -60,24 +62,37 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def resolve_policy_config(cfg: PolicyConfig) -> PolicyConfig:
-    """With a pretrained folder, its sizes win; runtime fields the user changed from the defaults apply."""
+    """With a pretrained folder (or Hub id), its sizes win; runtime fields the user changed from the defaults apply."""
     if not cfg.pretrained_path:
         return cfg
+    cfg = dataclasses.replace(cfg, pretrained_path=str(hub.resolve_pretrained(cfg.pretrained_path)))
     saved = weights.peek_config(cfg.pretrained_path)
     if saved.type != cfg.type and cfg.type != PolicyConfig.type:
         raise ConfigError(f"--policy.type={cfg.type} but {cfg.pretrained_path} holds a {saved.type} policy")
     defaults = PolicyConfig()
     changed = {f: getattr(cfg, f) for f in RUNTIME_POLICY_FIELDS if getattr(cfg, f) != getattr(defaults, f)}
+    # Whether and where to upload is this run's choice, never that of a downloaded checkpoint.
+    changed.update(push_to_hub=cfg.push_to_hub, repo_id=cfg.repo_id)
+    if not cfg.tokenizer_path:  # the tokenizer the folder names or holds, when it is a local one
+        info = foreign.read_folder_info(cfg.pretrained_path, asset_id=cfg.asset_id, with_stats=False)
+        changed["tokenizer_path"] = foreign.local_tokenizer(info) or saved.tokenizer_path
     return dataclasses.replace(saved, **changed)
 
 
 def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset) -> Preprocessor:
+    """Tokenizer, normaliser (the pretrained folder's statistics unless --policy.use_dataset_stats) and
+    camera map (--dataset.camera_map, else the pretrained folder's when it fits the data)."""
+    info = foreign.read_folder_info(policy_cfg.pretrained_path, with_stats=False) \
+        if policy_cfg.pretrained_path else None
     if not policy_cfg.tokenizer_path:
+        if info is not None:
+            foreign.resolve_tokenizer(info)  # raises, naming what the folder refers to
         raise ConfigError("--policy.tokenizer_path: expected a SentencePiece .model file or a tokenizer folder "
                           "(e.g. ../shared/assets/gemma_tokenizer.model); pirecon never downloads one")
     tokenizer = load_tokenizer(policy_cfg.tokenizer_path)
-    normalizer = normalizer_from_dataset(dataset, policy_cfg.type, policy_cfg.normalization_mode)
-    return Preprocessor(policy_cfg, tokenizer, normalizer, camera_map=cfg.dataset.camera_map or None,
+    normalizer = foreign.training_normalizer(policy_cfg, dataset)
+    camera_map = cfg.dataset.camera_map or (foreign.folder_camera_map(info, dataset.camera_keys) if info else None)
+    return Preprocessor(policy_cfg, tokenizer, normalizer, camera_map=camera_map,
                         action_dims=cfg.dataset.action_dims, state_dims=cfg.dataset.state_dims,
                         camera_keys=dataset.camera_keys)
 
@@ -277,7 +292,7 @@ class Trainer:
     def _data_info(self) -> dict:
         """What inference needs to rebuild the preprocessing: cameras, dims, normalisation mode."""
         pre = self.preprocessor
-        info = {"camera_keys": list(self.dataset.camera_keys), "camera_map": self.cfg.dataset.camera_map,
+        info = {"camera_keys": list(self.dataset.camera_keys), "camera_map": pre.camera_map or {},
                 "action_dims": self.cfg.dataset.action_dims, "state_dims": self.cfg.dataset.state_dims,
                 "action_dim": pre.action_dim, "normalization_mode": pre.normalizer.mode if pre.normalizer else None,
                 "fps": getattr(self.dataset, "fps", None)}
@@ -285,4 +300,13 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    return Trainer(cfg).run()
+    """Train; with --policy.push_to_hub the main process then uploads the final checkpoint. A failed
+    upload raises HubError after the run is complete on disk, saying how to push it later."""
+    hub.check_push_flags(cfg.policy.push_to_hub, cfg.policy.repo_id)
+    trainer = Trainer(cfg)
+    result = trainer.run()
+    push = cfg.policy.push_to_hub and trainer.is_main and result.checkpoint is not None
+    del trainer  # the export for the upload loads the model again
+    if push:
+        hub.push(result.checkpoint, cfg.policy.repo_id)
+    return result
