@@ -19,8 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("pirecon.data.doctor", "check a LeRobot dataset folder and print a table of findings"),
     "train": ("pirecon.train.command", "fine-tune Pi0 / Pi0.5 on a LeRobot dataset (LoRA or full, one or many processes)"),
     "export": ("pirecon.train.export", "write a stand-alone checkpoint (LoRA merged, EMA weights if asked)"),
+    "push": ("pirecon.hub", "upload a checkpoint to the Hugging Face Hub: pirecon push CKPT ORG/NAME [--private]"),
     "recon-viz": ("pirecon.recon_viz", "PNG grid input | target | reconstruction from a checkpoint's recon head"),
     "sim": ("pirecon.sim.cli", "built-in simulator: `pirecon sim record` writes expert demonstrations"),
+    "serve": ("pirecon.serve.command", "serve a checkpoint over openpi's websocket protocol (LIBERO/ALOHA/DROID clients)"),
+    "eval": ("pirecon.eval.command", "closed-loop evaluation in the built-in sim or LIBERO: success rates, videos"),
+    "eval-offline": ("pirecon.eval.offline", "open-loop action error of a checkpoint on dataset frames (robot units)"),
 }
 
 

@@ -66,8 +66,11 @@ def run(argv: list[str]) -> int:
     import shutil
 
     from pirecon.data.tokenizer import train_tiny_tokenizer
+    from pirecon.eval.envs import SimEvalEnv
+    from pirecon.eval.metrics import summarize
+    from pirecon.eval.rollout import evaluate
     from pirecon.inference import PolicyRunner
-    from pirecon.sim import RandomPolicy, ScriptedExpert, SimConfig, SimEnv, evaluate, record_dataset
+    from pirecon.sim import RandomPolicy, ScriptedExpert, SimConfig, SimEnv, record_dataset
     from pirecon.train.loop import train
 
     out = Path(cfg.output_dir)
@@ -94,21 +97,23 @@ def run(argv: list[str]) -> int:
     train_s = time.perf_counter() - train_started
 
     print(f"[3/4] evaluating closed-loop on {cfg.eval_episodes} unseen layouts ...", flush=True)
+    # The same closed loop as `pirecon eval`: n_action_steps of every chunk, then replan.
     runner = PolicyRunner.from_checkpoint(result.checkpoint)
-    rows = [
-        ("trained policy", evaluate(lambda env: runner, cfg.eval_episodes, cfg.eval_seed, sim_config)),
-        ("scripted expert", evaluate(lambda env: ScriptedExpert(env), cfg.eval_episodes, cfg.eval_seed, sim_config)),
-        ("random policy", evaluate(lambda env: RandomPolicy(seed=cfg.seed), cfg.eval_episodes, cfg.eval_seed,
-                                   sim_config)),
-    ]
+    env = SimEvalEnv(sim_config)
+    seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)
+    rows = [(name, summarize(r.to_json() for r in evaluate(env, policy, seeds)))
+            for name, policy in (("trained policy", runner), ("scripted expert", ScriptedExpert(env.env)),
+                                 ("random policy", RandomPolicy(seed=cfg.seed)))]
     total_s = time.perf_counter() - started
 
     print("[4/4] results")
     print(f"  {'policy':<16} {'success':>8} {'episodes':>9} {'mean steps':>11}")
     for name, res in rows:
-        print(f"  {name:<16} {res.success_rate:>8.0%} {res.episodes:>9} {res.mean_steps:>11.1f}")
-    summary = {name: {"success_rate": res.success_rate, "episodes": res.episodes, "mean_steps": res.mean_steps,
-                      "per_task": {k: list(v) for k, v in res.per_task.items()}} for name, res in rows}
+        print(f"  {name:<16} {res['success_rate']:>8.0%} {res['episodes']:>9} {res['mean_steps']:>11.1f}")
+    summary = {name: {"success_rate": res["success_rate"], "ci95": res["ci95"], "episodes": res["episodes"],
+                      "mean_steps": res["mean_steps"],
+                      "per_task": {k: [v["successes"], v["episodes"]] for k, v in res["per_task"].items()}}
+               for name, res in rows}
     summary.update({"train_seconds": train_s, "total_seconds": total_s, "final_loss": result.final_loss,
                     "checkpoint": str(result.checkpoint)})
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
