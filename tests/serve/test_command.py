@@ -27,7 +27,7 @@ def test_missing_checkpoint_and_unknown_preset_are_named(capsys):
 
 
 def test_a_map_that_misses_the_checkpoints_cameras_fails_before_listening(trained_checkpoint, capsys):
-    # The simulator checkpoint reads cameras top and wrist; LIBERO's defaults are image and wrist_image.
+    # The simulator checkpoint reads cameras top and wrist; LIBERO's defaults are image and image2.
     assert main(["serve", f"--policy.path={trained_checkpoint}", "--serve.preset=libero", "--port=0"]) == 2
     err = capsys.readouterr().err
     assert "request key 'observation/image' maps to 'observation.images.image'" in err

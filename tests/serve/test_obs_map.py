@@ -81,7 +81,7 @@ def test_null_drops_a_preset_key_and_typos_are_named():
     ({}, "request key 'observation/image' maps to 'observation.images.image'.*camera keys "
          r"\['observation.images.top', 'observation.images.wrist'\] \(e.g. --serve.obs_map='\{\"observation/image\": "
          r"\"observation.images.top\"\}'\)"),
-    ({"observation/image": "top"}, "'observation/wrist_image' maps to 'observation.images.wrist_image'.*"
+    ({"observation/image": "top"}, "'observation/wrist_image' maps to 'observation.images.image2'.*"
                                    r"--serve.obs_map='\{\"observation/wrist_image\": \"observation.images.wrist\"\}'"),
     ({"observation/image": "top", "observation/wrist_image": None},
      r"no request key maps to the checkpoint's camera\(s\) \['observation.images.wrist'\]"),

@@ -90,7 +90,7 @@ def _start_server(argv: list[str], timeout: float = 180.0) -> tuple[subprocess.P
 
 @pytest.mark.slow
 def test_openpi_websocket_client_policy_unchanged(openpi_python, sim_tokenizer, tmp_path):
-    cameras = ["observation.images.image", "observation.images.wrist_image"]
+    cameras = ["observation.images.image", "observation.images.image2"]
     checkpoint = make_checkpoint(tmp_path / "libero_like", sim_tokenizer, cameras, state_dim=8, action_dim=7)
     proc, port, lines = _start_server([f"--policy.path={checkpoint}", "--host", "127.0.0.1", "--port", "0",
                                        "--serve.preset=libero", "--seed=11"])
@@ -123,7 +123,7 @@ def test_openpi_websocket_client_policy_unchanged(openpi_python, sim_tokenizer, 
     assert "the request has no 'observation/wrist_image'" in report["error"]
 
     sent = np.load(out)
-    obs = {"observation.images.image": sent["image"], "observation.images.wrist_image": sent["wrist_image"],
+    obs = {"observation.images.image": sent["image"], "observation.images.image2": sent["wrist_image"],
            "observation.state": sent["state"], "task": "put the bowl on the plate"}
     expected = reference_runner(checkpoint, seed=11).predict_chunk(obs)
     assert sent["actions"].shape == (4, 7)

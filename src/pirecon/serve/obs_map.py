@@ -65,7 +65,8 @@ _PROMPT = RequestField(("prompt",), "prompt", (), TASK_KEY)
 PRESETS: dict[str, Preset] = {
     "libero": Preset("libero", "openpi's LIBERO client (examples/libero)", (
         _image(("observation/image",), _HWC, "image"),
-        _image(("observation/wrist_image",), _HWC, "wrist_image"),
+        # The LeRobot LIBERO layout (HuggingFaceVLA/libero), as `pirecon eval --env.type=libero` writes it.
+        _image(("observation/wrist_image",), _HWC, "image2"),
         RequestField(("observation/state",), "state", (8,), STATE_KEY),
         _PROMPT)),
     "aloha": Preset("aloha", "openpi's ALOHA clients (examples/aloha_sim, aloha_real): nested images, channels first", (
