@@ -1,13 +1,17 @@
 """`pirecon demo`: record expert demonstrations in the built-in simulator, fine-tune a tiny Pi0 with
-LoRA on the CPU, evaluate it closed-loop, and print its success rate next to the scripted
-expert's and a random policy's. Runs anywhere; downloads nothing.
+LoRA (and the reconstruction loss) on the CPU, evaluate it closed-loop, and print its success rate
+next to the scripted expert's and a random policy's. Runs anywhere; downloads nothing.
+
+    pirecon demo                          # lambda = recon.weight (0.5): action + reconstruction loss
+    pirecon demo --recon.weight=0         # plain Pi0 fine-tuning (no reconstruction head)
+    pirecon demo --recon.compare=true     # train both and print their success rates side by side
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pirecon.config import PolicyConfig, parse_flags, print_help
@@ -18,16 +22,24 @@ MARKER = ".pirecon-demo"
 
 
 @dataclass(frozen=True)
+class DemoReconConfig:
+    weight: float = 0.5  # lambda in loss = action_loss + lambda * recon_loss; 0: no reconstruction head
+    compare: bool = False  # also train the twin with the other setting (lambda = 0, or 0.5 when weight=0)
+    views: tuple[str, ...] = ("base_0_rgb",)  # the top camera
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     output_dir: str = "outputs/demo"
     policy_type: str = "pi0"
-    episodes: int = 80  # demonstrations to record
+    episodes: int = 100  # demonstrations to record
     image_size: int = 64  # simulator camera resolution
+    cells: str = "corners"  # simulator layout: blocks and zone in the board's 4 corner cells ("all": any cell)
     image_resolution: int = 56  # model input resolution (4x4 patches of 14 per view)
     chunk_size: int = 10
     n_action_steps: int = 5
-    steps: int = 2500
-    batch_size: int = 16
+    steps: int = 1200
+    batch_size: int = 32
     lr: float = 1e-3
     lora_r: int = 16
     use_peft: bool = True
@@ -36,12 +48,23 @@ class DemoConfig:
     eval_seed: int = 100_000  # far from the recording seeds: evaluation layouts are unseen
     seed: int = 0
     overwrite: bool = False
+    recon: DemoReconConfig = field(default_factory=DemoReconConfig)
+
+    def __post_init__(self) -> None:
+        if self.recon.weight < 0:
+            raise ConfigError(f"--recon.weight={self.recon.weight}: expected a number >= 0")
+        for name in ("episodes", "steps", "batch_size", "eval_episodes", "chunk_size", "n_action_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")
 
 
-def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir: Path):
+def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir: Path, recon_weight: float | None = None):
+    """The `pirecon train` configuration the demo runs (recon_weight None: cfg.recon.weight)."""
     from pirecon.data.lerobot import DatasetConfig
+    from pirecon.model.recon import ReconConfig
     from pirecon.train.config import OptimizerConfig, PeftConfig, SchedulerConfig, TrainConfig
 
+    weight = cfg.recon.weight if recon_weight is None else recon_weight
     policy = PolicyConfig(type=cfg.policy_type, variant="tiny", image_resolution=cfg.image_resolution,
                           chunk_size=cfg.chunk_size, n_action_steps=cfg.n_action_steps,
                           camera_names=("base_0_rgb", "left_wrist_0_rgb"), tokenizer_path=str(tokenizer),
@@ -53,9 +76,14 @@ def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir:
         peft=PeftConfig(r=cfg.lora_r),
         optimizer=OptimizerConfig(lr=cfg.lr, weight_decay=1e-4, grad_clip_norm=1.0),
         scheduler=SchedulerConfig(warmup_steps=min(100, cfg.steps // 10), decay_steps=cfg.steps, decay_lr=cfg.lr / 20),
+        recon=ReconConfig(enable=weight > 0, weight=weight, views=tuple(cfg.recon.views)),
         output_dir=str(run_dir), steps=cfg.steps, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
         seed=cfg.seed, save_freq=cfg.steps, log_freq=max(1, cfg.steps // 100), keep_last_checkpoints=1,
     )
+
+
+def _label(weight: float) -> str:
+    return f"Pi0 + recon (lambda={weight:g})" if weight > 0 else "Pi0 (no recon)"
 
 
 def run(argv: list[str]) -> int:
@@ -83,44 +111,53 @@ def run(argv: list[str]) -> int:
     out.mkdir(parents=True)
     (out / MARKER).write_text("written by `pirecon demo`; the next demo run replaces this folder\n")
     started = time.perf_counter()
-    sim_config = SimConfig(image_size=cfg.image_size)
+    sim_config = SimConfig(image_size=cfg.image_size, cells=cfg.cells)
 
     print(f"[1/4] recording {cfg.episodes} expert demonstrations ...", flush=True)
     data_dir = out / "data"
-    record_dataset(data_dir, cfg.episodes, seed=cfg.seed, image_size=cfg.image_size)
+    record_dataset(data_dir, cfg.episodes, seed=cfg.seed, image_size=cfg.image_size, config=sim_config)
     tokenizer = train_tiny_tokenizer(SimEnv(sim_config).all_tasks(), out / "tokenizer.model")
 
-    print(f"[2/4] training a tiny {cfg.policy_type} ({'LoRA r=%d' % cfg.lora_r if cfg.use_peft else 'full'}) "
-          f"for {cfg.steps} steps ...", flush=True)
-    train_started = time.perf_counter()
-    result = train(demo_train_config(cfg, data_dir, tokenizer, out / "run"))
-    train_s = time.perf_counter() - train_started
+    weights = [cfg.recon.weight]
+    if cfg.recon.compare:
+        weights.append(0.0 if cfg.recon.weight > 0 else DemoReconConfig.weight)
+    trained = []  # (label, weight, TrainResult, seconds, run folder)
+    for i, weight in enumerate(weights):
+        run_dir = out / ("run" if i == 0 else ("run_no_recon" if weight == 0 else "run_recon"))
+        print(f"[2/4] training a tiny {cfg.policy_type} ({'LoRA r=%d' % cfg.lora_r if cfg.use_peft else 'full'}, "
+              f"{_label(weight)}) for {cfg.steps} steps ...", flush=True)
+        train_started = time.perf_counter()
+        result = train(demo_train_config(cfg, data_dir, tokenizer, run_dir, recon_weight=weight))
+        trained.append((_label(weight), weight, result, time.perf_counter() - train_started, run_dir))
 
     print(f"[3/4] evaluating closed-loop on {cfg.eval_episodes} unseen layouts ...", flush=True)
     # The same closed loop as `pirecon eval`: n_action_steps of every chunk, then replan.
-    runner = PolicyRunner.from_checkpoint(result.checkpoint)
     env = SimEvalEnv(sim_config)
     seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)
-    rows = [(name, summarize(r.to_json() for r in evaluate(env, policy, seeds)))
-            for name, policy in (("trained policy", runner), ("scripted expert", ScriptedExpert(env.env)),
-                                 ("random policy", RandomPolicy(seed=cfg.seed)))]
+    policies = [(label, PolicyRunner.from_checkpoint(result.checkpoint)) for label, _, result, _, _ in trained]
+    policies += [("scripted expert", ScriptedExpert(env.env)), ("random policy", RandomPolicy(seed=cfg.seed))]
+    rows = [(name, summarize(r.to_json() for r in evaluate(env, policy, seeds))) for name, policy in policies]
     total_s = time.perf_counter() - started
 
     print("[4/4] results")
-    print(f"  {'policy':<16} {'success':>8} {'episodes':>9} {'mean steps':>11}")
+    width = max(len(name) for name, _ in rows)
+    print(f"  {'policy':<{width}} {'success':>8} {'95% interval':>13} {'episodes':>9} {'mean steps':>11}")
     for name, res in rows:
-        print(f"  {name:<16} {res['success_rate']:>8.0%} {res['episodes']:>9} {res['mean_steps']:>11.1f}")
+        low, high = res["ci95"]
+        print(f"  {name:<{width}} {res['success_rate']:>8.0%} {f'{low:.0%}-{high:.0%}':>13} {res['episodes']:>9} "
+              f"{res['mean_steps']:>11.1f}")
     summary = {name: {"success_rate": res["success_rate"], "ci95": res["ci95"], "episodes": res["episodes"],
                       "mean_steps": res["mean_steps"],
                       "per_task": {k: [v["successes"], v["episodes"]] for k, v in res["per_task"].items()}}
                for name, res in rows}
-    summary.update({"train_seconds": train_s, "total_seconds": total_s, "final_loss": result.final_loss,
-                    "checkpoint": str(result.checkpoint)})
+    for label, weight, result, seconds, run_dir in trained:
+        summary[label].update({"recon_weight": weight, "train_seconds": seconds, "final_loss": result.final_loss,
+                               "checkpoint": str(result.checkpoint), "log": str(run_dir / "log.jsonl")})
+    summary["total_seconds"] = total_s
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"  training took {train_s / 60:.1f} min (final loss {result.final_loss:.4f}); whole demo "
-          f"{total_s / 60:.1f} min")
-    print(f"  checkpoint: {result.checkpoint}")
-    print(f"  log:        {out / 'run' / 'log.jsonl'}")
-    print(f"  plot:       {out / 'run' / 'loss_curves.png'}")
-    print(f"  results:    {out / 'results.json'}")
+    for label, _, result, seconds, run_dir in trained:
+        print(f"  {label}: trained {seconds / 60:.1f} min (final loss {result.final_loss:.4f})")
+        print(f"    checkpoint: {result.checkpoint}")
+        print(f"    log:        {run_dir / 'log.jsonl'}   plot: {run_dir / 'loss_curves.png'}")
+    print(f"  whole demo {total_s / 60:.1f} min; results: {out / 'results.json'}")
     return 0

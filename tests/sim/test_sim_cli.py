@@ -44,3 +44,13 @@ def test_preview_writes_a_contact_sheet(tmp_path, capsys):
 def test_record_requires_an_output():
     with pytest.raises(ConfigError, match="--output"):
         run(["record", "--episodes=1"])
+
+
+def test_record_passes_the_layout_to_the_dataset(tmp_path, capsys):
+    from pirecon.sim import recorded_sim_config
+
+    out = tmp_path / "d"
+    assert run(["record", f"--output={out}", "--episodes=1", "--image_size=32", "--cells=corners",
+                "--max_steps=70"]) == 0
+    config = recorded_sim_config(out)
+    assert config.cells == "corners" and config.max_steps == 70 and config.image_size == 32

@@ -35,6 +35,8 @@ class RecordFlags:
     image_size: int = _help("camera resolution (square), e.g. 64..256", 96)
     version: str = _help("LeRobot dataset format: v3.0 or v2.1", "v3.0")
     overwrite: bool = _help("replace an existing dataset folder at --output", False)
+    cells: str = _help("layout: 'all' cells of the 4x4 board, or only its 4 'corners' (the demo's)", "all")
+    max_steps: int = _help("episode step limit", 60)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ def run(argv: list[str]) -> int:
 
 
 def _record(flags: RecordFlags) -> int:
+    from pirecon.sim.env import SimConfig
     from pirecon.sim.record import record
 
     if not flags.output:
@@ -119,8 +122,9 @@ def _record(flags: RecordFlags) -> int:
         if done == total or done % max(total // 10, 1) == 0:
             print(f"  {done}/{total} episodes", flush=True)
 
+    config = SimConfig(image_size=flags.image_size, cells=flags.cells, max_steps=flags.max_steps)
     summary = record(flags.output, flags.episodes, seed=flags.seed, image_size=flags.image_size,
-                     version=flags.version, overwrite=flags.overwrite, progress=progress)
+                     version=flags.version, config=config, overwrite=flags.overwrite, progress=progress)
     print(summary.describe())
     return 0
 
