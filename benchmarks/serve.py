@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/serve.py [--requests 50] [--clients 4] [--resolution 224] [--steps 10]
 
-A random tiny Pi0 saved as a LIBERO-shaped checkpoint (cameras image + wrist_image, state 8,
+A random tiny Pi0 saved as a LIBERO-shaped checkpoint (cameras image + image2, state 8,
 action 7) is served on a free local port with `--serve.preset=libero`; requests are openpi LIBERO
 client requests (two 224x224x3 uint8 images, state, prompt) sent with `PolicyClient`. Prints a table.
 """
@@ -39,7 +39,7 @@ def write_checkpoint(folder: Path, resolution: int, chunk_size: int, steps: int)
              for key, d in (("state", 8), ("actions", 7))}
     save_norm_stats_json(stats, folder / "norm_stats.json")
     (folder / "data_info.json").write_text(json.dumps({
-        "camera_keys": ["observation.images.image", "observation.images.wrist_image"], "action_dim": 7,
+        "camera_keys": ["observation.images.image", "observation.images.image2"], "action_dim": 7,
         "normalization_mode": "mean_std"}))
     return folder
 

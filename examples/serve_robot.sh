@@ -14,10 +14,10 @@
 #   PRESET      request keys of an openpi example client: libero | aloha | droid | none
 #               (none: clients send the dataset's own keys, e.g. observation.images.top, plus prompt)
 #   OBS_MAP     JSON, request key -> dataset key, on top of the preset. The libero preset maps
-#               openpi's observation/wrist_image to observation.images.wrist_image; with PRESET=libero
-#               the default here retargets it to observation.images.image2, the wrist camera of
-#               LeRobot's LIBERO datasets (what finetune_libero_pi05_lora.sh trains on). For a
-#               checkpoint trained on observation.images.wrist_image use OBS_MAP='{}'.
+#               openpi's observation/wrist_image to observation.images.image2, the wrist camera of
+#               LeRobot's LIBERO datasets (what finetune_libero_pi05_lora.sh trains on); the default
+#               here spells that out. For a checkpoint trained on openpi's naming use
+#               OBS_MAP='{"observation/wrist_image": "observation.images.wrist_image"}'.
 #   HOST, PORT  where to listen (openpi's clients default to port 8000)
 #   DEVICE      cuda (default) | cpu | cuda:1 ...
 #   NUM_STEPS   flow-matching denoising steps per request (empty: the checkpoint's, 10)
