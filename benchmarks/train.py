@@ -3,6 +3,7 @@ gradient checkpointing on, for the tiny and the full-size Pi0 / Pi0.5, and the o
 reconstruction head (default size) on Pi0.5.
 
     .venv/bin/python benchmarks/train.py [--skip-full] [--steps 3] [--workdir DIR]
+    .venv/bin/python benchmarks/train.py --skip-tiny --kinds pi05 --views 1 --steps 2 --recon --dtype float32
 
 Each configuration runs in its own process (so peak RSS is its own). Full-size models start from a
 random openpi-layout bf16 checkpoint written to --workdir first. Prints a table.
@@ -27,8 +28,9 @@ from pirecon.model.recon import ReconConfig
 from pirecon.train.lora import add_lora, apply_training_precision
 
 kind, source, steps, views, recon = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+dtype = sys.argv[6]
 cameras = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")[:views]
-runtime = dict(dtype="bfloat16", gradient_checkpointing=True, freeze_vision_encoder=True, camera_names=cameras)
+runtime = dict(dtype=dtype, gradient_checkpointing=True, freeze_vision_encoder=True, camera_names=cameras)
 t0 = time.perf_counter()
 if source == "tiny":
     policy = load_policy(PolicyConfig(type=kind, variant="tiny", **runtime))
@@ -38,7 +40,8 @@ load_s = time.perf_counter() - t0
 if recon:
     policy.add_recon_head(ReconConfig(enable=True))
 model = add_lora(policy, PeftConfig(r=16))
-apply_training_precision(model, torch.bfloat16)
+if dtype == "bfloat16":
+    apply_training_precision(model, torch.bfloat16)
 policy.backbone.set_gradient_checkpointing(True)
 model.train()
 trainable = [p for p in model.parameters() if p.requires_grad]
@@ -47,7 +50,7 @@ batch = synthetic_batch(policy.config, 1, action_dim=7)
 times = []
 for _ in range(steps):
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
         loss = model(batch)["loss"]
     loss.backward()
     opt.step()
@@ -60,8 +63,8 @@ print(json.dumps({"load_s": load_s, "first_step_s": times[0], "step_s": sorted(t
 """
 
 
-def run_child(kind: str, source: str, steps: int, views: int, recon: bool = False) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, kind, source, str(steps), str(views), str(int(recon))],
+def run_child(kind: str, source: str, steps: int, views: int, recon: bool = False, dtype: str = "bfloat16") -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, kind, source, str(steps), str(views), str(int(recon)), dtype],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
@@ -76,36 +79,42 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--kinds", default="pi0,pi05", help="full-size policies to run")
     parser.add_argument("--recon", action="store_true", help="also time full-size Pi0.5 with the recon head")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                        help="full size: bfloat16 (frozen base in bf16, bf16 autocast; the memory target) or float32 "
+                             "(much faster on CPUs without bf16 units; for time ratios such as the recon overhead)")
+    parser.add_argument("--skip-tiny", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from model import write_random_checkpoint
 
     rows = []
-    for kind in ("pi0", "pi05"):
+    for kind in () if args.skip_tiny else ("pi0", "pi05"):
         r = run_child(kind, "tiny", 10, 3)
         rows.append((f"tiny {kind}, 3 views", r))
         print(f"  tiny {kind}: {r}", flush=True)
-    r = run_child("pi05", "tiny", 10, 3, recon=True)
-    rows.append(("tiny pi05, 3 views, + recon head", r))
-    print(f"  tiny pi05 + recon: {r}", flush=True)
+    if not args.skip_tiny:
+        r = run_child("pi05", "tiny", 10, 3, recon=True)
+        rows.append(("tiny pi05, 3 views, + recon head", r))
+        print(f"  tiny pi05 + recon: {r}", flush=True)
     if not args.skip_full:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pirecon-bench-"))
         for kind in args.kinds.split(","):
             folder = workdir / f"{kind}_full"
             write_random_checkpoint(kind, folder)
-            r = run_child(kind, str(folder), args.steps, args.views)
-            name = f"full {kind}, {args.views} view(s)" + (" (target peak RSS <= 10 GiB)" if kind == "pi05" else "")
+            r = run_child(kind, str(folder), args.steps, args.views, dtype=args.dtype)
+            name = f"full {kind}, {args.views} view(s), {args.dtype}" + (
+                " (target peak RSS <= 10 GiB)" if kind == "pi05" and args.dtype == "bfloat16" else "")
             rows.append((name, r))
             print(f"  {name}: {r}", flush=True)
             if kind == "pi05" and args.recon:
-                r = run_child(kind, str(folder), args.steps, args.views, recon=True)
-                rows.append((f"full pi05, {args.views} view(s), + recon head", r))
+                r = run_child(kind, str(folder), args.steps, args.views, recon=True, dtype=args.dtype)
+                rows.append((f"full pi05, {args.views} view(s), {args.dtype}, + recon head", r))
                 print(f"  full pi05 + recon: {r}", flush=True)
             for file in folder.iterdir():
                 file.unlink()
             folder.rmdir()
     width = max(len(n) for n, _ in rows)
-    print(f"\n{'LoRA r=16, batch 1, bf16 frozen base, grad ckpt':<{width}}  {'step s':>8} {'1st step s':>10} "
+    print(f"\n{'LoRA r=16, batch 1, grad ckpt':<{width}}  {'step s':>8} {'1st step s':>10} "
           f"{'peak RSS GiB':>12} {'trainable M':>11} {'load s':>7}")
     for name, r in rows:
         print(f"{name:<{width}}  {r['step_s']:>8.2f} {r['first_step_s']:>10.2f} {r['peak_rss_gib']:>12.2f} "
