@@ -74,3 +74,12 @@ def test_smoke_command_passes():
     out = subprocess.run([sys.executable, "-m", "pirecon", "smoke"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "pi0 " in out.stdout and "pi05" in out.stdout and "FAILED" not in out.stdout
+
+
+def test_space_separated_values_are_joined():
+    from pirecon.config import join_flag_values
+
+    argv = ["--policy.path=CKPT", "--host", "0.0.0.0", "--port", "8000", "--use_ema", "--serve.preset", "libero"]
+    assert join_flag_values(argv) == ["--policy.path=CKPT", "--host=0.0.0.0", "--port=8000", "--use_ema",
+                                      "--serve.preset=libero"]
+    assert join_flag_values(["--a", "b", "c", "--d", "-1"]) == ["--a=b", "c", "--d=-1"]

@@ -251,6 +251,18 @@ def _parse_list(text: str, where: str) -> list:
 # Command-line flags
 
 
+def join_flag_values(argv: list[str]) -> list[str]:
+    """['--port', '8000', '--flag'] -> ['--port=8000', '--flag'], for commands that also accept the
+    space-separated spelling; `--flag=value` and bare `--flag` stay as they are."""
+    out: list[str] = []
+    for arg in argv:
+        if out and not arg.startswith("--") and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_flags(argv: list[str], cls: type, config_path_flag: bool = True, base: dict | None = None) -> Any:
     """Parse `--a.b=value` flags into dataclass `cls`.
 

@@ -1,13 +1,6 @@
 import socket
 
 from pirecon.cli import main
-from pirecon.serve.command import join_flag_values
-
-
-def test_space_separated_values_are_joined():
-    argv = ["--policy.path=CKPT", "--host", "0.0.0.0", "--port", "8000", "--use_ema", "--serve.preset", "libero"]
-    assert join_flag_values(argv) == ["--policy.path=CKPT", "--host=0.0.0.0", "--port=8000", "--use_ema",
-                                      "--serve.preset=libero"]
 
 
 def test_help_lists_flags_and_presets(capsys):

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pirecon.config import parse_flags
+from pirecon.config import join_flag_values, parse_flags
 from pirecon.data.lerobot import (DatasetConfig, Layout, column_vectors, parquet_columns, read_json, read_jsonl,
                                   select_episodes)
 from pirecon.errors import DatasetError
@@ -274,16 +274,7 @@ def command_flags(argv: list[str], cls: type, prog: str):
         for name, default in _flag_defaults(cls):
             print(f"  --{name}  (default: {default!r})")
         return None
-    joined, i = [], 0
-    while i < len(argv):  # accept `--flag value` as `--flag=value`
-        arg = argv[i]
-        if arg.startswith("--") and "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            joined.append(f"{arg}={argv[i + 1]}")
-            i += 2
-        else:
-            joined.append(arg)
-            i += 1
-    return parse_flags(joined, cls)
+    return parse_flags(join_flag_values(argv), cls)  # `--flag value` works as `--flag=value`
 
 
 def _flag_defaults(cls: type, prefix: str = ""):

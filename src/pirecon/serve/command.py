@@ -34,7 +34,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from pirecon.config import parse_flags, print_help
+from pirecon.config import join_flag_values, parse_flags, print_help
 from pirecon.errors import ConfigError
 
 
@@ -64,17 +64,6 @@ class ServeConfig:
     port: int = 8000
     use_ema: bool = False
     seed: int = 0
-
-
-def join_flag_values(argv: list[str]) -> list[str]:
-    """`--port 8000` -> `--port=8000` (the issue's spelling); `--flag=value` and bare `--flag` stay."""
-    out: list[str] = []
-    for arg in argv:
-        if out and not arg.startswith("--") and out[-1].startswith("--") and "=" not in out[-1]:
-            out[-1] = f"{out[-1]}={arg}"
-        else:
-            out.append(arg)
-    return out
 
 
 def build_server(cfg: ServeConfig):

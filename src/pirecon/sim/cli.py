@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pirecon.config import parse_flags
+from pirecon.config import join_flag_values, parse_flags
 from pirecon.errors import ConfigError
 
 
@@ -80,21 +80,6 @@ def flag_help(name: str, cls: type) -> str:
     return "\n".join(lines)
 
 
-def _equals_form(argv: list[str]) -> list[str]:
-    """['--a', '1', '--b'] -> ['--a=1', '--b'] so that both flag spellings work."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--") and "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            out.append(f"{arg}={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(arg)
-            i += 1
-    return out
-
-
 def run(argv: list[str]) -> int:
     """Entry point of `pirecon sim`; returns the exit code."""
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -107,7 +92,7 @@ def run(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(flag_help(name, SUBCOMMANDS[name]))
         return 0
-    flags = parse_flags(_equals_form(rest), SUBCOMMANDS[name], config_path_flag=False)
+    flags = parse_flags(join_flag_values(rest), SUBCOMMANDS[name], config_path_flag=False)
     return {"record": _record, "eval": _eval, "preview": _preview}[name](flags)
 
 
