@@ -96,9 +96,9 @@ def run(argv: list[str]) -> int:
     from pirecon.data.tokenizer import train_tiny_tokenizer
     from pirecon.eval.envs import SimEvalEnv
     from pirecon.eval.metrics import summarize
-    from pirecon.eval.rollout import evaluate
+    from pirecon.eval.rollout import evaluate, run_baselines
     from pirecon.inference import PolicyRunner
-    from pirecon.sim import RandomPolicy, ScriptedExpert, SimConfig, SimEnv, record_dataset
+    from pirecon.sim import SimConfig, SimEnv, record_dataset
     from pirecon.train.loop import train
 
     out = Path(cfg.output_dir)
@@ -134,9 +134,11 @@ def run(argv: list[str]) -> int:
     # The same closed loop as `pirecon eval`: n_action_steps of every chunk, then replan.
     env = SimEvalEnv(sim_config)
     seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)
-    policies = [(label, PolicyRunner.from_checkpoint(result.checkpoint)) for label, _, result, _, _ in trained]
-    policies += [("scripted expert", ScriptedExpert(env.env)), ("random policy", RandomPolicy(seed=cfg.seed))]
-    rows = [(name, summarize(r.to_json() for r in evaluate(env, policy, seeds))) for name, policy in policies]
+    rows = []
+    for label, _, result, _, _ in trained:
+        runner = PolicyRunner.from_checkpoint(result.checkpoint)
+        rows.append((label, summarize(r.to_json() for r in evaluate(env, runner, seeds))))
+    rows += list(run_baselines(env, seeds, random_seed=cfg.seed).items())
     total_s = time.perf_counter() - started
 
     print("[4/4] results")

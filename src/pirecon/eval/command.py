@@ -300,27 +300,13 @@ def _episode_line(result, total: int) -> str:
             f"({result.wall_time_s:.1f} s, {result.chunks} chunks) | {result.task}")
 
 
-def run_baselines(env, seeds: list[int]) -> dict:
-    """The scripted expert and a random policy on the same seeds (sim only)."""
-    from pirecon.eval.metrics import summarize
-    from pirecon.eval.rollout import evaluate
-    from pirecon.sim import RandomPolicy, ScriptedExpert
-
-    out = {}
-    for name, policy in (("scripted expert", ScriptedExpert(env.env)),
-                         ("random policy", RandomPolicy(env.action_dim, seed=seeds[0]))):
-        results = evaluate(env, policy, seeds, n_action_steps=1)
-        out[name] = summarize(r.to_json() for r in results)
-    return out
-
-
 def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     """Run the evaluation `cfg` describes, write its files and return the summary."""
     import torch
     from tqdm import tqdm
 
     from pirecon.eval.metrics import format_summary, summarize
-    from pirecon.eval.rollout import evaluate
+    from pirecon.eval.rollout import evaluate, run_baselines
     from pirecon.inference import PolicyRunner
     from pirecon.train.checkpoint import EMA_FILE
 

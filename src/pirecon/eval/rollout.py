@@ -168,3 +168,17 @@ def evaluate(env, policy, seeds: Iterable[int], n_action_steps: int | None = Non
         if on_episode is not None:
             on_episode(result)
     return results
+
+
+def run_baselines(env, seeds: list[int], random_seed: int | None = None) -> dict:
+    """Summaries of the scripted expert and a random policy on `seeds` (built-in simulator only).
+
+    `random_seed` seeds the random policy (None: the first seed).
+    """
+    from pirecon.eval.metrics import summarize
+    from pirecon.sim import RandomPolicy, ScriptedExpert
+
+    seeds = [int(s) for s in seeds]
+    random = RandomPolicy(env.action_dim, seed=seeds[0] if random_seed is None else random_seed)
+    return {name: summarize(r.to_json() for r in evaluate(env, policy, seeds, n_action_steps=1))
+            for name, policy in (("scripted expert", ScriptedExpert(env.env)), ("random policy", random))}
