@@ -94,7 +94,6 @@ def run(argv: list[str]) -> int:
     import shutil
 
     from pirecon.data.tokenizer import train_tiny_tokenizer
-    from pirecon.eval.envs import SimEvalEnv
     from pirecon.eval.metrics import summarize
     from pirecon.eval.rollout import evaluate, run_baselines
     from pirecon.inference import PolicyRunner
@@ -132,7 +131,7 @@ def run(argv: list[str]) -> int:
 
     print(f"[3/4] evaluating closed-loop on {cfg.eval_episodes} unseen layouts ...", flush=True)
     # The same closed loop as `pirecon eval`: n_action_steps of every chunk, then replan.
-    env = SimEvalEnv(sim_config)
+    env = SimEnv(sim_config)
     seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)
     rows = []
     for label, _, result, _, _ in trained:

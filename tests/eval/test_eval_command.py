@@ -175,14 +175,14 @@ def test_help_lists_flags(capsys):
 def test_libero_options_reach_the_env_as_given(tiny_checkpoint, tmp_path, monkeypatch):
     """--env.type=libero calls LiberoEnv.from_task(task, **options); a stand-in env records them."""
     from pirecon.eval import libero
-    from pirecon.eval.envs import SimEvalEnv
+    from pirecon.sim.env import SimEnv
     from pirecon.sim import SimConfig
 
     received = {}
 
     def from_task(task, **options):
         received.update(task=task, options=options)
-        return SimEvalEnv(SimConfig(image_size=32, max_steps=4))
+        return SimEnv(SimConfig(image_size=32, max_steps=4))
 
     monkeypatch.setattr(libero.LiberoEnv, "from_task", staticmethod(from_task))
     summary = evaluate_checkpoint(parse_eval_flags(flags(tiny_checkpoint, tmp_path, "--env.type=libero",

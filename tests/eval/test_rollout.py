@@ -69,7 +69,7 @@ def test_single_action_policies_and_early_success():
     from pirecon.sim import ScriptedExpert
 
     env = make_env("sim", "reach", image_size=16)
-    expert = ScriptedExpert(env.env)
+    expert = ScriptedExpert(env)
     results = evaluate(env, expert, [0, 1, 2], n_action_steps=5)  # a (A,) action counts as a chunk of one
     assert all(r.success for r in results)
     assert all(r.chunks == r.steps < env.max_steps for r in results)
@@ -107,3 +107,16 @@ def test_failed_episode_leaves_no_partial_video(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         run_episode(env, Broken(), seed=0, n_action_steps=2, video_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sim_task_filter_keeps_each_seed_s_layout():
+    """--env.task=reach restricts the task kind only: every seed keeps its layout and named block."""
+    from pirecon.sim import SimEnv
+
+    env, full = make_env("sim", "reach", image_size=16), SimEnv(image_size=16)
+    for seed in range(10):
+        env.reset(seed)
+        full.reset(seed, kind="reach")
+        assert env.task == full.task and env.task.startswith("move to")
+        np.testing.assert_array_equal(env.scene.blocks, full.scene.blocks)
+        np.testing.assert_array_equal(env.render(), full.render())

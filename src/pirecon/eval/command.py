@@ -267,8 +267,7 @@ def env_description(env, cfg: EnvFlags, options: dict) -> dict:
     """What summary.json records about the environment."""
     out = {"type": cfg.type, "task": cfg.task, "options": options,
            "fps": env.fps, "max_steps": env.max_steps, "action_dim": env.action_dim}
-    inner = getattr(env, "env", None)
-    config = getattr(env, "config", None) or getattr(inner, "config", None)
+    config = getattr(env, "config", None)
     if dataclasses.is_dataclass(config):
         out["config"] = to_dict(config)
     return out

@@ -11,8 +11,8 @@ dataset recorded from that environment sees the same observation layout at evalu
     frame = env.render()                   # (H, W, 3) uint8 for rollout videos
     env.close()
 
-`EvalEnv` below is the contract; `SimEvalEnv` adapts the built-in simulator, and
-`pirecon.eval.libero.LiberoEnv` the LIBERO suites (an optional extra).
+`EvalEnv` below is the contract; the built-in simulator's `SimEnv` meets it as it is, and
+`pirecon.eval.libero.LiberoEnv` adapts the LIBERO suites (an optional extra).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pirecon.errors import ConfigError
-from pirecon.sim.env import SimConfig, SimEnv
+from pirecon.sim.env import TASK_KINDS, SimConfig, SimEnv
 
 ENV_TYPES = ("sim", "libero")
 
@@ -60,51 +60,14 @@ class EvalEnv(Protocol):
         ...
 
 
-class SimEvalEnv:
-    """The built-in simulator as an `EvalEnv`; `task` names a prompt kind (`reach`/`place`) or None."""
-
-    def __init__(self, config: SimConfig | None = None, kind: str | None = None):
-        self.env = SimEnv(config)
-        self.kind = kind
-        self.fps = self.env.fps
-        self.max_steps = self.env.max_steps
-        self.action_dim = self.env.action_dim
-
-    @property
-    def task(self) -> str:
-        return self.env.task
-
-    @property
-    def success(self) -> bool:
-        return self.env.success
-
-    @property
-    def steps(self) -> int:
-        return self.env.steps
-
-    def reset(self, seed: int) -> dict:
-        return self.env.reset(seed, kind=self.kind)
-
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, dict]:
-        return self.env.step(action)
-
-    def render(self) -> np.ndarray:
-        """Top and wrist cameras side by side, (H, 2W, 3) uint8."""
-        obs = self.env.observation()
-        return np.concatenate([obs[k] for k in self.env.camera_keys], axis=1)
-
-    def close(self) -> None:
-        pass
-
-
 def make_env(env_type: str, task: str | None = None, **options) -> EvalEnv:
     """Build the environment `--env.type` names. `options` are the type's own settings."""
-    if env_type == "sim":
-        kind = task or None
-        from pirecon.sim.env import TASK_KINDS
-        if kind is not None and kind not in TASK_KINDS:
-            raise ConfigError(f"--env.task={task!r}: the sim's tasks are {list(TASK_KINDS)} (or empty for both)")
-        return SimEvalEnv(SimConfig(**options), kind=kind)
+    if env_type == "sim":  # task: one task kind (the prompt's verb), or None for all of them
+        if task:
+            if task not in TASK_KINDS:
+                raise ConfigError(f"--env.task={task!r}: the sim's tasks are {list(TASK_KINDS)} (or empty for both)")
+            options = {**options, "tasks": (task,)}
+        return SimEnv(SimConfig(**options))
     if env_type == "libero":
         from pirecon.eval.libero import LiberoEnv
         return LiberoEnv.from_task(task, **options)

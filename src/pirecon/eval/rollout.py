@@ -181,4 +181,4 @@ def run_baselines(env, seeds: list[int], random_seed: int | None = None) -> dict
     seeds = [int(s) for s in seeds]
     random = RandomPolicy(env.action_dim, seed=seeds[0] if random_seed is None else random_seed)
     return {name: summarize(r.to_json() for r in evaluate(env, policy, seeds, n_action_steps=1))
-            for name, policy in (("scripted expert", ScriptedExpert(env.env)), ("random policy", random))}
+            for name, policy in (("scripted expert", ScriptedExpert(env)), ("random policy", random))}

@@ -214,6 +214,7 @@ class SimEnv:
     obs = env.reset(seed)                       # dict, see `observation()`
     obs, reward, done, info = env.step(action)  # action (3,) float in [-1, 1]; info["success"]
     env.task                                    # the prompt, e.g. "move to the red block"
+    env.render()                                # both cameras side by side, for videos
     """
 
     camera_names = CAMERA_NAMES
@@ -339,6 +340,14 @@ class SimEnv:
             "observation.state": state,
             "task": self.task,
         }
+
+    def render(self) -> np.ndarray:
+        """Top and wrist cameras side by side, (H, 2W, 3) uint8 (a frame of a rollout video)."""
+        obs = self.observation()
+        return np.concatenate([obs[k] for k in self.camera_keys], axis=1)
+
+    def close(self) -> None:
+        """Nothing to release; present so the simulator is an `EvalEnv` as it is."""
 
     def gaze_bbox(self) -> np.ndarray:
         """(4,) float32 [x0, y0, x1, y1]: the named block's box in normalised top-image coordinates."""
