@@ -177,14 +177,11 @@ def training_dataset_root(folder: Path, _depth: int = 0) -> Path | None:
     return root if root.is_dir() else None
 
 
-def training_camera_shapes(folder: Path) -> dict[str, list[int]] | None:
-    """{camera key: [H, W, C]} of the dataset the checkpoint was trained on, None when it cannot be found."""
-    root = training_dataset_root(folder)
+def dataset_camera_shapes(root: Path) -> dict[str, list[int]] | None:
+    """{camera key: [H, W, C]} from a dataset's meta/info.json, None when it cannot be read."""
     try:
-        info = json.loads((root / "meta" / "info.json").read_text()) if root else None
+        info = json.loads((root / "meta" / "info.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return None
-    if info is None:
         return None
     return {key: list(ft.get("shape", [])) for key, ft in (info.get("features") or {}).items()
             if ft.get("dtype") in ("video", "image")}
@@ -195,11 +192,14 @@ def training_camera_shapes(folder: Path) -> dict[str, list[int]] | None:
 
 
 def sim_options(options: dict[str, Any], checkpoint: Path | None) -> tuple[dict[str, Any], str | None]:
-    """String options -> typed SimConfig fields; image_size defaults to the training cameras' size.
+    """String options -> typed SimConfig fields, on top of the training data's simulator settings.
 
-    Returns (options, note) where note says where image_size came from when it was not given.
+    Defaults come from the checkpoint's training dataset: the settings `pirecon sim record` stored
+    there, else (an older or foreign recording) just its cameras' image_size. Returns (options,
+    note) where note says where the defaults came from.
     """
     from pirecon.sim.env import CAMERA_KEYS, SimConfig
+    from pirecon.sim.record import recorded_sim_config
 
     names = [f.name for f in dataclasses.fields(SimConfig)]
     for key in options:
@@ -213,13 +213,14 @@ def sim_options(options: dict[str, Any], checkpoint: Path | None) -> tuple[dict[
     converted = {key: getattr(from_dict(_single(key, hints[key]), {key: value}, where="--env"), key)
                  for key, value in options.items()}
     note = None
-    recorded = _recorded_sim_settings(checkpoint)
+    root = training_dataset_root(checkpoint) if checkpoint is not None else None
+    recorded = recorded_sim_config(root) if root is not None else None
     if recorded is not None:
         # The dataset was recorded by `pirecon sim record`: rebuild the same world, flags override.
         note = "the simulator settings the training data was recorded with (meta/pirecon_sim.json)"
-        converted = {**recorded, **converted}
+        converted = {**dataclasses.asdict(recorded), **converted}
     elif "image_size" not in converted and checkpoint is not None:
-        shapes = training_camera_shapes(checkpoint) or {}
+        shapes = (dataset_camera_shapes(root) if root is not None else None) or {}
         sizes = {tuple(shapes[k][:2]) for k in CAMERA_KEYS if len(shapes.get(k, [])) >= 2}  # {(H, W)}
         if len(sizes) == 1 and len(set(*sizes)) == 1:  # both cameras square and of one size
             converted["image_size"] = int(next(iter(sizes))[0])
@@ -228,17 +229,6 @@ def sim_options(options: dict[str, Any], checkpoint: Path | None) -> tuple[dict[
             note = (f"image_size={SimConfig.image_size} (the sim default: the training dataset's sim cameras were not "
                     f"found; pass --env.image_size to match them)")
     return converted, note
-
-
-def _recorded_sim_settings(checkpoint: Path | None) -> dict[str, Any] | None:
-    """SimConfig fields stored beside the training dataset by `pirecon sim record`, or None."""
-    from pirecon.sim.record import recorded_sim_config
-
-    root = training_dataset_root(checkpoint) if checkpoint is not None else None
-    if root is None:
-        return None
-    config = recorded_sim_config(root)
-    return dataclasses.asdict(config) if config is not None else None
 
 
 def _single(name: str, tp: Any) -> type:
