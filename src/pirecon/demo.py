@@ -51,8 +51,9 @@ class DemoConfig:
     recon: DemoReconConfig = field(default_factory=DemoReconConfig)
 
     def __post_init__(self) -> None:
-        if self.recon.weight < 0:
-            raise ConfigError(f"--recon.weight={self.recon.weight}: expected a number >= 0")
+        from pirecon.model.recon import ReconConfig
+
+        ReconConfig(weight=self.recon.weight, views=tuple(self.recon.views))  # its checks, before any work
         for name in ("episodes", "steps", "batch_size", "eval_episodes", "chunk_size", "n_action_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")
