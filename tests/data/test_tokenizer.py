@@ -47,12 +47,12 @@ def test_hf_folder_with_tokenizer_model(gemma_tokenizer_path, tmp_path):
 
 
 def test_tiny_tokenizer_is_deterministic_and_gemma_like(tmp_path):
-    a = train_tiny_tokenizer(TEXTS, tmp_path / "a" / "tiny.model", vocab_size=128)
-    b = train_tiny_tokenizer(TEXTS, tmp_path / "b.model", vocab_size=128)
+    a = train_tiny_tokenizer(TEXTS, tmp_path / "a" / "tiny.model", vocab_size=200)
+    b = train_tiny_tokenizer(TEXTS, tmp_path / "b.model", vocab_size=200)
     assert a.read_bytes() == b.read_bytes()
     tok = load_tokenizer(a)
     assert (tok.pad_id, tok.eos_id, tok.bos_id) == (0, 1, 2)
-    assert tok.vocab_size <= 128
+    assert tok.vocab_size <= 200
     # Any ASCII prompt, including unseen digits and words, encodes without <unk> (id 3).
     text = "Task: grab the zebra_toy 9, State: 0 7 255;\nAction: "
     ids = tok.encode(text)
@@ -61,6 +61,19 @@ def test_tiny_tokenizer_is_deterministic_and_gemma_like(tmp_path):
     assert tok.encode("\n", add_bos=False) == [tok.encode("\n", add_bos=False)[0]]  # one token
     with pytest.raises(ConfigError, match="vocab_size=8 is too small"):
         train_tiny_tokenizer(TEXTS, tmp_path / "c.model", vocab_size=8)
+
+
+def test_tiny_tokenizer_keeps_words_whole_like_gemma(tmp_path):
+    texts = ["move to the red block", "move to the green block", "put the blue block in the white zone"]
+    tok = load_tokenizer(train_tiny_tokenizer(texts, tmp_path / "w.model"))
+    # One token per word, with the leading space inside the token as in Gemma: colours are told
+    # apart by one id each instead of by letter fragments that "red" and "green" share.
+    assert len(tok.encode("move to the red block", add_bos=False)) == 5
+    red, green = tok.encode(" red", add_bos=False), tok.encode(" green", add_bos=False)
+    assert len(red) == len(green) == 1 and red != green
+    assert tok.decode(tok.encode("put the green block in the white zone")) == "put the green block in the white zone"
+    split = load_tokenizer(train_tiny_tokenizer(texts, tmp_path / "s.model", whole_words=False))
+    assert len(split.encode(" green", add_bos=False)) > 1
 
 
 def test_hf_folder_with_only_tokenizer_json(tmp_path):
@@ -113,6 +126,6 @@ def test_vocab_larger_than_model_is_a_config_error(gemma_tokenizer_path):
 
 
 def test_sentencepiece_tokenizer_pickles(tmp_path):
-    tok = load_tokenizer(train_tiny_tokenizer(TEXTS, tmp_path / "t.model", vocab_size=100))
+    tok = load_tokenizer(train_tiny_tokenizer(TEXTS, tmp_path / "t.model", vocab_size=200))
     again = pickle.loads(pickle.dumps(tok))
     assert again.encode("open the drawer") == tok.encode("open the drawer")

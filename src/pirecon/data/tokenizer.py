@@ -229,21 +229,27 @@ def pad_tokens(ids: Sequence[int], max_len: int, pad_id: int = PAD_ID) -> tuple[
     return tokens, mask
 
 
-def train_tiny_tokenizer(texts: Iterable[str], output_path: str | Path, vocab_size: int = 128) -> Path:
+def train_tiny_tokenizer(texts: Iterable[str], output_path: str | Path, vocab_size: int = 256,
+                         whole_words: bool = True) -> Path:
     """Train a small SentencePiece (unigram) model on `texts` and write it to `output_path`.
 
     Deterministic for the same texts and vocab_size. Special ids follow Gemma: pad 0, eos 1,
     bos 2, unk 3. Like Gemma it keeps text as is (identity normalisation, no dummy prefix, digits
     split, "\\n" a token of its own), and ASCII letters, digits and common punctuation are always in the
     vocabulary so that Pi0.5 prompts (`Task: ..., State: 12 255;\\nAction: `) never hit <unk>.
+    With `whole_words` every alphabetic word of `texts` is one token ("red" and " red", as in
+    Gemma's vocabulary); without it a corpus of a few prompts splits words into letters and
+    fragments shared between words ("red" -> "re" "d", "green" -> "g" "re" "e" "n"), which a tiny
+    model must first learn to put together before it can tell the words apart.
     `vocab_size` is an upper bound: a small corpus yields fewer pieces.
     """
     import sentencepiece
 
     corpus = [t for t in texts if t]
+    words = sorted({w for t in corpus for w in t.split() if w.isalpha()}) if whole_words else []
     # Guarantees letters, digits and common punctuation a piece (character_coverage=1.0 keeps them).
     corpus.append(" ".join(string.ascii_letters + string.digits + _PUNCTUATION))
-    required = 4 + 1 + len(set("".join(corpus)) - {"\n"})  # specials + "\n" + characters
+    required = 4 + 1 + len(set("".join(corpus)) - {"\n"}) + 2 * len(words)  # specials, "\n", characters, words
     if vocab_size < required:
         raise ConfigError(
             f"train_tiny_tokenizer: vocab_size={vocab_size} is too small; these texts need at least {required}")
@@ -256,6 +262,7 @@ def train_tiny_tokenizer(texts: Iterable[str], output_path: str | Path, vocab_si
         pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
         character_coverage=1.0, hard_vocab_limit=False, normalization_rule_name="identity",
         add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
-        user_defined_symbols=["\n"], num_threads=1, shuffle_input_sentence=False, minloglevel=2)
+        user_defined_symbols=["\n", *(f"\u2581{w}" for w in words), *words],  # \u2581: SentencePiece's space
+        num_threads=1, shuffle_input_sentence=False, minloglevel=2)
     output_path.write_bytes(model.getvalue())
     return output_path
