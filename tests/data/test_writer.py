@@ -159,3 +159,18 @@ def test_bad_features_are_rejected(tmp_path):
     with pytest.raises(DatasetError, match="missing 'action'"):
         LeRobotWriter(tmp_path / "c", 10, {"observation.state": FEATURES["observation.state"]})
     assert not any(tmp_path.iterdir())
+
+
+def test_frame_conversion_runs_on_one_thread():
+    # PyAV >= 17 converts frames with one thread per core unless told otherwise, which fails with
+    # EAGAIN where a process cannot start more threads; the reader asks for one thread.
+    from pirecon.data import video
+
+    class Frame:
+        def to_ndarray(self, **kwargs):
+            self.kwargs = kwargs
+            return np.zeros((2, 2, 3), np.uint8)
+
+    frame = Frame()
+    assert video._rgb(frame).shape == (2, 2, 3)
+    assert frame.kwargs == {"format": "rgb24", "threads": 1}

@@ -75,6 +75,14 @@ def probe_video(path: str | Path) -> VideoInfo:
         container.close()
 
 
+def _rgb(frame) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB, converted on one thread. PyAV >= 17 converts with
+    as many threads as there are cores by default; where a process cannot start more threads that
+    fails now and then with EAGAIN ("Resource temporarily unavailable", PyAV-Org/PyAV#2281, seen
+    here mid-training), and at robot-camera sizes the extra threads buy nothing."""
+    return frame.to_ndarray(format="rgb24", threads=1)
+
+
 def read_all_frames(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Decode every frame in order. Returns frames (N, H, W, 3) uint8 and their pts (N,) seconds."""
     path = Path(path)
@@ -83,7 +91,7 @@ def read_all_frames(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         stream = container.streams.video[0]
         frames, times = [], []
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(_rgb(frame))
             times.append(float(frame.time))
     except av.error.FFmpegError as exc:
         raise DatasetError(f"{path}: cannot decode video ({exc})") from None
@@ -244,9 +252,9 @@ class FrameDecoder:
         near = min(video.period / 2, tolerance)  # closer than half a frame: the nearest frame
         cached = self._cache.get(video.path, video.slot(t))
         if cached is not None and abs(float(cached.time) - t) <= near and (end is None or cached.time < end):
-            return cached.to_ndarray(format="rgb24")
+            return _rgb(cached)
         if video.last is not None and abs(video.last_t - t) <= near and (end is None or video.last_t < end):
-            return video.last.to_ndarray(format="rgb24")
+            return _rgb(video.last)
         if video.last is None or not (0 < t - video.last_t <= video.forward_limit):
             video.seek(t)
         prev = video.last if video.last is not None and video.last_t <= t else None
@@ -272,7 +280,7 @@ class FrameDecoder:
             raise DatasetError(
                 f"{video.path}: no frame within {tolerance:.4f} s of timestamp {t:.4f} s "
                 f"(nearest frame at {float(best.time):.4f} s)")
-        return best.to_ndarray(format="rgb24")
+        return _rgb(best)
 
     def close(self) -> None:
         for video in self._open.values():
@@ -326,6 +334,7 @@ class VideoEncoder:
             raise DatasetError(f"{self.path}: expected a ({self.height}, {self.width}, 3) uint8 frame, "
                                f"got {image.shape} {image.dtype}")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame = frame.reformat(format="yuv420p", threads=1)  # one thread, as in `_rgb`
         frame.pts = self.frames
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
