@@ -56,6 +56,7 @@ for _ in range(steps):
     opt.step()
     opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - start)
+    print(f"step {len(times)}: {times[-1]:.1f} s", file=sys.stderr, flush=True)  # progress of slow full-size runs
 print(json.dumps({"load_s": load_s, "first_step_s": times[0], "step_s": sorted(times[1:] or times)[len(times[1:] or times) // 2],
                   # VmHWM, not ru_maxrss (which also counts the parent's pages copied at fork)
                   "peak_rss_gib": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 2**20,
@@ -64,10 +65,12 @@ print(json.dumps({"load_s": load_s, "first_step_s": times[0], "step_s": sorted(t
 
 
 def run_child(kind: str, source: str, steps: int, views: int, recon: bool = False, dtype: str = "bfloat16") -> dict:
+    # The child's stderr (per-step progress, warnings, a traceback) goes straight to ours.
     out = subprocess.run([sys.executable, "-c", CHILD, kind, source, str(steps), str(views), str(int(recon)), dtype],
-                         capture_output=True, text=True)
+                         stdout=subprocess.PIPE, text=True)
     if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
+        raise RuntimeError(f"{kind} ({source}) benchmark child failed with exit code {out.returncode}; "
+                           f"its traceback is above")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

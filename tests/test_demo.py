@@ -33,7 +33,7 @@ def test_demo_compares_recon_and_plain_side_by_side(tmp_path, capsys):
     assert all(name in table for name in names) and "95% interval" in table
     # The data carries the simulator settings, so `pirecon eval` rebuilds the same world.
     sim = json.loads((out / "data" / "meta" / "pirecon_sim.json").read_text())
-    assert sim["cells"] == "corners" and sim["image_size"] == 32
+    assert sim["cells"] == "corners" and sim["image_size"] == 32 and sim["num_blocks"] == 1
 
 
 def test_demo_weight_zero_trains_plain_pi0_and_reruns_into_its_own_folder(tmp_path):
@@ -51,5 +51,8 @@ def test_demo_refuses_a_foreign_non_empty_folder_and_bad_flags(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     with pytest.raises(ConfigError, match="--recon.weight=-1"):
         run(SMALL + [f"--output_dir={tmp_path / 'x'}", "--recon.weight=-1"])
+    with pytest.raises(ConfigError, match="num_blocks=4"):
+        run(SMALL + [f"--output_dir={tmp_path / 'x'}", "--num_blocks=4"])
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="--steps=0"):
         run(SMALL + [f"--output_dir={tmp_path / 'x'}", "--steps=0"])

@@ -35,6 +35,10 @@ class DemoConfig:
     episodes: int = 100  # demonstrations to record
     image_size: int = 64  # simulator camera resolution
     cells: str = "corners"  # simulator layout: blocks and zone in the board's 4 corner cells ("all": any cell)
+    # Blocks on the table. 1: the image says where the block and the zone are and the prompt whether
+    # to reach or to pick and place (a policy blind to either fails); 2-3 add colour grounding
+    # (which block the prompt names), which the tiny model does not learn within the demo's budget.
+    num_blocks: int = 1
     image_resolution: int = 56  # model input resolution (4x4 patches of 14 per view)
     chunk_size: int = 10
     n_action_steps: int = 5
@@ -53,7 +57,10 @@ class DemoConfig:
     def __post_init__(self) -> None:
         from pirecon.model.recon import ReconConfig
 
+        from pirecon.sim import SimConfig
+
         ReconConfig(weight=self.recon.weight, views=tuple(self.recon.views))  # its checks, before any work
+        SimConfig(image_size=self.image_size, cells=self.cells, num_blocks=self.num_blocks)
         for name in ("episodes", "steps", "batch_size", "eval_episodes", "chunk_size", "n_action_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")
@@ -111,7 +118,7 @@ def run(argv: list[str]) -> int:
     out.mkdir(parents=True)
     (out / MARKER).write_text("written by `pirecon demo`; the next demo run replaces this folder\n")
     started = time.perf_counter()
-    sim_config = SimConfig(image_size=cfg.image_size, cells=cfg.cells)
+    sim_config = SimConfig(image_size=cfg.image_size, cells=cfg.cells, num_blocks=cfg.num_blocks)
 
     print(f"[1/4] recording {cfg.episodes} expert demonstrations ...", flush=True)
     data_dir = out / "data"

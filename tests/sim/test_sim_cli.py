@@ -51,6 +51,7 @@ def test_record_passes_the_layout_to_the_dataset(tmp_path, capsys):
 
     out = tmp_path / "d"
     assert run(["record", f"--output={out}", "--episodes=1", "--image_size=32", "--cells=corners",
-                "--max_steps=70"]) == 0
+                "--max_steps=70", "--num_blocks=1"]) == 0
     config = recorded_sim_config(out)
     assert config.cells == "corners" and config.max_steps == 70 and config.image_size == 32
+    assert config.num_blocks == 1

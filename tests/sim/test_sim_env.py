@@ -151,8 +151,16 @@ def test_reach_succeeds_over_the_named_block_only():
     _, reward, done, info = env.step([0, 0, -1])
     assert not info["success"] and not done and reward == 0.0
     env.scene.gripper[:] = env.scene.blocks[env.scene.target] + [0.05, -0.05]
-    _, reward, done, info = env.step([0, 0, -1])
+    _, reward, done, info = env.step([-1, 0, -1])  # passing over it at full speed is not arriving
+    assert not info["success"] and not done
+    _, reward, done, info = env.step([0.1, 0, -1])  # stopping over it is
     assert info["success"] and done and reward == 1.0
+    env.reset(0, kind="reach")
+    env.scene.gripper[:] = env.scene.blocks[env.scene.target]
+    _, _, done, info = env.step([0, 0, 1])  # closing over it picks the block up: not a reach
+    assert not info["success"] and not done and info["holding"]
+    _, _, done, info = env.step([0, 0, -1])  # and letting go later does not make it one
+    assert not info["success"] and not done
 
 
 def test_place_needs_the_block_in_the_zone_and_released():

@@ -37,6 +37,7 @@ class RecordFlags:
     overwrite: bool = _help("replace an existing dataset folder at --output", False)
     cells: str = _help("layout: 'all' cells of the 4x4 board, or only its 4 'corners' (the demo's)", "all")
     max_steps: int = _help("episode step limit", 60)
+    num_blocks: int = _help("blocks on the table, 1..3 (the demo uses 1)", 3)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def _record(flags: RecordFlags) -> int:
         if done == total or done % max(total // 10, 1) == 0:
             print(f"  {done}/{total} episodes", flush=True)
 
-    config = SimConfig(image_size=flags.image_size, cells=flags.cells, max_steps=flags.max_steps)
+    config = SimConfig(image_size=flags.image_size, cells=flags.cells, max_steps=flags.max_steps,
+                       num_blocks=flags.num_blocks)
     summary = record(flags.output, flags.episodes, seed=flags.seed, image_size=flags.image_size,
                      version=flags.version, config=config, overwrite=flags.overwrite, progress=progress)
     print(summary.describe())

@@ -11,7 +11,9 @@ episode, are what let a tiny policy generalise to unseen layouts from ~100 demon
 `grid=0` places objects anywhere and `random_start=True` starts the gripper anywhere (harder).
 
 Tasks (the prompt names one block by colour):
-    reach  "move to the red block"                  success: the gripper is over the block
+    reach  "move to the red block"                  success: the gripper has stopped over the block
+                                                    (moved < STOP_SPEED * max_speed in the step), open,
+                                                    and never picked the block up
     place  "put the red block in the white zone"    success: the block's centre is inside the zone
                                                     and the gripper has let it go
 
@@ -47,6 +49,7 @@ ACTION_NAMES = ("vx", "vy", "gripper")
 GRIPPER_LIMITS = (0.02, 0.98)  # the gripper stays over the table
 CELL_SETS = ("all", "corners")
 HOME = (0.5, 0.5)  # where the gripper starts unless SimConfig.random_start
+STOP_SPEED = 0.25  # a reach ends with a step slower than this fraction of max_speed over the block
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class Scene:
     kind: str  # "reach" | "place"
     closed: bool = False  # gripper closed
     held: int | None = None  # index of the block in the gripper
+    touched: bool = False  # the named block has been picked up this episode (a reach then fails)
 
 
 def sample_scene(config: SimConfig, seed: int) -> Scene:
@@ -294,6 +298,7 @@ class SimEnv:
                 raise ConfigError(f"kind={kind!r}: expected one of {list(TASK_KINDS)}")
             scene.kind = kind
         self.scene, self.seed, self.steps, self.success = scene, int(seed), 0, False
+        self._moved = 0.0  # gripper displacement (Chebyshev) in the last step
         return self.observation()
 
     def step(self, action) -> tuple[dict, float, bool, dict]:
@@ -312,11 +317,13 @@ class SimEnv:
 
         old = scene.gripper
         scene.gripper = np.clip(old + self.config.max_speed * a[:2], *GRIPPER_LIMITS)
+        self._moved = float(np.abs(scene.gripper - old).max())
         if scene.held is not None:
             scene.blocks[scene.held] += scene.gripper - old  # a held block moves with the gripper
         close = bool(a[2] > 0)
         if close and not scene.closed:
             scene.held = self._block_under_gripper()
+            scene.touched = scene.touched or scene.held == scene.target
         elif not close:
             scene.held = None
         scene.closed = close
@@ -372,6 +379,7 @@ class SimEnv:
     def _solved(self) -> bool:
         scene = self.scene
         block = scene.blocks[scene.target]
-        if scene.kind == "reach":
-            return bool(np.abs(scene.gripper - block).max() <= self.config.block_size / 2)
+        if scene.kind == "reach":  # stop over it without grasping: passing by on the way to a pick fails
+            return (not (scene.closed or scene.touched) and self._moved < STOP_SPEED * self.config.max_speed
+                    and bool(np.abs(scene.gripper - block).max() <= self.config.block_size / 2))
         return scene.held is None and bool(np.abs(block - scene.zone).max() <= self.config.zone_size / 2)
