@@ -57,13 +57,18 @@ class DemoConfig:
     def __post_init__(self) -> None:
         from pirecon.model.recon import ReconConfig
 
-        from pirecon.sim import SimConfig
-
-        ReconConfig(weight=self.recon.weight, views=tuple(self.recon.views))  # its checks, before any work
-        SimConfig(image_size=self.image_size, cells=self.cells, num_blocks=self.num_blocks)
+        # Their own checks, before any work.
+        ReconConfig(weight=self.recon.weight, views=tuple(self.recon.views))
+        self.sim_config()
         for name in ("episodes", "steps", "batch_size", "eval_episodes", "chunk_size", "n_action_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")
+
+    def sim_config(self):
+        """The simulator the demo records in and evaluates on."""
+        from pirecon.sim import SimConfig
+
+        return SimConfig(image_size=self.image_size, cells=self.cells, num_blocks=self.num_blocks)
 
 
 def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir: Path, recon_weight: float | None = None):
@@ -105,7 +110,7 @@ def run(argv: list[str]) -> int:
     from pirecon.eval.metrics import summarize
     from pirecon.eval.rollout import evaluate, run_baselines
     from pirecon.inference import PolicyRunner
-    from pirecon.sim import SimConfig, SimEnv, record_dataset
+    from pirecon.sim import SimEnv, record_dataset
     from pirecon.train.loop import train
 
     out = Path(cfg.output_dir)
@@ -118,7 +123,7 @@ def run(argv: list[str]) -> int:
     out.mkdir(parents=True)
     (out / MARKER).write_text("written by `pirecon demo`; the next demo run replaces this folder\n")
     started = time.perf_counter()
-    sim_config = SimConfig(image_size=cfg.image_size, cells=cfg.cells, num_blocks=cfg.num_blocks)
+    sim_config = cfg.sim_config()
 
     print(f"[1/4] recording {cfg.episodes} expert demonstrations ...", flush=True)
     data_dir = out / "data"
