@@ -127,6 +127,7 @@ class Scene:
     closed: bool = False  # gripper closed
     held: int | None = None  # index of the block in the gripper
     touched: bool = False  # the named block has been picked up this episode (a reach then fails)
+    moved: float = 0.0  # how far (Chebyshev) the gripper moved in the last step
 
 
 def sample_scene(config: SimConfig, seed: int) -> Scene:
@@ -298,7 +299,6 @@ class SimEnv:
                 raise ConfigError(f"kind={kind!r}: expected one of {list(TASK_KINDS)}")
             scene.kind = kind
         self.scene, self.seed, self.steps, self.success = scene, int(seed), 0, False
-        self._moved = 0.0  # gripper displacement (Chebyshev) in the last step
         return self.observation()
 
     def step(self, action) -> tuple[dict, float, bool, dict]:
@@ -317,7 +317,7 @@ class SimEnv:
 
         old = scene.gripper
         scene.gripper = np.clip(old + self.config.max_speed * a[:2], *GRIPPER_LIMITS)
-        self._moved = float(np.abs(scene.gripper - old).max())
+        scene.moved = float(np.abs(scene.gripper - old).max())
         if scene.held is not None:
             scene.blocks[scene.held] += scene.gripper - old  # a held block moves with the gripper
         close = bool(a[2] > 0)
@@ -380,6 +380,6 @@ class SimEnv:
         scene = self.scene
         block = scene.blocks[scene.target]
         if scene.kind == "reach":  # stop over it without grasping: passing by on the way to a pick fails
-            return (not (scene.closed or scene.touched) and self._moved < STOP_SPEED * self.config.max_speed
+            return (not (scene.closed or scene.touched) and scene.moved < STOP_SPEED * self.config.max_speed
                     and bool(np.abs(scene.gripper - block).max() <= self.config.block_size / 2))
         return scene.held is None and bool(np.abs(block - scene.zone).max() <= self.config.zone_size / 2)
