@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pirecon.config import PolicyConfig
+from pirecon.model.cpu_bf16 import scaled_dot_product_attention
 from pirecon.model.gemma import GemmaLayer, GemmaStack, gated_residual, rope
 from pirecon.model.siglip import SiglipVision
 
@@ -66,7 +67,7 @@ def joint_layer(
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, MASK_VALUE)
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None])  # scale 1/sqrt(Dh)
+    attn = scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None])  # scale 1/sqrt(Dh)
     attn = attn.transpose(1, 2).reshape(q.shape[0], q.shape[2], spec.num_heads * spec.head_dim)
 
     out: list[torch.Tensor | None] = [None] * len(xs)

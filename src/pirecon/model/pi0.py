@@ -19,6 +19,7 @@ from torch import nn
 from pirecon.batch import Batch
 from pirecon.config import PolicyConfig
 from pirecon.model.backbone import Backbone, KVCache, make_attention_mask, position_ids
+from pirecon.model.cpu_bf16 import route_frozen_bf16_linears
 from pirecon.model.gemma import AdaRMSNorm, RMSNorm
 from pirecon.model.siglip import FP32LayerNorm
 
@@ -106,10 +107,13 @@ class Pi0Policy(nn.Module):
         return keep
 
     def apply_dtype(self, dtype: torch.dtype) -> "Pi0Policy":
-        """Cast the backbone's big matrices to `dtype`, keeping the float32 modules in float32."""
+        """Cast the backbone's big matrices to `dtype`, keeping the float32 modules in float32.
+        bfloat16 linear layers on a CPU without bfloat16 arithmetic multiply in float32 (`cpu_bf16`)."""
         self.backbone.to(dtype)
         for module in self.float32_modules():
             module.float()
+        if dtype == torch.bfloat16:
+            route_frozen_bf16_linears(self)
         return self
 
     def apply_freeze(self) -> None:

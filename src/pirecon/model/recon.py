@@ -40,6 +40,7 @@ from torch import nn
 from pirecon.batch import Batch
 from pirecon.config import PolicyConfig
 from pirecon.errors import ConfigError, InputError
+from pirecon.model.cpu_bf16 import scaled_dot_product_attention
 from pirecon.model.recon_targets import (FULL_BOX, PixelTarget, VaeTarget, crop_and_resize, load_vae,
                                          reconstruction_grid)
 
@@ -189,7 +190,7 @@ class DiTBlock(nn.Module):
         n, t, d = x.shape
         h = modulate(self.norm1(x), sh1, sc1)
         q, k, v = self.qkv(h).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
+        attn = scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
         x = x + g1 * self.proj(attn)
         h = modulate(self.norm2(x), sh2, sc2)
         return x + g2 * self.fc2(F.gelu(self.fc1(h), approximate="tanh"))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pirecon.model.variants import SiglipSpec
+from pirecon.model.cpu_bf16 import scaled_dot_product_attention
 
 LAYER_NORM_EPS = 1e-6
 
@@ -40,7 +41,7 @@ class SiglipLayer(nn.Module):
         def heads(proj):
             return proj(h).view(n, t, self.num_heads, w // self.num_heads).transpose(1, 2)
 
-        attn = F.scaled_dot_product_attention(heads(self.q_proj), heads(self.k_proj), heads(self.v_proj))
+        attn = scaled_dot_product_attention(heads(self.q_proj), heads(self.k_proj), heads(self.v_proj))
         x = x + self.o_proj(attn.transpose(1, 2).reshape(n, t, w))
         return x + self.fc2(F.gelu(self.fc1(self.layer_norm2(x)), approximate="tanh"))
 

@@ -18,7 +18,7 @@ from torch import nn
 from pirecon.errors import CheckpointError
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train.config import DEFAULT_FULLY_TRAINED, PeftConfig
-from pirecon.train.cpu_bf16 import use_fast_frozen_bf16_backward
+from pirecon.model.cpu_bf16 import cpu_has_bf16_arithmetic, keep_large_buffers_off_the_heap, route_frozen_bf16_linears
 
 PEFT_PREFIX = "base_model.model."
 _MLP = {"gate_proj", "up_proj", "down_proj"}
@@ -109,8 +109,8 @@ def load_trainable_non_lora(model: nn.Module, state: dict[str, torch.Tensor], wh
 def apply_training_precision(model: nn.Module, dtype: torch.dtype) -> None:
     """Frozen weights in `dtype` (bf16 saves memory); trainable ones keep float32 master copies.
     The float32 modules of the policy (norms, patch/position embeddings, expert projections) stay
-    float32 whatever their trainability. With bf16, frozen linear layers on the CPU also get a
-    backward pass that avoids PyTorch's slow bf16 CPU kernel (see `cpu_bf16`)."""
+    float32 whatever their trainability. With bf16, frozen linear layers on the CPU avoid PyTorch's
+    slow emulated bf16 kernels (see `pirecon.model.cpu_bf16`)."""
     policy = base_policy(model)
     keep32 = {id(p) for m in policy.float32_modules() for p in m.parameters(recurse=False)}
     with torch.no_grad():
@@ -119,4 +119,6 @@ def apply_training_precision(model: nn.Module, dtype: torch.dtype) -> None:
             if p.dtype != target:
                 p.data = p.data.to(target)
     if dtype == torch.bfloat16:
-        use_fast_frozen_bf16_backward(model)
+        route_frozen_bf16_linears(model)
+        if not cpu_has_bf16_arithmetic():  # float32 products: transient buffers on every layer
+            keep_large_buffers_off_the_heap()

@@ -1,0 +1,145 @@
+"""bfloat16 on CPUs that have no bfloat16 arithmetic.
+
+Most laptop and server CPUs (AVX2, AVX-512 without the BF16 extension; this project's CI) have no
+bfloat16 matrix instructions. There PyTorch emulates bfloat16 matrix products and attention, and
+pays for it (measured on a 2-core AVX2 machine, one thread):
+
+    product                                          float32     bfloat16
+    x @ W.T, 300 x 2048 @ 2048 x 16384 (Gemma MLP)    0.54 s      2.9 s
+    g @ W (grad-input of a frozen linear layer)       1.0 s       36 s   (a reference kernel)
+    attention fwd+bwd, 8 heads x 850 tokens x 256     0.44 s      3.6 s
+
+A bfloat16 model is still what a user wants there when memory is the limit (a full-size Pi0.5
+LoRA step fits in 10 GiB only with a bfloat16 base). So on such CPUs the frozen bfloat16 linear
+layers keep their weights in bfloat16 but multiply in float32 (a transient float32 copy of one
+weight at a time), and attention over bfloat16 inputs runs in float32; results are returned in
+bfloat16, as the layers would have produced. Where the CPU computes in bfloat16 (AVX512-BF16, AMX)
+the frozen layers use oneDNN's bfloat16 kernels, with the grad-input product written as
+`F.linear(g, W.T.contiguous())` so it avoids the slow `g @ W` kernel. GPUs, float32 models and
+trainable weights take PyTorch's ordinary path.
+
+`route_frozen_bf16_linears(model)` installs the linear-layer routing (idempotent; weights, state
+dicts and PEFT wrapping are unchanged); `scaled_dot_product_attention` is the attention call the
+model modules use.
+
+The float32 products allocate and free large transient buffers layer after layer. glibc's malloc
+raises its mmap threshold each time such a buffer is freed, so later buffers of a few MB come from
+the heap, which fragments and never shrinks: a full-size Pi0.5 LoRA step peaked at 11.1 GiB RSS
+instead of 10. `keep_large_buffers_off_the_heap()` fixes the threshold at 1 MiB (as the
+environment variable MALLOC_MMAP_THRESHOLD_ would); training calls it for bfloat16 on such CPUs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@functools.cache
+def cpu_has_bf16_arithmetic() -> bool:
+    """True when the CPU computes in bfloat16 natively (AVX512-BF16 or AMX tiles)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but long-standing
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def emulated_bf16(t: torch.Tensor) -> bool:
+    """True for a bfloat16 CPU tensor on a CPU without bfloat16 arithmetic."""
+    return t.dtype == torch.bfloat16 and t.device.type == "cpu" and not cpu_has_bf16_arithmetic()
+
+
+@functools.cache
+def keep_large_buffers_off_the_heap(threshold: int = 1 << 20) -> bool:
+    """Serve every allocation of `threshold` bytes or more by mmap, so freeing it returns the memory
+    (glibc only; a user's MALLOC_MMAP_THRESHOLD_ wins). Returns whether the setting is in force."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return True
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # absent outside glibc (e.g. musl)
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, threshold) == 1)
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.scaled_dot_product_attention`, computed in float32 for bfloat16 CPU inputs where the CPU
+    only emulates bfloat16 (8x faster backward there); the result keeps the inputs' dtype."""
+    if not emulated_bf16(q):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                             attn_mask=None if attn_mask is None else attn_mask.float())
+    return out.to(q.dtype)
+
+
+class _Float32FrozenLinear(torch.autograd.Function):
+    """y = x @ W.T + b computed in float32 from a frozen bfloat16 W (and b); y in bfloat16.
+    Backward returns the input's gradient only (W and b are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.input_dtype = x.dtype
+        with torch.autocast("cpu", enabled=False):
+            y = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+        return y.to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        with torch.autocast("cpu", enabled=False):
+            grad_input = grad.float() @ weight.float()
+        return grad_input.to(ctx.input_dtype), None, None
+
+
+class _NativeBf16FrozenLinear(torch.autograd.Function):
+    """y = x @ W.T + b in bfloat16 with W (and b) frozen; the grad-input product goes through the
+    same fast kernel as the forward. Backward returns the input's gradient only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.input_dtype = x.dtype
+        return F.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        grad_input = F.linear(grad.to(weight.dtype), weight.t().contiguous())
+        return grad_input.to(ctx.input_dtype), None, None
+
+
+def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    w, b = self.weight, self.bias
+    if w.dtype != torch.bfloat16 or w.device.type != "cpu":
+        return F.linear(x, w, b)
+    if not torch.is_grad_enabled():  # inference: nothing trains, every layer counts as frozen
+        if cpu_has_bf16_arithmetic():
+            return F.linear(x, w, b)
+        with torch.autocast("cpu", enabled=False):
+            return F.linear(x.float(), w.float(), None if b is None else b.float()).to(w.dtype)
+    if w.requires_grad or (b is not None and b.requires_grad):
+        return F.linear(x, w, b)  # a trainable bfloat16 layer: PyTorch's own autograd
+    if not cpu_has_bf16_arithmetic():
+        return _Float32FrozenLinear.apply(x, w, b)
+    if x.requires_grad:
+        return _NativeBf16FrozenLinear.apply(x, w, b)
+    return F.linear(x, w, b)
+
+
+def route_frozen_bf16_linears(model: nn.Module) -> int:
+    """Give every nn.Linear in `model` the routing above; returns how many layers it touched."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+            if getattr(module.forward, "__func__", None) is not _linear_forward:
+                module.forward = types.MethodType(_linear_forward, module)
+            count += 1
+    return count
