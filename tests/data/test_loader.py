@@ -104,3 +104,25 @@ def test_errors(preprocessor):
     loader = make_dataloader(TinyDataset(4), preprocessor, batch_size=2)
     with pytest.raises(DatasetError, match="batches_consumed"):
         loader.load_state_dict({"epoch": 1})
+
+
+def test_the_memory_cache_preprocesses_each_sample_once_and_yields_the_same_batches(preprocessor):
+    calls = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, raw):
+            calls.append(int(raw["observation.sample_id"][0]))
+            return self.inner(raw)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    plain = make_dataloader(TinyDataset(6), preprocessor, batch_size=2, seed=5)
+    cached = make_dataloader(TinyDataset(6), Counting(preprocessor), batch_size=2, seed=5, cache_in_memory=True)
+    for a, b in zip(itertools.islice(plain.forever(), 9), itertools.islice(cached.forever(), 9)):  # 3 epochs
+        assert ids(a) == ids(b)
+        assert torch.equal(a.images, b.images) and torch.equal(a.actions, b.actions)
+    assert sorted(calls) == list(range(6))

@@ -1,8 +1,9 @@
-"""Keep decoded samples in RAM after their first read (`--dataset.cache_in_memory=true`).
+"""Keep samples in RAM after their first read (`--dataset.cache_in_memory=true`).
 
-For small datasets (the simulator's, a few demos) video decoding dominates a training step; with
-the cache every sample is decoded once. Each DataLoader worker holds its own cache, so prefer
-`--num_workers=0` with it.
+For small datasets (the simulator's, a few demos) video decoding and image resizing dominate a
+training step; the training loader caches each sample after preprocessing (which is
+deterministic), so every frame is decoded and resized once. Each DataLoader worker holds its own
+cache, so prefer `--num_workers=0` with it.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class DatasetConfig:
     action_dims: list[int] | None = None  # keep only these action dimensions (None: all)
     state_dims: list[int] | None = None  # keep only these state dimensions (None: all)
     video_backend: str = "pyav"
-    cache_in_memory: bool = False  # keep decoded samples in RAM after the first read (small datasets)
+    cache_in_memory: bool = False  # keep decoded, preprocessed samples in RAM after the first read (small datasets)
     val_episodes: int = 0  # last N of the selected episodes held out for offline evaluation
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pirecon.batch import Batch
+from pirecon.data.cache import InMemoryDataset
 from pirecon.errors import DatasetError
 
 
@@ -85,7 +86,8 @@ class ResumableLoader:
     """
 
     def __init__(self, dataset, preprocessor, batch_size: int, num_workers: int = 0, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1):
+                 shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1,
+                 cache_in_memory: bool = False):
         if batch_size <= 0:
             raise DatasetError(f"--batch_size={batch_size}: expected a positive integer")
         size = len(dataset)
@@ -100,8 +102,9 @@ class ResumableLoader:
         self.num_workers = num_workers
         self.epoch = 0
         self.batches_consumed = 0
+        processed = _Processed(dataset, preprocessor)
         self._loader = DataLoader(
-            _Processed(dataset, preprocessor),
+            InMemoryDataset(processed) if cache_in_memory else processed,
             batch_sampler=self._sampler,
             collate_fn=preprocessor.collate,
             num_workers=num_workers,
@@ -149,11 +152,13 @@ class ResumableLoader:
 
 def make_dataloader(dataset, preprocessor, batch_size: int, num_workers: int = 0, seed: int = 0,
                     shuffle: bool = True, drop_last: bool = True, rank: int = 0,
-                    world_size: int = 1) -> ResumableLoader:
+                    world_size: int = 1, cache_in_memory: bool = False) -> ResumableLoader:
     """A resumable loader over a map-style `dataset` (picklable when num_workers > 0) that applies
     `preprocessor` per sample in the workers and `preprocessor.collate` per batch.
 
     With several processes, each `rank` takes every `world_size`-th sample of the shared epoch
-    permutation, so ranks see disjoint samples and the same number of batches."""
+    permutation, so ranks see disjoint samples and the same number of batches.
+    `cache_in_memory`: keep every preprocessed sample in RAM after its first use (`InMemoryDataset`)."""
     return ResumableLoader(dataset, preprocessor, batch_size, num_workers=num_workers, seed=seed,
-                           shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size)
+                           shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
+                           cache_in_memory=cache_in_memory)

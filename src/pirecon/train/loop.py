@@ -18,7 +18,6 @@ import torch
 
 from pirecon import hub
 from pirecon.config import PolicyConfig, to_dict
-from pirecon.data.cache import InMemoryDataset
 from pirecon.data.lerobot import open_dataset
 from pirecon.data.loader import make_dataloader
 from pirecon.data.normalize import save_norm_stats_json
@@ -124,11 +123,10 @@ class Trainer:
         # Data: each rank reads its own share of every epoch.
         self.dataset = open_dataset(cfg.dataset.resolve_root(), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
                                     split="train", val_episodes=cfg.dataset.val_episodes)
-        if cfg.dataset.cache_in_memory:
-            self.dataset = InMemoryDataset(self.dataset)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset)
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
-                                      seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes)
+                                      seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
+                                      cache_in_memory=cfg.dataset.cache_in_memory)
 
         # Model: the same initial weights on every rank, then per-rank randomness for noise/time.
         torch.manual_seed(cfg.seed)
