@@ -55,3 +55,22 @@ def test_record_passes_the_layout_to_the_dataset(tmp_path, capsys):
     config = recorded_sim_config(out)
     assert config.cells == "corners" and config.max_steps == 70 and config.image_size == 32
     assert config.num_blocks == 1
+
+
+def test_record_passes_the_action_noise(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    record_module = importlib.import_module("pirecon.sim.record")  # the package exports a function of that name
+
+    seen = {}
+    real = record_module.record
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(record_module, "record", spy)
+    assert run(["record", f"--output={tmp_path / 'n'}", "--episodes=1", "--image_size=32", "--action_noise=0.3"]) == 0
+    assert seen["action_noise"] == 0.3
+    with pytest.raises(ConfigError, match="action_noise"):
+        run(["record", f"--output={tmp_path / 'm'}", "--episodes=1", "--action_noise=2"])

@@ -32,7 +32,7 @@ def test_observation_shapes_and_dtypes(size):
     obs, reward, done, info = env.step(np.zeros(env.action_dim, np.float32))
     assert set(obs) == set(KEYS) and isinstance(reward, float) and isinstance(done, bool)
     assert info["success"] is False and info["steps"] == 1
-    assert env.fps == 10 and env.max_steps == 60 and env.camera_names == ("top", "wrist")
+    assert env.fps == 10 and env.max_steps == 80 and env.camera_names == ("top", "wrist")
 
 
 def test_features_describe_the_recorded_frames():

@@ -135,6 +135,31 @@ def test_record_hands_expert_frames_to_the_writer(tmp_path, fake_writer):
     assert done and env.success
 
 
+def test_action_noise_perturbs_the_path_but_records_the_experts_actions(tmp_path, fake_writer):
+    from pirecon.sim import ScriptedExpert, SimConfig
+
+    record(tmp_path / "clean", 3, seed=0, image_size=32)
+    record(tmp_path / "noisy", 3, seed=0, image_size=32, action_noise=0.4)
+    clean, noisy = (w.episodes for w in fake_writer.instances)
+    states = [np.stack([f["observation.state"] for f, _ in episode]) for episode in (clean[0], noisy[0])]
+    assert states[0].shape != states[1].shape or not np.allclose(*states)  # the noise moved the gripper
+    # Every recorded action is the expert's action in the recorded scene: replay the noisy episode by
+    # stepping to each next recorded position and compare.
+    env = SimEnv(SimConfig(image_size=32))
+    env.reset(0)
+    expert = ScriptedExpert(env)
+    executed_differs = False
+    for (frame, _), (following, _) in zip(noisy[0], noisy[0][1:]):
+        np.testing.assert_allclose(frame["observation.state"][:2], env.scene.gripper, atol=1e-6)
+        np.testing.assert_allclose(frame["action"], expert(), atol=1e-4)  # float32 states: not bit-exact
+        velocity = (following["observation.state"][:2].astype(np.float64) - env.scene.gripper) / env.config.max_speed
+        executed_differs |= not np.allclose(velocity, frame["action"][:2], atol=1e-3)
+        env.step(np.array([*velocity, frame["action"][2]], dtype=np.float32))
+    assert executed_differs
+    with pytest.raises(Exception, match="action_noise"):
+        record(tmp_path / "bad", 1, action_noise=-0.1)
+
+
 def test_record_skips_seeds_where_the_expert_fails(tmp_path, fake_writer):
     from pirecon.sim import SimConfig
 

@@ -1,6 +1,7 @@
 """`pirecon sim <record|eval|preview> [--flags]`: the built-in simulator on the command line.
 
     pirecon sim record --episodes=50 --output=data/sim [--seed=0] [--image_size=96] [--version=v3.0]
+                       [--num_blocks=3] [--action_noise=0]
     pirecon sim eval --episodes=50 [--policy=expert|random]
     pirecon sim preview --output=sim.png [--seed=0]
 
@@ -36,8 +37,9 @@ class RecordFlags:
     version: str = _help("LeRobot dataset format: v3.0 or v2.1", "v3.0")
     overwrite: bool = _help("replace an existing dataset folder at --output", False)
     cells: str = _help("layout: 'all' cells of the 4x4 board, or only its 4 'corners' (the demo's)", "all")
-    max_steps: int = _help("episode step limit", 60)
+    max_steps: int = _help("episode step limit", 80)
     num_blocks: int = _help("blocks on the table, 1..3 (the demo uses 1)", 3)
+    action_noise: float = _help("std of the noise on the executed velocity (the expert's action is recorded)", 0.0)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,8 @@ def _record(flags: RecordFlags) -> int:
     config = SimConfig(image_size=flags.image_size, cells=flags.cells, max_steps=flags.max_steps,
                        num_blocks=flags.num_blocks)
     summary = record(flags.output, flags.episodes, seed=flags.seed, image_size=flags.image_size,
-                     version=flags.version, config=config, overwrite=flags.overwrite, progress=progress)
+                     version=flags.version, config=config, overwrite=flags.overwrite,
+                     action_noise=flags.action_noise, progress=progress)
     print(summary.describe())
     return 0
 

@@ -58,7 +58,7 @@ class SimConfig:
 
     image_size: int = 96  # both cameras render image_size x image_size RGB
     wrist_span: float = 0.4  # side of the table window the wrist camera sees
-    max_steps: int = 60  # episode limit; the expert needs at most ~40 steps
+    max_steps: int = 80  # episode limit; the expert needs at most ~55 steps (a learned policy gets slack)
     fps: int = 10
     num_blocks: int = 3
     colors: tuple[str, ...] = ("red", "green", "blue")  # the blocks' colours are drawn from these

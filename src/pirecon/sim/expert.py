@@ -14,16 +14,26 @@ import numpy as np
 
 from pirecon.sim.env import SimConfig, SimEnv
 
+# Within this many full-speed steps of its subgoal the expert decelerates.
+APPROACH_STEPS = 2.0
+# It switches the gripper within this fraction of a full step of the subgoal. Every approach step
+# before that moved more than ARRIVAL / 2 (Euclidean), i.e. more than STOP_SPEED even diagonally
+# (Chebyshev, as the simulator measures "stopped"), so on its way to a grasp it never passes a reach.
+ARRIVAL = 0.75
+
 
 class ScriptedExpert:
     """Privileged expert: it reads block and zone positions from `env.scene`.
 
-    It is reactive (the action depends only on the current scene), moves in a straight line
-    at constant speed towards its current subgoal (|v| = 1, slowing only on the step that lands
-    exactly on the subgoal), and switches the gripper on arrival:
-        reach: go to the named block with the gripper open.
+    It is reactive (the action depends only on the current scene) and moves in a straight line
+    towards its current subgoal: at full speed (|v| = 1) while farther than APPROACH_STEPS full
+    steps, then covering 1/APPROACH_STEPS of the remaining distance per step, so it decelerates
+    smoothly into the subgoal. It switches the gripper on arrival (within ARRIVAL * max_speed):
+        reach: go to the named block with the gripper open (and stop there).
         place: go to the named block, close on arrival, carry the block to the zone centre, open
                on arrival.
+    The deceleration is what a learned policy can imitate: its speed is a smooth function of the
+    distance it sees, where a stop from full speed would be a single step in the data.
     """
 
     def __init__(self, env: SimEnv):
@@ -50,9 +60,8 @@ class ScriptedExpert:
             goal, grip_on_arrival, grip_before = block, 1.0, -1.0
         delta = goal - scene.gripper  # (2,)
         dist = float(np.linalg.norm(delta))
-        arrives = dist <= speed + 1e-9
-        v = delta / speed if arrives else delta / dist  # (2,), |v| <= 1
-        grip = grip_on_arrival if arrives else grip_before
+        v = delta / max(dist, APPROACH_STEPS * speed)  # (2,), |v| <= 1
+        grip = grip_on_arrival if dist <= ARRIVAL * speed else grip_before
         return np.array([v[0], v[1], grip], dtype=np.float32)
 
 

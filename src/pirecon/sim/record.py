@@ -6,6 +6,12 @@ Each frame stores the observation the expert acted on and the action it took:
     action                           (3,) float32   vx, vy, gripper
     observation.gaze_bbox            (4,) float32   the named block's box in the top image
 Only successful episodes are written; a failed seed is skipped and the next seed is tried.
+
+With `action_noise` > 0 the simulator executes the expert's velocity plus Gaussian noise (std
+`action_noise` times the expert's speed, per axis, so it fades as the expert comes to a stop; from a
+generator seeded by the episode's seed) while the frame keeps the expert's own action: the data then also shows states slightly off the expert's path and the
+action that corrects them (noise injection, as in DART), which a cloned policy needs to recover
+from its own small errors. The gripper command is never perturbed.
 """
 
 from __future__ import annotations
@@ -55,17 +61,20 @@ class RecordSummary:
 
 
 def record(output: str | Path, episodes: int, seed: int = 0, image_size: int = 96, version: str = "v3.0",
-           config: SimConfig | None = None, overwrite: bool = False,
+           config: SimConfig | None = None, overwrite: bool = False, action_noise: float = 0.0,
            progress: Callable[[int, int], None] | None = None) -> RecordSummary:
     """Write `episodes` successful expert episodes, trying seeds seed, seed + 1, ...
 
     `config` overrides the simulator settings (its image_size is replaced by `image_size`).
+    `action_noise`: std of the noise added to the executed velocities (see the module docstring).
     `progress(done, total)` is called after each written episode.
     """
     from pirecon.data.writer import LeRobotWriter  # imported here: it pulls in torch, the simulator does not
 
     if episodes <= 0:
         raise ConfigError(f"--episodes={episodes}: expected a positive integer")
+    if not 0.0 <= action_noise <= 1.0:
+        raise ConfigError(f"--action_noise={action_noise}: expected a standard deviation in [0, 1] (0: none)")
     if version not in VERSIONS:
         raise ConfigError(f"--version={version!r}: expected one of {list(VERSIONS)}")
     root = Path(output)
@@ -87,16 +96,17 @@ def record(output: str | Path, episodes: int, seed: int = 0, image_size: int = 9
                                    f"check the simulator settings")
             buffer: list[dict] = []
 
-            def keep(obs: dict, action: np.ndarray) -> None:
+            def keep(obs: dict, executed: np.ndarray) -> None:
                 buffer.append({
                     "observation.images.top": obs["observation.images.top"],
                     "observation.images.wrist": obs["observation.images.wrist"],
                     "observation.state": obs["observation.state"],
-                    "action": np.asarray(action, dtype=np.float32),
+                    "action": expert(),  # the expert's own action (reactive: a function of the scene)
                     "observation.gaze_bbox": env.gaze_bbox(),
                 })
 
-            result = run_episode(env, expert, s, on_step=keep)
+            actor = expert if action_noise == 0 else _NoisyExecution(expert, action_noise, s)
+            result = run_episode(env, actor, s, on_step=keep)
             if result["success"]:
                 for frame in buffer:
                     writer.add_frame(frame, task=result["task"])
@@ -120,10 +130,26 @@ def record(output: str | Path, episodes: int, seed: int = 0, image_size: int = 9
                          time.perf_counter() - start)
 
 
+class _NoisyExecution:
+    """The expert's action with Gaussian noise on its velocity (std proportional to its speed),
+    clipped to the action range."""
+
+    def __init__(self, expert: ScriptedExpert, std: float, seed: int):
+        self.expert, self.std = expert, std
+        self.rng = np.random.default_rng([seed, 1])  # its own stream: the layout's draws are unchanged
+
+    def __call__(self, obs: dict | None = None) -> np.ndarray:
+        action = self.expert().copy()
+        speed = float(np.linalg.norm(action[:2]))
+        action[:2] = np.clip(action[:2] + self.rng.normal(0.0, self.std * speed, size=2), -1.0, 1.0)
+        return action
+
+
 def record_dataset(output: str | Path, episodes: int, seed: int = 0, image_size: int = 96,
-                   version: str = "v3.0", config: SimConfig | None = None) -> Path:
+                   version: str = "v3.0", config: SimConfig | None = None, action_noise: float = 0.0) -> Path:
     """Record `episodes` expert demonstrations to `output` (LeRobot `version`); returns the folder."""
-    return record(output, episodes, seed=seed, image_size=image_size, version=version, config=config).path
+    return record(output, episodes, seed=seed, image_size=image_size, version=version, config=config,
+                  action_noise=action_noise).path
 
 
 def recorded_sim_config(dataset_root: str | Path) -> SimConfig | None:
