@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--recon", action="store_true", help="also time full-size Pi0.5 with the recon head")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                         help="full size: bfloat16 (frozen base in bf16, bf16 autocast; the memory target) or float32 "
-                             "(much faster on CPUs without bf16 units; for time ratios such as the recon overhead)")
+                             "(about twice the memory; no bf16/float32 conversions on CPUs without bf16 arithmetic)")
     parser.add_argument("--skip-tiny", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))

@@ -42,10 +42,13 @@ class DemoConfig:
     image_resolution: int = 56  # model input resolution (4x4 patches of 14 per view)
     chunk_size: int = 10
     n_action_steps: int = 5
-    steps: int = 1200
-    batch_size: int = 32
+    steps: int = 1500
+    batch_size: int = 64  # a tiny model's step costs about as much at 64 as at 32 on a CPU
     lr: float = 1e-3
-    lora_r: int = 16
+    # LoRA rank, for the tiny model's 64-wide layers. At 16 the adapters did not learn the
+    # prompt-dependent grasp within the budget (34 % success); 32 reached 84 % in 7.8 min, 64 (full
+    # rank) 92-94 % but about 10 min on a 2-core CPU. A pretrained full-size model uses 16.
+    lora_r: int = 32
     use_peft: bool = True
     num_workers: int = 0  # the demo keeps its small dataset in RAM
     eval_episodes: int = 50
