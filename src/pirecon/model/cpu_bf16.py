@@ -24,8 +24,8 @@ model modules use.
 
 The float32 products allocate and free large transient buffers layer after layer. glibc's malloc
 raises its mmap threshold each time such a buffer is freed, so later buffers of a few MB come from
-the heap, which fragments and never shrinks: a full-size Pi0.5 LoRA step peaked at 11.1 GiB RSS
-instead of 10. `keep_large_buffers_off_the_heap()` fixes the threshold at 1 MiB (as the
+the heap, which fragments and never shrinks: a full-size 3-view Pi0.5 LoRA step peaked at
+11.1 GiB RSS instead of 7.2. `keep_large_buffers_off_the_heap()` fixes the threshold at 1 MiB (as the
 environment variable MALLOC_MMAP_THRESHOLD_ would); training calls it for bfloat16 on such CPUs.
 """
 
