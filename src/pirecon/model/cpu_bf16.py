@@ -120,16 +120,12 @@ def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w, b = self.weight, self.bias
     if w.dtype != torch.bfloat16 or w.device.type != "cpu":
         return F.linear(x, w, b)
-    if not torch.is_grad_enabled():  # inference: nothing trains, every layer counts as frozen
-        if cpu_has_bf16_arithmetic():
-            return F.linear(x, w, b)
-        with torch.autocast("cpu", enabled=False):
-            return F.linear(x.float(), w.float(), None if b is None else b.float()).to(w.dtype)
-    if w.requires_grad or (b is not None and b.requires_grad):
+    grad = torch.is_grad_enabled()  # without it (inference) nothing trains: every layer counts as frozen
+    if grad and (w.requires_grad or (b is not None and b.requires_grad)):
         return F.linear(x, w, b)  # a trainable bfloat16 layer: PyTorch's own autograd
     if not cpu_has_bf16_arithmetic():
-        return _Float32FrozenLinear.apply(x, w, b)
-    if x.requires_grad:
+        return _Float32FrozenLinear.apply(x, w, b)  # builds no graph without grad
+    if grad and x.requires_grad:
         return _NativeBf16FrozenLinear.apply(x, w, b)
     return F.linear(x, w, b)
 
