@@ -8,10 +8,11 @@ Each frame stores the observation the expert acted on and the action it took:
 Only successful episodes are written; a failed seed is skipped and the next seed is tried.
 
 With `action_noise` > 0 the simulator executes the expert's velocity plus Gaussian noise (std
-`action_noise` times the expert's speed, per axis, so it fades as the expert comes to a stop; from a
-generator seeded by the episode's seed) while the frame keeps the expert's own action: the data then also shows states slightly off the expert's path and the
-action that corrects them (noise injection, as in DART), which a cloned policy needs to recover
-from its own small errors. The gripper command is never perturbed.
+`action_noise` times the expert's speed, per axis, so it fades as the expert comes to a stop; from
+a generator seeded by the episode's seed) while the frame keeps the expert's own action: the data
+then also shows states slightly off the expert's path and the action that corrects them (noise
+injection, as in DART), which a cloned policy needs to recover from its own small errors. The
+gripper command is never perturbed.
 """
 
 from __future__ import annotations
