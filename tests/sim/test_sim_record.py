@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pirecon.errors import DatasetError
+from pirecon.errors import ConfigError, DatasetError
 from pirecon.sim import SimEnv, record, record_dataset
 from pirecon.sim.cli import run
 
@@ -156,7 +156,7 @@ def test_action_noise_perturbs_the_path_but_records_the_experts_actions(tmp_path
         executed_differs |= not np.allclose(velocity, frame["action"][:2], atol=1e-3)
         env.step(np.array([*velocity, frame["action"][2]], dtype=np.float32))
     assert executed_differs
-    with pytest.raises(Exception, match="action_noise"):
+    with pytest.raises(ConfigError, match="action_noise"):
         record(tmp_path / "bad", 1, action_noise=-0.1)
 
 
