@@ -14,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from pirecon.config import PolicyConfig
+from pirecon.configs.policy import PolicyConfig
 from pirecon.data.lerobot import open_dataset
 from pirecon.data.loader import make_dataloader
 from pirecon.data.normalize import normalizer_from_dataset

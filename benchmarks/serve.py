@@ -23,7 +23,7 @@ import torch
 
 def write_checkpoint(folder: Path, resolution: int, chunk_size: int, steps: int) -> Path:
     """A random tiny policy with LIBERO's dataset layout, saved like `pirecon export` writes one."""
-    from pirecon.config import PolicyConfig
+    from pirecon.configs.policy import PolicyConfig
     from pirecon.data.normalize import save_norm_stats_json
     from pirecon.data.tokenizer import train_tiny_tokenizer
     from pirecon.model.pi0 import Pi0Policy

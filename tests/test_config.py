@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pirecon.config import PolicyConfig, from_dict, parse_flags, to_dict
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.parse import from_dict, parse_flags, to_dict
 from pirecon.errors import ConfigError
 
 
@@ -48,10 +49,10 @@ def test_unknown_flag_lists_close_matches():
 def test_config_path_then_overrides(tmp_path):
     saved = tmp_path / "c.json"
     saved.write_text(json.dumps(to_dict(Top(steps=7, policy=PolicyConfig(type="pi05", variant="tiny")))))
-    cfg = parse_flags([f"--config_path={saved}", "--steps=9"], Top)
+    cfg = parse_flags([f"--config_path={saved}", "--steps=9"], Top, config_path_flag=True)
     assert cfg.steps == 9 and cfg.policy.type == "pi05" and cfg.policy.vision_variant == "siglip_tiny"
     with pytest.raises(ConfigError, match="config file not found"):
-        parse_flags([f"--config_path={tmp_path / 'missing.json'}"], Top)
+        parse_flags([f"--config_path={tmp_path / 'missing.json'}"], Top, config_path_flag=True)
 
 
 def test_policy_config_round_trip_and_derived_sizes():
@@ -77,7 +78,7 @@ def test_smoke_command_passes():
 
 
 def test_space_separated_values_are_joined():
-    from pirecon.config import join_flag_values
+    from pirecon.configs.parse import join_flag_values
 
     argv = ["--policy.path=CKPT", "--host", "0.0.0.0", "--port", "8000", "--use_ema", "--serve.preset", "libero"]
     assert join_flag_values(argv) == ["--policy.path=CKPT", "--host=0.0.0.0", "--port=8000", "--use_ema",

@@ -182,7 +182,7 @@ HOOKS: dict[str, tuple[str, str, bool]] = {
 
 def _check_eval(value) -> None:
     """`--env.<name>` settings are only collected by the parser; check them against the env's config."""
-    from pirecon.config import from_dict
+    from pirecon.configs.parse import from_dict
     from pirecon.eval.command import sim_options
     from pirecon.sim.env import SimConfig
 

@@ -19,8 +19,9 @@ import torch
 from huggingface_hub import HfApi
 
 from pirecon import cli, hub
-from pirecon.config import PolicyConfig
-from pirecon.data.lerobot import DatasetConfig
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.data import DatasetConfig
+from pirecon.data.lerobot import dataset_root, open_from_config
 from pirecon.errors import CheckpointError, ConfigError, HubError
 from pirecon.model import weights
 from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
@@ -168,23 +169,23 @@ def test_pretrained_hub_id_resolves_offline_from_the_cache(tmp_path):
 def test_dataset_hub_id_resolves_offline_from_the_cache(tmp_path, sim_dataset, monkeypatch):
     snap = fake_cache_entry(cache(tmp_path), "dataset", "org/sim-demos", sim_dataset)
     cfg = DatasetConfig(repo_id="org/sim-demos")
-    assert cfg.resolve_root() == snap
-    dataset = cfg.open(action_horizon=4)
+    assert dataset_root(cfg) == snap
+    dataset = open_from_config(cfg, action_horizon=4)
     assert len(dataset) > 0 and dataset[0]["action"].shape[0] == 4
     # The model cache is a different namespace: a model repo of the same name is not a dataset.
     fake_cache_entry(cache(tmp_path), "model", "org/other", sim_dataset)
     with pytest.raises(HubError, match="--dataset.repo_id=org/other"):
-        DatasetConfig(repo_id="org/other").resolve_root()
+        dataset_root(DatasetConfig(repo_id="org/other"))
     # With --dataset.root the repo_id only names the dataset: nothing is looked up.
     no_download(monkeypatch)
-    assert DatasetConfig(root=str(sim_dataset), repo_id="org/not-cached").resolve_root() == sim_dataset
+    assert dataset_root(DatasetConfig(root=str(sim_dataset), repo_id="org/not-cached")) == sim_dataset
 
 
 def test_lerobot_home_copy_still_wins_over_the_hub(tmp_path, monkeypatch, sim_dataset):
     shutil.copytree(sim_dataset, tmp_path / "lerobot-home" / "org" / "local-copy")
     no_download(monkeypatch)
     go_online(monkeypatch)
-    assert DatasetConfig(repo_id="org/local-copy").resolve_root() == tmp_path / "lerobot-home" / "org" / "local-copy"
+    assert dataset_root(DatasetConfig(repo_id="org/local-copy")) == tmp_path / "lerobot-home" / "org" / "local-copy"
 
 
 @pytest.mark.timeout(30)
@@ -197,7 +198,7 @@ def test_missing_entry_offline_is_one_clear_error_fast(tmp_path, sim_dataset, ca
     assert "HF_HUB_OFFLINE=1" in message and "--policy.pretrained_path=/path/to/folder" in message
     assert "local_files_only" not in message  # huggingface_hub's wording about its own arguments is left out
     with pytest.raises(HubError) as info:
-        DatasetConfig(repo_id="org/no-data@v2.1").resolve_root()
+        dataset_root(DatasetConfig(repo_id="org/no-data@v2.1"))
     message = str(info.value)
     assert "--dataset.repo_id=org/no-data@v2.1" in message and "--dataset.root=DIR" in message
     # Through the command line: one line on stderr, exit code 2, no traceback.
@@ -225,7 +226,7 @@ def test_online_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
         return str(model_dir)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     assert resolve_policy_config(PolicyConfig(pretrained_path="org/pi0-tiny@abc")).pretrained_path == str(model_dir)
-    DatasetConfig(repo_id="org/demos@v2.1").resolve_root()
+    dataset_root(DatasetConfig(repo_id="org/demos@v2.1"))
     assert calls == [
         ("org/pi0-tiny", dict(repo_type="model", revision="abc", cache_dir=str(tmp_path / "cache-set-later"),
                               local_files_only=False)),
@@ -234,7 +235,7 @@ def test_online_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
     ]
     # Offline, the same request reads only the cache.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    DatasetConfig(repo_id="org/demos").resolve_root()
+    dataset_root(DatasetConfig(repo_id="org/demos"))
     assert calls[-1][1]["local_files_only"] is True
 
 
@@ -264,7 +265,7 @@ def test_existing_folder_that_looks_like_a_hub_id_is_a_folder(tmp_path, monkeypa
     assert hub.parse_hub_id("org/name") is not None
     resolved = resolve_policy_config(PolicyConfig(pretrained_path="org/name"))
     assert resolved.pretrained_path == "org/name" and resolved.chunk_size == 4
-    assert DatasetConfig(repo_id="org/data").resolve_root() == Path("org/data")
+    assert dataset_root(DatasetConfig(repo_id="org/data")) == Path("org/data")
 
 
 def test_values_that_are_no_hub_ids_never_reach_the_hub(tmp_path, monkeypatch):
@@ -273,7 +274,7 @@ def test_values_that_are_no_hub_ids_never_reach_the_hub(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="checkpoint folder not found"):
         resolve_policy_config(PolicyConfig(pretrained_path=str(tmp_path / "missing" / "ckpt")))
     with pytest.raises(ConfigError, match="--dataset.repo_id=just-a-name.*--dataset.root=DIR"):
-        DatasetConfig(repo_id="just-a-name").resolve_root()
+        dataset_root(DatasetConfig(repo_id="just-a-name"))
 
 
 def test_a_downloaded_checkpoint_never_decides_where_to_push(tmp_path):

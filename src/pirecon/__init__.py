@@ -1,6 +1,6 @@
 """pirecon: fine-tune Pi0 / Pi0.5 in plain PyTorch, with an optional reconstruction loss."""
 
-from pirecon.config import PolicyConfig
+from pirecon.configs.policy import PolicyConfig
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pirecon.config import PolicyConfig, parse_flags, print_help
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.parse import format_help, parse_flags
 from pirecon.errors import ConfigError
 
 
@@ -59,7 +60,7 @@ class DemoConfig:
     recon: DemoReconConfig = field(default_factory=DemoReconConfig)
 
     def __post_init__(self) -> None:
-        from pirecon.model.recon import ReconConfig
+        from pirecon.configs.recon import ReconConfig
 
         # Their own checks, before any work.
         ReconConfig(weight=self.recon.weight, views=tuple(self.recon.views))
@@ -77,9 +78,9 @@ class DemoConfig:
 
 def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir: Path, recon_weight: float | None = None):
     """The `pirecon train` configuration the demo runs (recon_weight None: cfg.recon.weight)."""
-    from pirecon.data.lerobot import DatasetConfig
-    from pirecon.model.recon import ReconConfig
-    from pirecon.train.config import OptimizerConfig, PeftConfig, SchedulerConfig, TrainConfig
+    from pirecon.configs.data import DatasetConfig
+    from pirecon.configs.recon import ReconConfig
+    from pirecon.configs.train import OptimizerConfig, PeftConfig, SchedulerConfig, TrainConfig
 
     weight = cfg.recon.weight if recon_weight is None else recon_weight
     policy = PolicyConfig(type=cfg.policy_type, variant="tiny", image_resolution=cfg.image_resolution,
@@ -105,9 +106,9 @@ def _label(weight: float) -> str:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print_help(__doc__, DemoConfig)
+        print(format_help("demo", __doc__, DemoConfig), end="")
         return 0
-    cfg = parse_flags(argv, DemoConfig, config_path_flag=False)
+    cfg = parse_flags(argv, DemoConfig)
     import shutil
 
     from pirecon.data.tokenizer import train_tiny_tokenizer

@@ -251,16 +251,16 @@ class PushFlags:
 
 
 def run(argv: list[str]) -> int:
-    from pirecon.config import parse_flags, print_help
+    from pirecon.configs.parse import format_help, parse_flags
 
     if "--help" in argv or "-h" in argv:
-        print_help(USAGE, PushFlags)
+        print(format_help("push", USAGE, PushFlags), end="")
         return 0
     positional, flags = _split_args(argv)
     if len(positional) != 2:
         raise ConfigError(f"expected `pirecon push CKPT REPO_ID` (a checkpoint folder and a Hub repo id such as "
                           f"org/name), got {len(positional)} positional argument(s) {positional}")
-    cfg = parse_flags(flags, PushFlags, config_path_flag=False)
+    cfg = parse_flags(flags, PushFlags)
     push(positional[0], positional[1], private=cfg.private, revision=cfg.revision, use_ema=cfg.use_ema,
          commit_message=cfg.commit_message)
     return 0

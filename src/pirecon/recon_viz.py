@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pirecon.config import parse_flags, print_help
+from pirecon.configs.parse import format_help, parse_flags
 from pirecon.errors import ConfigError
 
 
@@ -65,8 +65,8 @@ def recon_viz(cfg: ReconVizConfig) -> Path:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print_help(__doc__, ReconVizConfig)
+        print(format_help("recon-viz", __doc__, ReconVizConfig), end="")
         return 0
-    path = recon_viz(parse_flags(argv, ReconVizConfig, config_path_flag=False))
+    path = recon_viz(parse_flags(argv, ReconVizConfig))
     print(f"pirecon recon-viz: wrote {path}")
     return 0

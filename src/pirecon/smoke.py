@@ -12,18 +12,21 @@ from dataclasses import dataclass
 import torch
 
 from pirecon.batch import synthetic_batch
-from pirecon.config import PolicyConfig, parse_flags
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.parse import format_help, parse_flags, wants_help
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.model.recon import ReconConfig
+from pirecon.configs.recon import ReconConfig
 
 
 @dataclass(frozen=True)
 class SmokeConfig:
-    variant: str = "tiny"
-    batch_size: int = 2
-    action_dim: int = 7
-    lr: float = 1e-3
-    seed: int = 0
+    """`pirecon smoke`: build tiny Pi0 and Pi0.5, take one optimiser step, sample actions."""
+
+    variant: str = "tiny"  # model size: tiny | full
+    batch_size: int = 2  # synthetic samples per batch
+    action_dim: int = 7  # real action width of the synthetic batch
+    lr: float = 1e-3  # AdamW learning rate of the one step
+    seed: int = 0  # seed of weights and batch
     recon: bool = True  # build the reconstruction head too
 
 
@@ -65,10 +68,10 @@ def smoke_one(policy_type: str, cfg: SmokeConfig) -> dict:
 
 
 def run(argv: list[str]) -> int:
-    if "--help" in argv:
-        print("pirecon smoke [--variant=tiny] [--batch_size=2] [--action_dim=7] [--lr=1e-3] [--seed=0] [--recon=true]")
+    if wants_help(argv):
+        print(format_help("smoke", __doc__, SmokeConfig), end="")
         return 0
-    cfg = parse_flags(argv, SmokeConfig, config_path_flag=False)
+    cfg = parse_flags(argv, SmokeConfig)
     ok = True
     print(f"{'policy':<6} {'params':>9} {'action_loss':>12} {'recon_loss':>11} {'changed':>9} {'actions':>14} "
           f"{'step s':>7} {'sample s':>8}")

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pirecon.data import DatasetConfig, LeRobotDataset, open_dataset
-from pirecon.data.lerobot import DatasetWarning
+from pirecon.configs.data import DatasetConfig
+from pirecon.data import LeRobotDataset, open_dataset
+from pirecon.data.lerobot import DatasetWarning, open_from_config
 from pirecon.data.video import FrameDecoder, read_all_frames
 from pirecon.data.writer import demo_action, demo_image, demo_state, write_demo_dataset
 from pirecon.errors import ConfigError, DatasetError
@@ -158,8 +159,8 @@ def test_episode_filter_and_val_split(v3):
     assert train.episodes == [0, 1] and val.episodes == [2] and len(val) == LENGTHS[2]
     assert quiet_open(v3, action_horizon=2, split="all", val_episodes=1).episodes == [0, 1, 2]
     cfg = DatasetConfig(root=str(v3), episodes=[0, 1, 2], val_episodes=2)
-    assert cfg.open(action_horizon=3, split="train").episodes == [0]
-    assert cfg.open(action_horizon=3, split="val").episodes == [1, 2]
+    assert open_from_config(cfg, action_horizon=3, split="train").episodes == [0]
+    assert open_from_config(cfg, action_horizon=3, split="val").episodes == [1, 2]
     with pytest.raises(DatasetError, match=r"episode\(s\) \[7\]"):
         open_dataset(v3, episodes=[0, 7])
     with pytest.raises(DatasetError, match="val_episodes=3"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pirecon.batch import Batch
-from pirecon.config import PolicyConfig
+from pirecon.configs.policy import PolicyConfig
 from pirecon.data.loader import make_dataloader
 from pirecon.data.tokenizer import load_tokenizer, train_tiny_tokenizer
 from pirecon.data.transforms import Preprocessor

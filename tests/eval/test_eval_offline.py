@@ -117,7 +117,7 @@ def test_cli_writes_json_with_named_dims(tiny_checkpoint, sim_dataset, tmp_path,
     printed = capsys.readouterr().out
     assert "gripper" in printed and "chunk step" in printed
     # Without --dataset.root the training dataset is used; the same frames give the same numbers.
-    from pirecon.config import parse_flags
+    from pirecon.configs.parse import parse_flags
     from pirecon.eval.offline import OfflineConfig, run_offline
     again = run_offline(parse_flags([f"--policy.path={tiny_checkpoint}", "--dataset.episodes=[1,2]",
                                      "--max_samples=5", "--batch_size=5", "--policy.num_inference_steps=2",
@@ -127,7 +127,7 @@ def test_cli_writes_json_with_named_dims(tiny_checkpoint, sim_dataset, tmp_path,
 
 
 def test_validation_split_holds_out_the_last_episodes(tiny_checkpoint):
-    from pirecon.config import parse_flags
+    from pirecon.configs.parse import parse_flags
     from pirecon.eval.offline import OfflineConfig, run_offline
 
     cfg = parse_flags([f"--policy.path={tiny_checkpoint}", "--dataset.split=val", "--dataset.val_episodes=1",

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from pirecon.config import from_dict
+from pirecon.configs.parse import from_dict
 from pirecon.errors import ConfigError, InputError, PireconError
 from pirecon.eval import libero as L
 from pirecon.eval.envs import make_env
@@ -408,7 +408,7 @@ def test_axis_angle_matches_robosuite():
 def test_tiny_policy_drives_libero_spatial_task_0(sim_tokenizer):
     import torch
 
-    from pirecon.config import PolicyConfig
+    from pirecon.configs.policy import PolicyConfig
     from pirecon.data.tokenizer import load_tokenizer
     from pirecon.data.transforms import Preprocessor
     from pirecon.eval.envs import EvalEnv

@@ -10,7 +10,7 @@ from pirecon.batch import synthetic_batch
 from pirecon.model import cpu_bf16
 from pirecon.model.cpu_bf16 import _linear_forward, route_frozen_bf16_linears, scaled_dot_product_attention
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.train.config import PeftConfig
+from pirecon.configs.train import PeftConfig
 from pirecon.train.lora import add_lora, apply_training_precision
 
 

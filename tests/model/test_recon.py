@@ -15,7 +15,8 @@ from pirecon import PolicyConfig
 from pirecon.batch import synthetic_batch
 from pirecon.errors import ConfigError
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.model.recon import ReconConfig, ReconHead, reconstruction_grid
+from pirecon.configs.recon import ReconConfig
+from pirecon.model.recon import ReconHead, reconstruction_grid
 from pirecon.model.recon_targets import crop_and_resize, fold, unfold
 
 CAMS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
@@ -407,7 +408,7 @@ def test_loss_weight_warmup():
 
 
 def test_flag_parsing_round_trip():
-    from pirecon.config import parse_flags
+    from pirecon.configs.parse import parse_flags
     cfg = parse_flags(["--views=[base_0_rgb,left_wrist_0_rgb]", "--hidden_dim=128", "--diffusion=flow"],
                       ReconConfig, config_path_flag=False)
     assert cfg.views == ("base_0_rgb", "left_wrist_0_rgb") and cfg.hidden_dim == 128 and cfg.diffusion == "flow"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pirecon.config import PolicyConfig
+from pirecon.configs.policy import PolicyConfig
 from pirecon.data.normalize import save_norm_stats_json
 from pirecon.inference import PolicyRunner
 from pirecon.model.pi0 import Pi0Policy

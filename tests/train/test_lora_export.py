@@ -7,7 +7,7 @@ from pirecon.batch import synthetic_batch
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
 from pirecon.train.command import parse_train_flags
-from pirecon.train.config import PeftConfig
+from pirecon.configs.train import PeftConfig
 from pirecon.train.export import export
 from pirecon.train.lora import add_lora, apply_training_precision
 from pirecon.train.loop import train

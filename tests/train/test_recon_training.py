@@ -8,7 +8,7 @@ import pirecon
 from pirecon import PolicyConfig
 from pirecon.batch import synthetic_batch
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.model.recon import ReconConfig
+from pirecon.configs.recon import ReconConfig
 from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
 from pirecon.train.command import parse_train_flags
 from pirecon.train.export import export

@@ -1,1 +1,5 @@
-from pirecon.data.lerobot import DatasetConfig, LeRobotDataset, open_dataset
+"""LeRobot datasets: read and write, video, transforms, normalisation, tokenizer, loader, checks."""
+
+from pirecon.data.lerobot import LeRobotDataset, open_dataset
+
+__all__ = ["LeRobotDataset", "open_dataset"]

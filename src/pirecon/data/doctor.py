@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pirecon.data.lerobot import (DEFAULT_COLUMNS, DatasetConfig, Layout, column_vectors, parquet_columns,
-                                  read_table)
-from pirecon.data.stats import command_flags
+from pirecon.data.lerobot import DEFAULT_COLUMNS, Layout, column_vectors, dataset_root, parquet_columns, read_table
+from pirecon.configs.data import DatasetConfig
+from pirecon.configs.parse import format_help, parse_flags, wants_help
 from pirecon.data.video import FrameDecoder, probe_video
 from pirecon.errors import DatasetError
 
@@ -281,10 +281,12 @@ def format_table(findings: list[Finding]) -> str:
 
 
 def run(argv: list[str]) -> int:
-    cfg = command_flags(argv, DoctorConfig, "doctor")
-    if cfg is None:
+    if wants_help(argv):
+        print(format_help("doctor", "Check a LeRobot dataset folder and print a table of findings; exit 1 on errors.",
+                          DoctorConfig), end="")
         return 0
-    findings = Doctor(cfg.dataset.resolve_root(), cfg.min_length).run()
+    cfg = parse_flags(argv, DoctorConfig)
+    findings = Doctor(dataset_root(cfg.dataset), cfg.min_length).run()
     print(format_table(findings))
     errors = sum(f.severity == "ERROR" for f in findings)
     warns = sum(f.severity == "WARN" for f in findings)

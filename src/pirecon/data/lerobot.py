@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from pirecon.configs.data import DatasetConfig
 from pirecon.data.video import FrameDecoder
 from pirecon.errors import ConfigError, DatasetError
 
@@ -54,46 +55,26 @@ def warn(message: str) -> None:
     warnings.warn(message, DatasetWarning, stacklevel=3)
 
 
-@dataclass(frozen=True)
-class DatasetConfig:
-    """Where the dataset is and which part of it to use (`--dataset.*` flags)."""
+def open_from_config(cfg: DatasetConfig, action_horizon: int, split: str = "train", **kwargs) -> LeRobotDataset:
+    """`open_dataset` with the config's root, episodes and val_episodes."""
+    return open_dataset(dataset_root(cfg), action_horizon, episodes=cfg.episodes, split=split,
+                        val_episodes=cfg.val_episodes, **kwargs)
 
-    root: str | None = None  # local dataset folder
-    # Without root: a folder, $HF_LEROBOT_HOME/<repo_id>, or a Hub dataset id (org/name[@revision]) fetched
-    # into the Hugging Face cache (pirecon.hub; HF_HUB_OFFLINE=1 reads only the cache).
-    repo_id: str | None = None
-    episodes: list[int] | None = None  # episode indices to use (None: all)
-    # Applied by the preprocessor (pirecon.data.transforms), not by the dataset:
-    camera_map: dict[str, str] = field(default_factory=dict)  # dataset camera key -> model camera
-    action_dims: list[int] | None = None  # keep only these action dimensions (None: all)
-    state_dims: list[int] | None = None  # keep only these state dimensions (None: all)
-    video_backend: str = "pyav"
-    cache_in_memory: bool = False  # keep decoded, preprocessed samples in RAM after the first read (small datasets)
-    val_episodes: int = 0  # last N of the selected episodes held out for offline evaluation
 
-    def __post_init__(self) -> None:
-        if self.video_backend != "pyav":
-            raise ConfigError(f"--dataset.video_backend={self.video_backend!r}: expected 'pyav'")
-        if self.val_episodes < 0:
-            raise ConfigError(f"--dataset.val_episodes={self.val_episodes}: expected >= 0")
-
-    def resolve_root(self) -> Path:
-        if self.root:
-            return Path(self.root).expanduser()
-        if self.repo_id:
-            home = os.environ.get("HF_LEROBOT_HOME", "~/.cache/huggingface/lerobot")
-            local = Path(home).expanduser() / self.repo_id
-            if local.is_dir():
-                return local
-            from pirecon.hub import resolve_dataset
-            return resolve_dataset(self.repo_id)
-        raise ConfigError("--dataset.root: expected a dataset folder (or --dataset.repo_id=ORG/NAME of a Hub "
-                          "dataset or a local copy)")
-
-    def open(self, action_horizon: int, split: str = "train", **kwargs) -> LeRobotDataset:
-        """`open_dataset` with this config's root, episodes and val_episodes."""
-        return open_dataset(self.resolve_root(), action_horizon, episodes=self.episodes, split=split,
-                            val_episodes=self.val_episodes, **kwargs)
+def dataset_root(cfg: DatasetConfig) -> Path:
+    """The local folder of `--dataset.root`, else of `--dataset.repo_id`: $HF_LEROBOT_HOME/<repo_id> when
+    it exists there, else the Hugging Face cache (offline unless asked; `pirecon.hub`)."""
+    if cfg.root:
+        return Path(cfg.root).expanduser()
+    if cfg.repo_id:
+        home = os.environ.get("HF_LEROBOT_HOME", "~/.cache/huggingface/lerobot")
+        local = Path(home).expanduser() / cfg.repo_id
+        if local.is_dir():
+            return local
+        from pirecon.hub import resolve_dataset
+        return resolve_dataset(cfg.repo_id)
+    raise ConfigError("--dataset.root: expected a dataset folder (or --dataset.repo_id=ORG/NAME of a Hub "
+                      "dataset or a local copy)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from pirecon.config import load_json
+from pirecon.configs.parse import load_json
 from pirecon.errors import ConfigError, DatasetError, InputError
 
 EPS = 1e-6

@@ -15,10 +15,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pirecon.config import join_flag_values, parse_flags
-from pirecon.data.lerobot import (DatasetConfig, Layout, column_vectors, parquet_columns, read_json, read_jsonl,
-                                  select_episodes)
+from pirecon.configs.parse import format_help, parse_flags, wants_help
+from pirecon.configs.data import DatasetConfig
+from pirecon.data.lerobot import Layout, column_vectors, dataset_root, parquet_columns, read_json, read_jsonl, select_episodes
 from pirecon.errors import DatasetError
 
 QUANTILES = {"q01": 0.01, "q99": 0.99}
@@ -261,37 +259,19 @@ def load_norm_stats(path: str | Path) -> dict:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    """pirecon stats: normalisation statistics of a LeRobot dataset (openpi norm_stats.json)."""
+    """`pirecon stats`: normalisation statistics of a LeRobot dataset (openpi norm_stats.json)."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     output: str | None = None  # write the JSON here instead of printing it
 
 
-def command_flags(argv: list[str], cls: type, prog: str):
-    """Parse `--a.b=v` (or `--a.b v`) flags into `cls`; None after printing help for --help."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(f"usage: pirecon {prog} [--flag=value ...]\n\n{(cls.__doc__ or '').strip()}\n\nflags:")
-        for name, default in _flag_defaults(cls):
-            print(f"  --{name}  (default: {default!r})")
-        return None
-    return parse_flags(join_flag_values(argv), cls)  # `--flag value` works as `--flag=value`
-
-
-def _flag_defaults(cls: type, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    instance = cls()
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from _flag_defaults(hints[f.name], prefix + f.name + ".")
-        else:
-            yield prefix + f.name, getattr(instance, f.name)
-
-
 def run(argv: list[str]) -> int:
-    cfg = command_flags(argv, StatsConfig, "stats")
-    if cfg is None:
+    if wants_help(argv):
+        print(format_help("stats", "Normalisation statistics of a LeRobot dataset, as openpi's norm_stats.json.",
+                          StatsConfig), end="")
         return 0
-    root = cfg.dataset.resolve_root()
+    cfg = parse_flags(argv, StatsConfig)
+    root = dataset_root(cfg.dataset)
     # Held-out episodes (--dataset.val_episodes) stay out of the statistics, as out of training.
     episodes = select_episodes(Layout(root), cfg.dataset.episodes, "train", cfg.dataset.val_episodes)
     stats = compute_stats(root, episodes)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pirecon.batch import Batch
-from pirecon.config import PolicyConfig
+from pirecon.configs.policy import PolicyConfig
 from pirecon.data.normalize import Normalizer
 from pirecon.data.tokenizer import Tokenizer, check_vocab, pad_tokens
 from pirecon.errors import ConfigError, InputError

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pirecon.config import PolicyConfig, from_dict, parse_flags, print_help, to_dict
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.parse import from_dict, format_help, parse_flags, to_dict
 from pirecon.errors import CheckpointError, ConfigError
 from pirecon.eval.envs import ENV_TYPES, make_env
 
@@ -100,7 +101,7 @@ def parse_eval_flags(argv: list[str]) -> EvalConfig:
                 options[name] = value if sep else "true"
                 continue
         rest.append(arg)
-    cfg = parse_flags(rest, EvalConfig, config_path_flag=False)
+    cfg = parse_flags(rest, EvalConfig)
     cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, options={**cfg.env.options, **options}))
     check_eval_config(cfg)
     return cfg
@@ -161,7 +162,8 @@ def training_dataset_root(folder: Path, _depth: int = 0) -> Path | None:
     Read from the training config stored in config.json; an exported checkpoint is followed back
     to the checkpoint it came from.
     """
-    from pirecon.data.lerobot import DatasetConfig
+    from pirecon.configs.data import DatasetConfig
+    from pirecon.data.lerobot import dataset_root
     try:
         data = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -171,7 +173,7 @@ def training_dataset_root(folder: Path, _depth: int = 0) -> Path | None:
         source = data.get("exported_from")
         return training_dataset_root(Path(source), _depth + 1) if source and _depth < 3 else None
     try:
-        root = DatasetConfig(root=dataset.get("root"), repo_id=dataset.get("repo_id")).resolve_root()
+        root = dataset_root(DatasetConfig(root=dataset.get("root"), repo_id=dataset.get("repo_id")))
     except ConfigError:
         return None
     return root if root.is_dir() else None
@@ -361,7 +363,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print_help(__doc__, EvalConfig)
+        print(format_help("eval", __doc__, EvalConfig), end="")
         return 0
     cfg = parse_eval_flags(argv)
     evaluate_checkpoint(cfg)

@@ -45,7 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from pirecon.config import from_dict
+from pirecon.configs.parse import from_dict
 from pirecon.data.transforms import resize_with_pad
 from pirecon.errors import ConfigError, InputError, PireconError
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pirecon.config import parse_flags, print_help
+from pirecon.configs.parse import format_help, parse_flags
 from pirecon.errors import ConfigError
 
 SPLITS = ("all", "train", "val")
@@ -228,15 +228,16 @@ def check_offline_config(cfg: OfflineConfig) -> None:
 
 def open_eval_dataset(cfg: OfflineDatasetFlags, folder: Path, horizon: int):
     """The dataset `--dataset.*` selects, defaulting to the checkpoint's training dataset and split."""
-    from pirecon.data.lerobot import DatasetConfig, open_dataset
+    from pirecon.configs.data import DatasetConfig
+    from pirecon.data.lerobot import dataset_root, open_dataset
     from pirecon.train.checkpoint import read_checkpoint_config
 
     trained = (read_checkpoint_config(folder).get("train") or {}).get("dataset") or {}
     if cfg.root or cfg.repo_id:
-        root = DatasetConfig(root=cfg.root, repo_id=cfg.repo_id).resolve_root()
+        root = dataset_root(DatasetConfig(root=cfg.root, repo_id=cfg.repo_id))
         episodes = cfg.episodes
     elif trained.get("root") or trained.get("repo_id"):
-        root = DatasetConfig(root=trained.get("root"), repo_id=trained.get("repo_id")).resolve_root()
+        root = dataset_root(DatasetConfig(root=trained.get("root"), repo_id=trained.get("repo_id")))
         episodes = cfg.episodes if cfg.episodes is not None else trained.get("episodes")
     else:
         raise ConfigError(f"--dataset.root: expected a dataset folder ({folder} does not record its training dataset)")
@@ -289,8 +290,8 @@ def run_offline(cfg: OfflineConfig) -> dict:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print_help(__doc__, OfflineConfig)
+        print(format_help("eval-offline", __doc__, OfflineConfig), end="")
         return 0
-    run_offline(parse_flags(argv, OfflineConfig, config_path_flag=False))
+    run_offline(parse_flags(argv, OfflineConfig))
     sys.stdout.flush()
     return 0

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pirecon.config import PolicyConfig
+from pirecon.configs.policy import PolicyConfig
 from pirecon.model.cpu_bf16 import scaled_dot_product_attention
 from pirecon.model.gemma import GemmaLayer, GemmaStack, gated_residual, rope
 from pirecon.model.siglip import SiglipVision

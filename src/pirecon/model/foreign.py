@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pirecon.config import load_json
+from pirecon.configs.parse import load_json
 from pirecon.data.normalize import Normalizer, Stats
 from pirecon.errors import CheckpointError, ConfigError
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from pirecon.config import PolicyConfig
+from pirecon.configs.policy import PolicyConfig
 from pirecon.data.normalize import EPS, Stats, save_norm_stats_json
 from pirecon.model.foreign import (ACTION_FEATURE, ASSETS_DIR, CONFIG_FILE, DEFAULT_TOKENIZER_NAME,
                                    FIXED_LEROBOT_FIELDS, IMAGE_PREFIX, LEROBOT_MODES, NORM_STATS_FILE,

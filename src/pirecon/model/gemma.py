@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pirecon.model.variants import GemmaSpec
+from pirecon.configs.variants import GemmaSpec
 
 NORM_EPS = 1e-6
 

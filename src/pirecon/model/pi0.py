@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pirecon.batch import Batch
-from pirecon.config import PolicyConfig
+from pirecon.configs.policy import PolicyConfig
 from pirecon.model.backbone import Backbone, KVCache, make_attention_mask, position_ids
 from pirecon.model.cpu_bf16 import route_frozen_bf16_linears
 from pirecon.model.gemma import AdaRMSNorm, RMSNorm

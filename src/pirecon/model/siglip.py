@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pirecon.model.variants import SiglipSpec
+from pirecon.configs.variants import SiglipSpec
 from pirecon.model.cpu_bf16 import scaled_dot_product_attention
 
 LAYER_NORM_EPS = 1e-6

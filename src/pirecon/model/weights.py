@@ -25,11 +25,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pirecon.config import PolicyConfig, from_dict, load_json, to_dict
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.parse import from_dict, load_json, to_dict
 from pirecon.errors import CheckpointError, ConfigError
 from pirecon.model import foreign
+from pirecon.model.adapt import ADAPTABLE, adapt_policy, needs_adapting
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.model.variants import GEMMA_VARIANTS, VISION_VARIANTS
+from pirecon.configs.variants import GEMMA_VARIANTS, VISION_VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -166,20 +168,30 @@ def load_policy(path_or_config: str | Path | PolicyConfig, dtype: str | None = N
         from pirecon.train.checkpoint import load_checkpoint_model
         return load_checkpoint_model(folder, merge_lora=True, dtype=dtype).to(device)
     config, weights, mapping, layout = _inspect(folder)
-    config = dataclasses.replace(config, **overrides)
+    target = dataclasses.replace(config, **overrides)
     if dtype:
-        config = dataclasses.replace(config, dtype=dtype)
-    # Our own checkpoints keep their tensors bit for bit unless a dtype is asked for.
-    convert = layout != FORMAT_NAME or dtype is not None
+        target = dataclasses.replace(target, dtype=dtype)
+    # Load at the folder's shapes, then adapt (interpolated positions, wider action/state padding).
+    as_stored = dataclasses.replace(target, **{k: getattr(config, k) for k in ADAPTABLE})
+    # Our own checkpoints keep their tensors bit for bit unless another dtype is asked for.
+    convert = layout != FORMAT_NAME or target.dtype != config.dtype
     recon = _read_recon_config(folder) if layout == FORMAT_NAME else None
-    return _materialise(config, weights, mapping, layout, device, convert, recon)
+    policy = _materialise(as_stored, weights, mapping, layout, device, convert, recon)
+    return adapt_policy(policy, target) if needs_adapting(as_stored, target) else policy
+
+
+def overrides_for(config: PolicyConfig) -> dict:
+    """`load_policy` keyword arguments that give a folder's model exactly `config` (a resolved
+    config of a run on that folder: every field but the fixed sizes)."""
+    fixed = ("type", "variant", "vision_variant", "paligemma_variant", "action_expert_variant", "device")
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in fixed}
 
 
 def _read_recon_config(folder: Path):
     data = _read_config(folder).get("recon")
     if not data or not data.get("enable"):
         return None
-    from pirecon.model.recon import ReconConfig
+    from pirecon.configs.recon import ReconConfig
     return from_dict(ReconConfig, data, where=f"{folder / CONFIG_FILE}:recon")
 
 

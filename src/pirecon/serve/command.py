@@ -34,7 +34,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from pirecon.config import join_flag_values, parse_flags, print_help
+from pirecon.configs.parse import format_help, parse_flags
 from pirecon.errors import ConfigError
 
 
@@ -110,9 +110,9 @@ def build_server(cfg: ServeConfig):
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
         from pirecon.serve.obs_map import presets_help
-        print_help(f"{__doc__}\n{presets_help()}\n\nflags and defaults:", ServeConfig)
+        print(format_help("serve", __doc__, ServeConfig, extra=presets_help()), end="")
         return 0
-    cfg = parse_flags(join_flag_values(argv), ServeConfig, config_path_flag=False)
+    cfg = parse_flags(argv, ServeConfig)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("websockets").setLevel(logging.WARNING)  # our own log names each client
     server = build_server(cfg)

@@ -10,56 +10,50 @@ Flags may be written `--name=value` or `--name value`.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pirecon.config import join_flag_values, parse_flags
+from pirecon.configs.parse import format_help, parse_flags
 from pirecon.errors import ConfigError
-
-
-def _help(text: str, default=dataclasses.MISSING):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class RecordFlags:
     """Record scripted-expert demonstrations as a LeRobot dataset."""
 
-    output: str = _help("dataset folder to create (required)", "")
-    episodes: int = _help("number of successful episodes to write", 50)
-    seed: int = _help("first seed; episode i uses the next seeds", 0)
-    image_size: int = _help("camera resolution (square), e.g. 64..256", 96)
-    version: str = _help("LeRobot dataset format: v3.0 or v2.1", "v3.0")
-    overwrite: bool = _help("replace an existing dataset folder at --output", False)
-    cells: str = _help("layout: 'all' cells of the 4x4 board, or only its 4 'corners' (the demo's)", "all")
-    max_steps: int = _help("episode step limit", 80)
-    num_blocks: int = _help("blocks on the table, 1..3 (the demo uses 1)", 3)
-    action_noise: float = _help("std of the noise on the executed velocity (the expert's action is recorded)", 0.0)
+    output: str = ""  # dataset folder to create (required)
+    episodes: int = 50  # number of successful episodes to write
+    seed: int = 0  # first seed; episode i uses the next seeds
+    image_size: int = 96  # camera resolution (square), e.g. 64..256
+    version: str = "v3.0"  # LeRobot dataset format: v3.0 or v2.1
+    overwrite: bool = False  # replace an existing dataset folder at --output
+    cells: str = "all"  # layout: 'all' cells of the 4x4 board, or only its 4 'corners' (the demo's)
+    max_steps: int = 80  # episode step limit
+    num_blocks: int = 3  # blocks on the table, 1..3 (the demo uses 1)
+    action_noise: float = 0.0  # std of the noise on the executed velocity (the expert's action is recorded)
 
 
 @dataclass(frozen=True)
 class EvalFlags:
     """Success rate of the scripted expert or a random policy."""
 
-    policy: str = _help("expert or random", "expert")
-    episodes: int = _help("number of seeded episodes", 50)
-    seed: int = _help("first seed", 0)
-    image_size: int = _help("camera resolution (square)", 96)
+    policy: str = "expert"  # expert or random
+    episodes: int = 50  # number of seeded episodes
+    seed: int = 0  # first seed
+    image_size: int = 96  # camera resolution (square)
 
 
 @dataclass(frozen=True)
 class PreviewFlags:
     """Save a PNG contact sheet of one expert episode (top row: top camera, bottom: wrist)."""
 
-    output: str = _help("PNG file to write (required)", "")
-    seed: int = _help("episode seed", 0)
-    image_size: int = _help("camera resolution (square)", 96)
-    every: int = _help("show every n-th frame", 3)
+    output: str = ""  # PNG file to write (required)
+    seed: int = 0  # episode seed
+    image_size: int = 96  # camera resolution (square)
+    every: int = 3  # show every n-th frame
 
 
 SUBCOMMANDS = {"record": RecordFlags, "eval": EvalFlags, "preview": PreviewFlags}
@@ -69,17 +63,6 @@ def usage() -> str:
     lines = ["usage: pirecon sim <subcommand> [--flag=value ...]", "", "subcommands:"]
     lines += [f"  {name:<8} {cls.__doc__}" for name, cls in SUBCOMMANDS.items()]
     lines += ["", "`pirecon sim <subcommand> --help` shows its flags."]
-    return "\n".join(lines)
-
-
-def flag_help(name: str, cls: type) -> str:
-    """The flags of one subcommand with types, defaults and help."""
-    hints = typing.get_type_hints(cls)
-    lines = [f"usage: pirecon sim {name} [--flag=value ...]", "", cls.__doc__ or "", "", "flags:"]
-    for f in dataclasses.fields(cls):
-        tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        flag = f"--{f.name}={f.default}"
-        lines.append(f"  {flag:<22} {tp:<5} {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 
@@ -93,9 +76,9 @@ def run(argv: list[str]) -> int:
         print(f"pirecon sim: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     if any(a in ("-h", "--help") for a in rest):
-        print(flag_help(name, SUBCOMMANDS[name]))
+        print(format_help(f"sim {name}", SUBCOMMANDS[name].__doc__, SUBCOMMANDS[name]), end="")
         return 0
-    flags = parse_flags(join_flag_values(rest), SUBCOMMANDS[name], config_path_flag=False)
+    flags = parse_flags(rest, SUBCOMMANDS[name])
     return {"record": _record, "eval": _eval, "preview": _preview}[name](flags)
 
 

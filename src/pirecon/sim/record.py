@@ -158,7 +158,7 @@ def recorded_sim_config(dataset_root: str | Path) -> SimConfig | None:
     path = Path(dataset_root) / SIM_CONFIG_FILE
     if not path.is_file():
         return None
-    from pirecon.config import load_json
+    from pirecon.configs.parse import load_json
 
     fields = {f.name for f in dataclasses.fields(SimConfig)}
     values = load_json(path, DatasetError)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pirecon.config import PolicyConfig, from_dict, to_dict
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.parse import from_dict, to_dict
 from pirecon.errors import CheckpointError
 from pirecon.model import weights
 from pirecon.train import lora
@@ -179,7 +180,7 @@ def load_checkpoint_model(folder: str | Path, trainable: bool = False, use_ema: 
         if trainable:
             model.apply_freeze()
     else:
-        from pirecon.train.config import PeftConfig
+        from pirecon.configs.train import PeftConfig
         base_path = config.get("base_path")
         if not base_path or not Path(base_path).is_dir():
             raise CheckpointError(f"{folder / weights.CONFIG_FILE}: the frozen base {base_path!r} this adapter was "
@@ -189,7 +190,7 @@ def load_checkpoint_model(folder: str | Path, trainable: bool = False, use_ema: 
                                                           "num_inference_steps", "n_action_steps")}
         base = weights.load_policy(base_path, dtype=dtype or policy_cfg.dtype, **overrides)
         if config.get("recon", {}).get("enable"):
-            from pirecon.model.recon import ReconConfig
+            from pirecon.configs.recon import ReconConfig
             base.add_recon_head(from_dict(ReconConfig, config["recon"], where=f"{folder / weights.CONFIG_FILE}:recon"))
         peft_cfg = from_dict(PeftConfig, config.get("train", {}).get("peft", {}), where="peft")
         model = lora.load_lora(base, folder / ADAPTER_DIR, peft_cfg, trainable=trainable)

@@ -1,22 +1,39 @@
-"""`pirecon train --policy.type=pi05 --dataset.root=DIR --output_dir=OUT [--policy.use_peft ...]`.
+"""`pirecon train --policy.type=pi05 --dataset.root=DIR --output_dir=OUT [--policy.use_peft=true ...]`.
+
+Precedence: flags typed on the command line > `--config_path=FILE` > the pretrained folder's config
+(`--policy.pretrained_path`) > defaults. A typed value wins whatever it is; one the folder's weights
+cannot take is an error naming the flag, the folder and both values. `--config_path` takes a run's
+`train_config.json` or a checkpoint's `config.json`.
 
 `--resume=true --output_dir=OUT` continues the run in OUT from its last checkpoint with the saved
-configuration; flags given on the command line still override it (e.g. a larger `--steps`).
+configuration; flags typed now still override it (e.g. a larger `--steps`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pirecon.config import parse_flags, print_help
+from pirecon.configs.parse import Parsed, format_help, load_json, parse_command, wants_help
+from pirecon.configs.train import TrainConfig
 from pirecon.errors import ConfigError
-from pirecon.train.config import TrainConfig
 
 
-def parse_train_flags(argv: list[str]) -> TrainConfig:
-    cfg = parse_flags(argv, TrainConfig)
+def read_config_file(path: Path) -> dict:
+    """`--config_path`: our `train_config.json` (TrainConfig fields), or a checkpoint's `config.json`
+    ({"format": "pirecon", "train": {...}} from training, or {"policy": ..., "recon": ...} from export)."""
+    data = load_json(path)
+    if data.get("format") == "pirecon":
+        if isinstance(data.get("train"), dict):
+            return data["train"]
+        return {k: data[k] for k in ("policy", "recon") if isinstance(data.get(k), dict)}
+    return data
+
+
+def parse_train_command(argv: list[str]) -> Parsed:
+    parsed = parse_command(argv, TrainConfig, config_path_flag=True, read_config_file=read_config_file)
+    cfg = parsed.config
     if not cfg.resume:
-        return cfg
+        return parsed
     from pirecon.train.checkpoint import last_checkpoint, read_checkpoint_config
     if not cfg.output_dir:
         raise ConfigError("--resume=true needs --output_dir: the folder of the run to continue")
@@ -24,16 +41,21 @@ def parse_train_flags(argv: list[str]) -> TrainConfig:
     if last is None:
         raise ConfigError(f"--resume=true but {Path(cfg.output_dir) / 'checkpoints'} holds no checkpoint")
     # The saved config is the base; only the flags typed now override it.
-    return parse_flags(argv, TrainConfig, base=read_checkpoint_config(last)["train"])
+    return parse_command(argv, TrainConfig, base=read_checkpoint_config(last)["train"], config_path_flag=True,
+                         read_config_file=read_config_file)
+
+
+def parse_train_flags(argv: list[str]) -> TrainConfig:
+    return parse_train_command(argv).config
 
 
 def run(argv: list[str]) -> int:
-    if "--help" in argv or "-h" in argv:
-        print_help(__doc__, TrainConfig)
+    if wants_help(argv):
+        print(format_help("train", __doc__, TrainConfig), end="")
         return 0
-    cfg = parse_train_flags(argv)
+    parsed = parse_train_command(argv)
     from pirecon.train.loop import train
-    result = train(cfg)
+    result = train(parsed.config, typed=parsed.typed)
     if result.checkpoint is not None:
         print(f"pirecon train: {result.steps} steps, final loss {result.final_loss:.4f}; "
               f"checkpoint {result.checkpoint}; log {Path(result.output_dir) / 'log.jsonl'}")

@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pirecon.config import parse_flags, print_help
+from pirecon.configs.parse import format_help, parse_flags
 from pirecon.data.normalize import default_norm_mode, save_norm_stats_json
 from pirecon.errors import ConfigError
 from pirecon.model import foreign, foreign_write, weights
@@ -168,9 +168,9 @@ def _dataset_name(config: dict) -> str | None:
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print_help(__doc__, ExportConfig)
+        print(format_help("export", __doc__, ExportConfig), end="")
         return 0
-    cfg = parse_flags(argv, ExportConfig, config_path_flag=False)
+    cfg = parse_flags(argv, ExportConfig)
     if not cfg.policy.path:
         raise ConfigError("--policy.path: expected a checkpoint folder (e.g. OUT/checkpoints/last)")
     if not cfg.output:

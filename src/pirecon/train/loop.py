@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from pirecon import hub
-from pirecon.config import PolicyConfig, to_dict
-from pirecon.data.lerobot import open_dataset
+from pirecon.configs.policy import PolicyConfig, merge_with_folder
+from pirecon.configs.parse import to_dict
+from pirecon.data.lerobot import dataset_root, open_dataset
 from pirecon.data.loader import make_dataloader
 from pirecon.data.normalize import save_norm_stats_json
 from pirecon.data.tokenizer import load_tokenizer
@@ -28,16 +29,9 @@ from pirecon.model import foreign, weights
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train import checkpoint as ckpt
 from pirecon.train import lora
-from pirecon.train.config import TrainConfig
+from pirecon.configs.train import TrainConfig
 from pirecon.train.ema import EMA
 from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
-
-# PolicyConfig fields that do not change weight shapes: flags may override a pretrained config.
-RUNTIME_POLICY_FIELDS = ("dtype", "freeze_vision_encoder", "train_expert_only", "gradient_checkpointing",
-                         "compile_model", "n_action_steps", "num_inference_steps", "tokenizer_max_length",
-                         "tokenizer_path", "use_peft", "normalization_mode", "camera_names", "pretrained_path",
-                         "push_to_hub", "repo_id", "use_dataset_stats", "asset_id")
-
 
 @dataclass
 class TrainResult:
@@ -60,22 +54,38 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def resolve_policy_config(cfg: PolicyConfig) -> PolicyConfig:
-    """With a pretrained folder (or Hub id), its sizes win; runtime fields the user changed from the defaults apply."""
+def typed_by_value(cfg, prefix: str = "") -> frozenset[str]:
+    """For configs built in Python (no command line): the fields whose value differs from the
+    default count as typed."""
+    out = set()
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out |= typed_by_value(value, prefix + f.name + ".")
+        elif value != getattr(type(cfg)(), f.name):
+            out.add(prefix + f.name)
+    return frozenset(out)
+
+
+def resolve_policy_config(cfg: PolicyConfig, typed: frozenset[str] | None = None,
+                          notes: list[str] | None = None) -> PolicyConfig:
+    """With a pretrained folder (or hub id): the folder's config, with the typed fields of `cfg`
+    over it (`typed`: "policy.x" names; None: the fields that differ from the defaults). Adapted
+    weights are described in `notes`. See `configs.policy.FOLDER_RULES`."""
     if not cfg.pretrained_path:
         return cfg
+    if typed is None:
+        typed = typed_by_value(cfg, "policy.")
+    mine = {name[len("policy."):] for name in typed if name.startswith("policy.")}
     cfg = dataclasses.replace(cfg, pretrained_path=str(hub.resolve_pretrained(cfg.pretrained_path)))
     saved = weights.peek_config(cfg.pretrained_path)
-    if saved.type != cfg.type and cfg.type != PolicyConfig.type:
-        raise ConfigError(f"--policy.type={cfg.type} but {cfg.pretrained_path} holds a {saved.type} policy")
-    defaults = PolicyConfig()
-    changed = {f: getattr(cfg, f) for f in RUNTIME_POLICY_FIELDS if getattr(cfg, f) != getattr(defaults, f)}
-    # Whether and where to upload is this run's choice, never that of a downloaded checkpoint.
-    changed.update(push_to_hub=cfg.push_to_hub, repo_id=cfg.repo_id)
-    if not cfg.tokenizer_path:  # the tokenizer the folder names or holds, when it is a local one
-        info = foreign.read_folder_info(cfg.pretrained_path, asset_id=cfg.asset_id, with_stats=False)
-        changed["tokenizer_path"] = foreign.local_tokenizer(info) or saved.tokenizer_path
-    return dataclasses.replace(saved, **changed)
+    resolved, adapted = merge_with_folder(cfg, saved, mine, cfg.pretrained_path)
+    if notes is not None:
+        notes += adapted
+    if "tokenizer_path" not in mine:  # the tokenizer the folder names or holds, when it is a local one
+        info = foreign.read_folder_info(cfg.pretrained_path, asset_id=resolved.asset_id, with_stats=False)
+        resolved = dataclasses.replace(resolved, tokenizer_path=foreign.local_tokenizer(info) or saved.tokenizer_path)
+    return resolved
 
 
 def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset) -> Preprocessor:
@@ -97,7 +107,7 @@ def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset) -> P
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -105,7 +115,8 @@ class Trainer:
             raise ConfigError("--output_dir: expected a folder for checkpoints and logs")
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
-        policy_cfg = resolve_policy_config(cfg.policy)
+        self.adapted: list[str] = []
+        policy_cfg = resolve_policy_config(cfg.policy, None if typed is None else typed, self.adapted)
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
         mixed = "bf16" if policy_cfg.dtype == "bfloat16" else "no"
         self.accelerator = Accelerator(
@@ -121,7 +132,7 @@ class Trainer:
                               f"continue that run or choose a new --output_dir")
 
         # Data: each rank reads its own share of every epoch.
-        self.dataset = open_dataset(cfg.dataset.resolve_root(), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
+        self.dataset = open_dataset(dataset_root(cfg.dataset), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
                                     split="train", val_episodes=cfg.dataset.val_episodes)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset)
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
@@ -136,8 +147,8 @@ class Trainer:
             saved = ckpt.read_checkpoint_config(resume_from)
             self.base_path = saved.get("base_path") or self.base_path
         else:
-            policy = weights.load_policy(policy_cfg.pretrained_path or policy_cfg, **(
-                {k: getattr(policy_cfg, k) for k in RUNTIME_POLICY_FIELDS} if policy_cfg.pretrained_path else {}))
+            policy = weights.load_policy(policy_cfg.pretrained_path, **weights.overrides_for(policy_cfg)) \
+                if policy_cfg.pretrained_path else weights.load_policy(policy_cfg)
             if cfg.recon.enable and policy.recon_head is None:
                 policy.add_recon_head(cfg.recon)
             if policy_cfg.use_peft:
@@ -297,11 +308,11 @@ class Trainer:
         return info
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, typed: frozenset[str] | None = None) -> TrainResult:
     """Train; with --policy.push_to_hub the main process then uploads the final checkpoint. A failed
     upload raises HubError after the run is complete on disk, saying how to push it later."""
     hub.check_push_flags(cfg.policy.push_to_hub, cfg.policy.repo_id)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, typed)
     result = trainer.run()
     push = cfg.policy.push_to_hub and trainer.is_main and result.checkpoint is not None
     del trainer  # the export for the upload loads the model again

@@ -17,7 +17,7 @@ from torch import nn
 
 from pirecon.errors import CheckpointError
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.train.config import DEFAULT_FULLY_TRAINED, PeftConfig
+from pirecon.configs.train import DEFAULT_FULLY_TRAINED, PeftConfig
 from pirecon.model.cpu_bf16 import cpu_has_bf16_arithmetic, keep_large_buffers_off_the_heap, route_frozen_bf16_linears
 
 PEFT_PREFIX = "base_model.model."

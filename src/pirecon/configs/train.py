@@ -1,13 +1,15 @@
-"""`pirecon train` flags (LeRobot style: --policy.type=pi05 --peft.r=16 --steps=... --batch_size=...)."""
+"""`pirecon train` configuration: `--peft.*`, `--optimizer.*`, `--scheduler.*`, `--wandb.*` and the
+run itself, around `--policy.*` (configs.policy), `--dataset.*` (configs.data) and `--recon.*`
+(configs.recon). Names follow LeRobot's `TrainPipelineConfig`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pirecon.config import PolicyConfig
-from pirecon.data.lerobot import DatasetConfig
+from pirecon.configs.data import DatasetConfig
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.recon import ReconConfig
 from pirecon.errors import ConfigError
-from pirecon.model.recon import ReconConfig
 
 # openpi's LoRA configs adapt attention and MLP of both Gemma stacks.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -18,14 +20,14 @@ DEFAULT_FULLY_TRAINED = ("action_in_proj", "action_out_proj", "state_proj", "act
 
 @dataclass(frozen=True)
 class PeftConfig:
-    method_type: str = "lora"
-    r: int = 16
-    lora_alpha: int | None = None  # None: equal to r (openpi uses alpha = rank)
-    lora_dropout: float = 0.0
-    # Module names inside the Gemma VLM and action expert layers (SigLIP is never adapted).
-    target_modules: list[str] | None = None
-    # Top-level modules trained in full next to the adapters.
-    fully_trained: list[str] | None = None
+    """LoRA adapters through PEFT (used only with --policy.use_peft=true)."""
+
+    method_type: str = "lora"  # the PEFT method: lora
+    r: int = 16  # LoRA rank
+    lora_alpha: int | None = None  # LoRA alpha; none: equal to r (openpi uses alpha = rank)
+    lora_dropout: float = 0.0  # dropout on the LoRA branch
+    target_modules: list[str] | None = None  # Gemma layer modules to adapt (none: q,k,v,o,gate,up,down of both stacks)
+    fully_trained: list[str] | None = None  # top-level modules trained in full next to the adapters (none: the expert's projections and time MLPs)
 
     def __post_init__(self) -> None:
         if self.method_type != "lora":
@@ -51,32 +53,38 @@ class PeftConfig:
 @dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW; defaults are LeRobot's Pi0 ones."""
-    lr: float = 2.5e-5
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 1e-10
-    grad_clip_norm: float = 10.0
+
+    lr: float = 2.5e-5  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 1e-10  # AdamW weight decay
+    grad_clip_norm: float = 10.0  # clip the global gradient norm to this value
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Linear warm-up, then cosine decay from lr to decay_lr over decay_steps (LeRobot's Pi0 defaults)."""
-    warmup_steps: int = 1000
-    decay_steps: int = 30000
-    decay_lr: float = 2.5e-6
+
+    warmup_steps: int = 1000  # optimizer steps of linear warm-up
+    decay_steps: int = 30000  # the step at which the cosine decay reaches decay_lr
+    decay_lr: float = 2.5e-6  # learning rate at the end of the decay
 
 
 @dataclass(frozen=True)
 class WandbConfig:
-    enable: bool = False
-    project: str = "pirecon"
-    entity: str | None = None
-    mode: str | None = None  # online | offline | disabled; None: $WANDB_MODE or online
-    run_name: str | None = None
+    """Weights & Biases logging (pip install 'pirecon[wandb]')."""
+
+    enable: bool = False  # log to Weights & Biases
+    project: str = "pirecon"  # W&B project
+    entity: str | None = None  # W&B entity (team or user)
+    mode: str | None = None  # online | offline | disabled; none: $WANDB_MODE or online
+    run_name: str | None = None  # W&B run name (none: W&B's choice)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """`pirecon train`: everything one training run needs."""
+
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -84,19 +92,19 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
-    output_dir: str | None = None
-    steps: int = 30000
-    batch_size: int = 8  # per process
-    grad_accum_steps: int = 1
-    num_workers: int = 2
-    seed: int = 1000
-    ema_decay: float | None = None  # e.g. 0.999 (openpi's Pi0.5 value); None: no EMA
-    save_freq: int = 1000
-    log_freq: int = 100
-    keep_last_checkpoints: int = 3
-    resume: bool = False
-    tensorboard: bool = False
-    progress_bar: bool = True
+    output_dir: str | None = None  # folder for checkpoints, logs and the resolved config
+    steps: int = 30000  # optimizer steps
+    batch_size: int = 8  # samples per process and micro-step
+    grad_accum_steps: int = 1  # micro-steps per optimizer step
+    num_workers: int = 2  # data loader worker processes
+    seed: int = 1000  # seed of weights, data order, noise and time sampling
+    ema_decay: float | None = None  # EMA of the trainable weights, e.g. 0.999 (openpi's Pi0.5 value); none: no EMA
+    save_freq: int = 1000  # write a checkpoint every N steps (and at the end)
+    log_freq: int = 100  # log every N steps
+    keep_last_checkpoints: int = 3  # keep the newest N checkpoints
+    resume: bool = False  # continue the run in output_dir from its last checkpoint
+    tensorboard: bool = False  # also write TensorBoard event files
+    progress_bar: bool = True  # show a tqdm progress bar
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum_steps", "save_freq", "log_freq", "keep_last_checkpoints"):

@@ -1,0 +1,30 @@
+"""`--dataset.*`: which LeRobot dataset, which part of it, and how its columns map onto the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pirecon.errors import ConfigError
+
+VIDEO_BACKENDS = ("pyav",)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where the dataset is and which part of it to use (`--dataset.*` flags)."""
+
+    root: str | None = None  # local dataset folder (LeRobot v2.0-v3.0 layout)
+    repo_id: str | None = None  # without root: $HF_LEROBOT_HOME/<repo_id>, else a Hub dataset id in the local HF cache
+    episodes: list[int] | None = None  # episode indices to use (none: all)
+    camera_map: dict[str, str] = field(default_factory=dict)  # dataset camera key -> model camera view (JSON)
+    action_dims: list[int] | None = None  # keep only these action dimensions (none: all)
+    state_dims: list[int] | None = None  # keep only these state dimensions (none: all)
+    video_backend: str = "pyav"  # video decoder: pyav
+    cache_in_memory: bool = False  # keep decoded, preprocessed samples in RAM after the first read (small datasets)
+    val_episodes: int = 0  # last N of the selected episodes held out for offline evaluation
+
+    def __post_init__(self) -> None:
+        if self.video_backend not in VIDEO_BACKENDS:
+            raise ConfigError(f"--dataset.video_backend={self.video_backend!r}: expected 'pyav'")
+        if self.val_episodes < 0:
+            raise ConfigError(f"--dataset.val_episodes={self.val_episodes}: expected >= 0")
