@@ -168,8 +168,8 @@ HOOKS: dict[str, tuple[str, str, bool]] = {
     "demo": ("pirecon.demo", "parse_flags", True),
     "smoke": ("pirecon.smoke", "parse_flags", True),
     "stats": ("pirecon.data.stats", "parse_flags", True),
-    "doctor": ("pirecon.data.stats", "parse_flags", True),  # doctor uses stats' command_flags
-    "train": ("pirecon.train.command", "parse_flags", True),  # before --resume reads the run folder
+    "doctor": ("pirecon.data.doctor", "parse_flags", True),
+    "train": ("pirecon.train.command", "parse_command", True),  # before --resume reads the run folder
     "export": ("pirecon.train.export", "export", False),
     "push": ("pirecon.hub", "push", False),
     "recon-viz": ("pirecon.recon_viz", "recon_viz", False),
@@ -233,7 +233,8 @@ def parse_only(argv: list[str]) -> Any:
     original = getattr(module, attribute)
 
     def stop(*args, **kwargs):
-        raise Parsed(original(*args, **kwargs) if wrap else (args, kwargs))
+        result = original(*args, **kwargs) if wrap else (args, kwargs)
+        raise Parsed(getattr(result, "config", result))  # parse_command's Parsed -> its config
 
     with pytest.MonkeyPatch.context() as patch, redirect_stdout(out), redirect_stderr(err):
         patch.setattr(module, attribute, stop)

@@ -244,10 +244,10 @@ and a token with write access (`hf auth login` or HF_TOKEN); fails at once under
 
 @dataclass(frozen=True)
 class PushFlags:
-    private: bool = False
-    revision: str | None = None
-    use_ema: bool = False
-    commit_message: str | None = None
+    private: bool = False  # create the Hub repo as private
+    revision: str | None = None  # branch to upload to (none: the default branch)
+    use_ema: bool = False  # upload the EMA weights
+    commit_message: str | None = None  # the Hub commit message (none: a generated one)
 
 
 def run(argv: list[str]) -> int:

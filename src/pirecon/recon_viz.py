@@ -16,24 +16,24 @@ from pirecon.errors import ConfigError
 
 @dataclass(frozen=True)
 class VizPolicyFlags:
-    path: str | None = None
+    path: str | None = None  # a checkpoint folder with a reconstruction head
 
 
 @dataclass(frozen=True)
 class VizDatasetFlags:
-    root: str | None = None
-    episodes: list[int] | None = None
+    root: str | None = None  # dataset folder (none: the one the checkpoint was trained on)
+    episodes: list[int] | None = None  # episodes to draw frames from (none: all)
 
 
 @dataclass(frozen=True)
 class ReconVizConfig:
     policy: VizPolicyFlags = field(default_factory=VizPolicyFlags)
     dataset: VizDatasetFlags = field(default_factory=VizDatasetFlags)
-    output: str = "recon_grid.png"
-    frames: int = 4
+    output: str = "recon_grid.png"  # PNG file to write
+    frames: int = 4  # rows of the grid (frames spread over the dataset)
     steps: int | None = None  # reverse-diffusion steps (default: --recon.sample_steps of the checkpoint)
-    use_ema: bool = False
-    seed: int = 0
+    use_ema: bool = False  # use the EMA weights
+    seed: int = 0  # seed of the reverse-diffusion noise
 
 
 def recon_viz(cfg: ReconVizConfig) -> Path:

@@ -169,7 +169,8 @@ def test_missing_or_wrong_checkpoint_and_existing_output(tiny_checkpoint, tmp_pa
 def test_help_lists_flags(capsys):
     assert main(["eval", "--help"]) == 0
     text = capsys.readouterr().out
-    assert "--env.<name>=value" in text and '"n_action_steps"' in text and '"max_videos"' in text
+    assert "--env.<name>=value" in text and "--policy.n_action_steps INT|none" in text
+    assert "--eval.max_videos INT|none  (default: 10)" in text
 
 
 def test_libero_options_reach_the_env_as_given(tiny_checkpoint, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ from pirecon.cli import main
 def test_help_lists_flags_and_presets(capsys):
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
-    for text in ("--serve.obs_map", "images/cam_high", "observation/joint_position", '"port": 8000', "Ctrl-C"):
+    for text in ("--serve.obs_map", "images/cam_high", "observation/joint_position", "--port INT  (default: 8000)", "Ctrl-C"):
         assert text in out
 
 

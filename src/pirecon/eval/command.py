@@ -8,21 +8,10 @@ executing `--policy.n_action_steps` actions of every predicted chunk before repl
                          rates, checkpoint, policy and environment settings
     DIR/videos/episode_{i:03d}_{success|failure}.mp4   the first --eval.max_videos episodes (env.render())
 
-Flags:
-  --policy.path            a checkpoint folder (or a training output folder: its checkpoints/last)
-  --policy.n_action_steps  actions executed per chunk (default: the checkpoint's)
-  --policy.num_inference_steps       flow-matching sampling steps (default: the checkpoint's num_inference_steps)
-  --policy.device          cpu | cuda | cuda:1 ... (default: cuda when available)
-  --use_ema=true           evaluate the EMA weights (the checkpoint must hold ema.safetensors)
-  --env.type               sim | libero;  --env.task: sim: reach | place (empty: both);
-                           libero: a suite (e.g. libero_spatial) or one task of it
-  --env.<name>=value       any other setting of the environment, e.g. sim: --env.image_size=64
-                           --env.max_steps=80 (see pirecon.sim.SimConfig); libero: --env.suite=...
-                           --env.num_steps_wait=10. The sim's image_size defaults to the camera size
-                           of the dataset the checkpoint was trained on.
-  --eval.baselines=true    sim only: also run the scripted expert and a random policy on the same seeds
-
-Every flag with its default:
+`--env.<name>=value` sets any other setting of the environment, e.g. sim: `--env.image_size=64
+--env.max_steps=80` (pirecon.sim.SimConfig); libero: `--env.suite=... --env.num_steps_wait=10`. The
+sim's image_size defaults to the camera size of the dataset the checkpoint was trained on.
+`--eval.baselines=true` (sim only) also runs the scripted expert and a random policy on the same seeds.
 """
 
 from __future__ import annotations
@@ -38,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pirecon.configs.policy import PolicyConfig
-from pirecon.configs.parse import from_dict, format_help, parse_flags, to_dict
+from pirecon.configs.parse import format_help, from_dict, join_flag_values, parse_flags, to_dict
 from pirecon.errors import CheckpointError, ConfigError
 from pirecon.eval.envs import ENV_TYPES, make_env
 
@@ -50,7 +39,7 @@ ENV_FIXED = ("type", "task", "options")  # --env.* flags that are not environmen
 
 @dataclass(frozen=True)
 class EvalPolicyFlags:
-    path: str | None = None
+    path: str | None = None  # a checkpoint folder (or a training output folder: its checkpoints/last)
     n_action_steps: int | None = None  # None: the checkpoint's policy.n_action_steps
     num_inference_steps: int | None = None  # flow-matching integration steps; None: the checkpoint's num_inference_steps
     device: str | None = None  # None: cuda if available, else cpu
@@ -59,19 +48,19 @@ class EvalPolicyFlags:
 
 @dataclass(frozen=True)
 class EnvFlags:
-    type: str = "sim"
-    task: str | None = None
+    type: str = "sim"  # sim | libero
+    task: str | None = None  # sim: reach | place (none: both); libero: a suite (libero_spatial) or one task (libero_spatial/3)
     options: dict[str, Any] = field(default_factory=dict)  # filled from --env.<name>=value
 
 
 @dataclass(frozen=True)
 class EvalLoopFlags:
-    n_episodes: int = 50
+    n_episodes: int = 50  # episodes to roll out
     seed: int = 100_000  # far from `pirecon sim record`'s seeds (0, 1, ...): sim layouts are unseen
-    video: bool = True
+    video: bool = True  # write mp4 videos of the first max_videos episodes
     max_videos: int | None = 10  # None: a video of every episode
     baselines: bool = False  # sim: also evaluate the scripted expert and a random policy
-    progress_bar: bool = True
+    progress_bar: bool = True  # show a tqdm progress bar
 
 
 @dataclass(frozen=True)
@@ -79,7 +68,7 @@ class EvalConfig:
     policy: EvalPolicyFlags = field(default_factory=EvalPolicyFlags)
     env: EnvFlags = field(default_factory=EnvFlags)
     eval: EvalLoopFlags = field(default_factory=EvalLoopFlags)
-    use_ema: bool = False
+    use_ema: bool = False  # evaluate the EMA weights (the checkpoint must hold ema.safetensors)
     output_dir: str | None = None  # None: outputs/eval/<date>-<time>
     overwrite: bool = False  # replace a previous evaluation's files in output_dir
 
@@ -91,7 +80,7 @@ class EvalConfig:
 def parse_eval_flags(argv: list[str]) -> EvalConfig:
     """Flags -> EvalConfig; `--env.<name>=value` (other than type and task) become env options (strings)."""
     rest, options = [], {}
-    for arg in argv:
+    for arg in join_flag_values(argv):
         if arg.startswith("--env."):
             name, sep, value = arg[len("--env."):].partition("=")
             if name not in ENV_FIXED:

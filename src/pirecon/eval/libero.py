@@ -85,9 +85,9 @@ class LiberoConfig:
     image_size: int = 224  # resize-with-pad target of the observation images; 0 keeps camera_size
     image_key: str = "observation.images.image"  # agent view
     wrist_image_key: str = "observation.images.image2"  # eye-in-hand view
-    state_key: str = "observation.state"
+    state_key: str = "observation.state"  # dataset key the 8-d state is given as
     max_steps: int | None = None  # None: the suite's standard limit (SUITES)
-    settle_steps: int = 10
+    settle_steps: int = 10  # no-op steps after reset while objects settle (openpi: 10)
 
     def __post_init__(self) -> None:
         if self.camera_size <= 0:

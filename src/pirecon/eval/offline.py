@@ -35,7 +35,7 @@ SPLITS = ("all", "train", "val")
 
 @dataclass(frozen=True)
 class OfflinePolicyFlags:
-    path: str | None = None
+    path: str | None = None  # a checkpoint folder (or a training output folder: its checkpoints/last)
     num_inference_steps: int | None = None  # None: the checkpoint's num_inference_steps
     device: str | None = None  # None: cuda if available, else cpu
     tokenizer_path: str | None = None  # None: the copy inside the checkpoint
@@ -44,9 +44,9 @@ class OfflinePolicyFlags:
 @dataclass(frozen=True)
 class OfflineDatasetFlags:
     root: str | None = None  # None: the dataset the checkpoint was trained on
-    repo_id: str | None = None
+    repo_id: str | None = None  # without root: a dataset in $HF_LEROBOT_HOME or the local HF cache
     episodes: list[int] | None = None  # None: all (or, with the training dataset, the training selection)
-    split: str = "all"
+    split: str = "all"  # all | train | val (the training run's --dataset.val_episodes split)
     val_episodes: int | None = None  # None: the checkpoint's training value
 
 
@@ -54,13 +54,13 @@ class OfflineDatasetFlags:
 class OfflineConfig:
     policy: OfflinePolicyFlags = field(default_factory=OfflinePolicyFlags)
     dataset: OfflineDatasetFlags = field(default_factory=OfflineDatasetFlags)
-    use_ema: bool = False
-    batch_size: int = 8
-    max_samples: int | None = None
-    num_workers: int = 0
-    seed: int = 0
+    use_ema: bool = False  # evaluate the EMA weights
+    batch_size: int = 8  # samples per forward pass
+    max_samples: int | None = None  # evaluate at most this many frames (none: all)
+    num_workers: int = 0  # data loader worker processes
+    seed: int = 0  # seed of the sampling noise (per frame: seed + frame index)
     output: str | None = None  # JSON file to write
-    progress_bar: bool = True
+    progress_bar: bool = True  # show a tqdm progress bar
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,10 +60,10 @@ class ServeOptions:
 class ServeConfig:
     policy: ServePolicyFlags = field(default_factory=ServePolicyFlags)
     serve: ServeOptions = field(default_factory=ServeOptions)
-    host: str = "0.0.0.0"
-    port: int = 8000
-    use_ema: bool = False
-    seed: int = 0
+    host: str = "0.0.0.0"  # address to listen on
+    port: int = 8000  # TCP port
+    use_ema: bool = False  # serve the EMA weights
+    seed: int = 0  # seed of the sampling noise
 
 
 def build_server(cfg: ServeConfig):

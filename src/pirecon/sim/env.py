@@ -59,10 +59,10 @@ class SimConfig:
     image_size: int = 96  # both cameras render image_size x image_size RGB
     wrist_span: float = 0.4  # side of the table window the wrist camera sees
     max_steps: int = 80  # episode limit; the expert needs at most ~55 steps (a learned policy gets slack)
-    fps: int = 10
-    num_blocks: int = 3
+    fps: int = 10  # control steps per second (recorded as the dataset fps)
+    num_blocks: int = 3  # blocks on the table, 1..3
     colors: tuple[str, ...] = ("red", "green", "blue")  # the blocks' colours are drawn from these
-    tasks: tuple[str, ...] = TASK_KINDS
+    tasks: tuple[str, ...] = TASK_KINDS  # task kinds episodes are drawn from: reach, place
     max_speed: float = 0.035  # gripper displacement per step at |v| = 1
     block_size: float = 0.14  # side of a block
     zone_size: float = 0.2  # side of the white target zone

@@ -40,7 +40,7 @@ FORMATS = ("pirecon", "lerobot", "openpi")
 
 @dataclass(frozen=True)
 class ExportPolicyFlags:
-    path: str | None = None
+    path: str | None = None  # a training checkpoint folder (or a training output folder: its checkpoints/last)
     tokenizer_path: str | None = None  # the tokenizer to copy (default: the source's own copy)
     asset_id: str | None = None  # openpi sources with several assets/<asset_id>/norm_stats.json
 
@@ -48,14 +48,14 @@ class ExportPolicyFlags:
 @dataclass(frozen=True)
 class ExportConfig:
     policy: ExportPolicyFlags = field(default_factory=ExportPolicyFlags)
-    output: str | None = None
-    merge_lora: bool = True
-    use_ema: bool = False
+    output: str | None = None  # folder to write
+    merge_lora: bool = True  # fold LoRA adapters into the base weights
+    use_ema: bool = False  # export the EMA weights
     keep_recon_head: bool = False  # the head only matters for training; serving never runs it
-    format: str = "pirecon"
+    format: str = "pirecon"  # pirecon | lerobot | openpi folder layout
     asset_id: str | None = None  # --format=openpi: assets/<asset_id>/norm_stats.json
     tokenizer_name: str | None = None  # --format=lerobot: the tokenizer_name the preprocessor names
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing output folder
 
 
 def export(source: str | Path, output: str | Path, merge_lora: bool = True, use_ema: bool = False,

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from pirecon.train import checkpoint as ckpt
 from pirecon.train import lora
 from pirecon.configs.train import TrainConfig
 from pirecon.train.ema import EMA
+from pirecon.train.summary import summary_block
 from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
 
 @dataclass
@@ -88,6 +90,27 @@ def resolve_policy_config(cfg: PolicyConfig, typed: frozenset[str] | None = None
     return resolved
 
 
+# Policy fields a resumed run may change: they alter neither the weights nor what trains.
+RESUMABLE_POLICY_FIELDS = ("n_action_steps", "num_inference_steps", "gradient_checkpointing", "compile_model",
+                           "device", "push_to_hub", "repo_id")
+
+
+def resumed_policy_config(stored: PolicyConfig, wanted: PolicyConfig, typed: frozenset[str],
+                          checkpoint: Path) -> PolicyConfig:
+    """The checkpoint's policy config with the typed fields a resumed run can change; any other
+    typed policy field that differs is an error (the optimizer state belongs to the stored model)."""
+    changes = {}
+    for name in sorted(n[len("policy."):] for n in typed if n.startswith("policy.")):
+        if getattr(stored, name) == getattr(wanted, name) or name in ("pretrained_path", "tokenizer_path"):
+            continue
+        if name not in RESUMABLE_POLICY_FIELDS:
+            raise ConfigError(f"--policy.{name}={getattr(wanted, name)} but the run being resumed ({checkpoint}) was "
+                              f"trained with {name}={getattr(stored, name)}; a resumed run can change only "
+                              f"{', '.join('--policy.' + f for f in RESUMABLE_POLICY_FIELDS)}")
+        changes[name] = getattr(wanted, name)
+    return dataclasses.replace(stored, **changes)
+
+
 def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset) -> Preprocessor:
     """Tokenizer, normaliser (the pretrained folder's statistics unless --policy.use_dataset_stats) and
     camera map (--dataset.camera_map, else the pretrained folder's when it fits the data)."""
@@ -116,7 +139,14 @@ class Trainer:
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
         self.adapted: list[str] = []
-        policy_cfg = resolve_policy_config(cfg.policy, None if typed is None else typed, self.adapted)
+        typed = typed_by_value(cfg) if typed is None else typed
+        policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
+        # LeRobot's switch for LoRA is --policy.use_peft; --peft.* alone would silently train every weight.
+        self.peft_note = None
+        if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
+            self.peft_note = ("--peft.* given without --policy.use_peft=true: training every weight "
+                              "(add --policy.use_peft=true for LoRA)")
+            print(f"pirecon train: warning: {self.peft_note}", file=sys.stderr)
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
         mixed = "bf16" if policy_cfg.dtype == "bfloat16" else "no"
         self.accelerator = Accelerator(
@@ -145,6 +175,8 @@ class Trainer:
         if resume_from is not None:
             model = ckpt.load_checkpoint_model(resume_from, trainable=True)
             saved = ckpt.read_checkpoint_config(resume_from)
+            lora.base_policy(model).config = resumed_policy_config(lora.base_policy(model).config, policy_cfg,
+                                                                   typed, resume_from)
             self.base_path = saved.get("base_path") or self.base_path
         else:
             policy = weights.load_policy(policy_cfg.pretrained_path, **weights.overrides_for(policy_cfg)) \
@@ -186,6 +218,7 @@ class Trainer:
             torch.manual_seed(cfg.seed + acc.process_index)
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
         self.forward = torch.compile(self.model) if policy_cfg.compile_model else self.model
+        self.resumed_from = resume_from
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
                                 resume=resume_from is not None)
 
@@ -197,7 +230,7 @@ class Trainer:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-            print("pirecon train: resolved config\n" + json.dumps(to_dict(cfg), indent=2))
+            print(self.summary(), flush=True)
         data = self.loader.forever()
         samples_per_step = cfg.batch_size * cfg.grad_accum_steps * acc.num_processes
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.is_main and cfg.progress_bar),
@@ -228,6 +261,22 @@ class Trainer:
             plot_losses(self.output_dir / LOG_FILE, self.output_dir / PLOT_FILE)
         acc.wait_for_everyone()
         return TrainResult(self.output_dir, last_saved, self.step, loss_value)
+
+    def summary(self) -> str:
+        policy_cfg, acc = self.cfg.policy, self.accelerator
+        path = policy_cfg.pretrained_path
+        weights_from = f"{path} ({weights.folder_layout(path)} layout)" if path else "random initialisation"
+        dataset = self.dataset
+        cameras = ", ".join(f"{k} -> {v}" for k, v in (self.preprocessor.camera_map or {}).items()) or \
+            ", ".join(dataset.camera_keys)
+        described = (f"{dataset_root(self.cfg.dataset)}: {len(dataset.episodes)} episodes, {len(dataset)} frames; "
+                     f"cameras {cameras}")
+        autocast = "bfloat16" if acc.mixed_precision == "bf16" else None
+        return summary_block(self.cfg, acc.unwrap_model(self.model), weights_from=weights_from, adapted=self.adapted,
+                             tokenizer=str(policy_cfg.tokenizer_path), dataset=described, device=str(acc.device),
+                             processes=acc.num_processes, autocast=autocast,
+                             resumed_from=str(self.resumed_from) if self.resumed_from else None,
+                             peft_note=self.peft_note)
 
     def _train_step(self, data) -> dict[str, float]:
         cfg, acc = self.cfg, self.accelerator

@@ -1,0 +1,87 @@
+"""The start-up summary of `pirecon train`: one block saying what was loaded from where, what
+trains, in which precision, on which device, with which batch. The full resolved configuration
+goes to `OUT/train_config.json`, not to the terminal."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from pirecon.configs.train import TrainConfig
+
+# Parts of a Pi0Policy as the summary names them (first matching prefix wins).
+PARTS = (("backbone.vision.", "vision"), ("backbone.projector.", "projector"), ("backbone.vlm.", "vlm"),
+         ("backbone.expert.", "expert"), ("recon_head.", "recon head"))
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def part_of(name: str) -> str:
+    name = name.split("base_model.model.", 1)[-1]
+    for prefix, part in PARTS:
+        if name.startswith(prefix):
+            return part
+    return "heads"
+
+
+def parameter_table(model: nn.Module) -> dict[str, dict[str, int]]:
+    """{part: {"trainable": n, "frozen": n, "<dtype> trainable|frozen": n}} of `model`'s parameters
+    (LoRA weights count under the part they adapt)."""
+    table: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for name, param in model.named_parameters():
+        row = table[part_of(name)]
+        kind = "trainable" if param.requires_grad else "frozen"
+        row[kind] += param.numel()
+        row[f"{DTYPE_NAMES.get(param.dtype, str(param.dtype))} {kind}"] += param.numel()
+    return table
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adapted: list[str], tokenizer: str,
+                  dataset: str, device: str, processes: int, autocast: str | None, resumed_from: str | None,
+                  peft_note: str | None) -> str:
+    """The text block printed once at start-up by the main process."""
+    policy = cfg.policy
+    table = parameter_table(model)
+    trainable = sum(row["trainable"] for row in table.values())
+    total = sum(row["trainable"] + row["frozen"] for row in table.values())
+    sizes = f"{policy.vision_variant} / {policy.paligemma_variant} / {policy.action_expert_variant}"
+    lines = [
+        "pirecon train",
+        f"  policy      {policy.type} ({sizes}), chunk {policy.chunk_size}, {policy.image_resolution}px, "
+        f"views {list(policy.camera_names)}",
+        f"  weights     {weights_from}" + (f"; resumed from {resumed_from}" if resumed_from else ""),
+    ]
+    lines += [f"  adapted     {note}" for note in adapted]
+    lines += [f"  tokenizer   {tokenizer}", f"  dataset     {dataset}"]
+    if policy.use_peft:
+        peft = cfg.peft
+        lines.append(f"  training    LoRA r={peft.r} alpha={peft.alpha} on {', '.join(peft.targets)}")
+    else:
+        lines.append("  training    every weight (no LoRA)")
+    if peft_note:
+        lines.append(f"  note        {peft_note}")
+    lines.append(f"  parameters  {_count(trainable)} trainable of {_count(total)} ({100 * trainable / max(total, 1):.1f} %)")
+    for part, row in sorted(table.items(), key=lambda kv: [p for _, p in PARTS].index(kv[0])
+                            if kv[0] in [p for _, p in PARTS] else len(PARTS)):
+        kinds = ", ".join(f"{_count(n)} {k}" for k, n in sorted(row.items()) if " " in k)
+        lines.append(f"    {part:<11} {kinds}")
+    lines.append(f"  precision   policy.dtype={policy.dtype}, autocast {autocast or 'off'}")
+    lines.append(f"  device      {device} x {processes} process(es)")
+    lines.append(f"  batch       {cfg.batch_size} per process x {processes} process(es) x {cfg.grad_accum_steps} "
+                 f"accumulation step(s) = {cfg.batch_size * processes * cfg.grad_accum_steps} samples per step")
+    sched = cfg.scheduler
+    lines.append(f"  schedule    {cfg.steps} steps, lr {cfg.optimizer.lr:g} (warm-up {sched.warmup_steps}, cosine to "
+                 f"{sched.decay_lr:g} at step {sched.decay_steps})" + (f", EMA {cfg.ema_decay}" if cfg.ema_decay else ""))
+    if cfg.recon.enable:
+        lines.append(f"  recon       λ={cfg.recon.weight} on {list(cfg.recon.views)}, target {cfg.recon.target}, "
+                     f"region {cfg.recon.region}")
+    lines.append(f"  output      {cfg.output_dir} (full config: train_config.json)")
+    return "\n".join(lines)
