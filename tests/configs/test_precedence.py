@@ -1,0 +1,180 @@
+"""Precedence: typed flags > --config_path file > the pretrained folder's config > defaults.
+
+A folder with non-default values is written; then every PolicyConfig field is typed with a value
+different from the folder's. It must land in the resolved config, be adapted into the weights, or
+fail with one error naming the flag, the folder and both values. Nothing is dropped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from pirecon.configs.policy import FOLDER_RULES, PolicyConfig
+from pirecon.errors import ConfigError
+from pirecon.model.weights import load_policy, overrides_for, save_policy
+from pirecon.train.command import parse_train_command
+from pirecon.train.loop import resolve_policy_config
+
+FOLDER_VALUES = dict(type="pi0", variant="tiny", chunk_size=4, n_action_steps=3, image_resolution=28,
+                     max_state_dim=8, max_action_dim=8, num_inference_steps=5, tokenizer_max_length=20,
+                     camera_names=("cam_a", "cam_b"), dtype="bfloat16", freeze_vision_encoder=True,
+                     gradient_checkpointing=True, time_beta_alpha=2.0, normalization_mode="quantile")
+
+# field: (typed text, expected resolved value, or "error" / "adapt")
+TYPED = {
+    "type": ("pi05", "error"),
+    "variant": ("full", "error"),
+    "vision_variant": ("siglip_so400m_14", "error"),
+    "paligemma_variant": ("gemma_2b", "error"),
+    "action_expert_variant": ("gemma_300m", "error"),
+    "chunk_size": ("50", 50),  # the default: typed, so it wins over the folder's 4
+    "n_action_steps": ("1", 1),
+    "max_state_dim": ("16", 16),
+    "max_action_dim": ("16", 16),
+    "num_inference_steps": ("10", 10),  # the default again
+    "tokenizer_max_length": ("30", 30),
+    "image_resolution": ("56", 56),
+    "camera_names": ("[x,y,z]", ("x", "y", "z")),
+    "dtype": ("float32", "float32"),  # the default; the folder holds bf16
+    "device": ("cpu", "cpu"),
+    "freeze_vision_encoder": ("false", False),  # the default
+    "train_expert_only": ("true", True),
+    "gradient_checkpointing": ("false", False),  # the default
+    "compile_model": ("true", True),
+    "time_beta_alpha": ("1.5", 1.5),  # the default
+    "time_beta_beta": ("2.0", 2.0),
+    "pretrained_path": (None, None),  # always typed here: checked below
+    "tokenizer_path": ("/somewhere/tok.model", "/somewhere/tok.model"),
+    "use_peft": ("true", True),
+    "normalization_mode": ("mean_std", "mean_std"),
+    "use_dataset_stats": ("true", True),
+    "asset_id": ("some/asset", "some/asset"),
+    "push_to_hub": ("true", True),
+    "repo_id": ("me/model", "me/model"),
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("precedence") / "pi0_tiny"
+    save_policy(load_policy(PolicyConfig(**FOLDER_VALUES)), path)
+    return path
+
+
+def resolve(argv):
+    parsed = parse_train_command(argv)
+    return resolve_policy_config(parsed.config.policy, parsed.typed)
+
+
+def test_the_table_covers_every_field():
+    names = {f.name for f in dataclasses.fields(PolicyConfig)}
+    assert set(TYPED) == names, "a new PolicyConfig field needs a row here"
+    assert set(FOLDER_RULES) == names, "a new PolicyConfig field needs a rule in configs.policy.FOLDER_RULES"
+
+
+def test_untyped_fields_come_from_the_folder(folder):
+    resolved = resolve([f"--policy.pretrained_path={folder}"])
+    for name, value in FOLDER_VALUES.items():
+        if name != "variant":
+            assert getattr(resolved, name) == value, name
+    assert resolved.pretrained_path == str(folder)
+
+
+@pytest.mark.parametrize("name", [n for n in TYPED if n != "pretrained_path"])
+def test_a_typed_field_lands_or_fails_naming_flag_folder_and_values(folder, name):
+    text, expected = TYPED[name]
+    argv = [f"--policy.pretrained_path={folder}", f"--policy.{name}={text}"]
+    if expected == "error":
+        with pytest.raises(ConfigError) as info:
+            resolve(argv)
+        message = str(info.value)
+        assert f"--policy.{name}={text}" in message and str(folder) in message
+        if name != "variant":
+            assert f"{name}={FOLDER_VALUES.get(name, getattr(PolicyConfig(**FOLDER_VALUES), name))}" in message
+        return
+    resolved = resolve(argv)
+    assert getattr(resolved, name) == expected
+    # ... and only that field moved away from the folder's values.
+    for other, value in FOLDER_VALUES.items():
+        if other not in (name, "variant"):
+            assert getattr(resolved, other) == value, f"typing --policy.{name} changed {other}"
+
+
+def test_narrower_padding_is_refused(folder):
+    with pytest.raises(ConfigError, match=r"--policy.max_action_dim=4 but .* max_action_dim=8; only a wider"):
+        resolve([f"--policy.pretrained_path={folder}", "--policy.max_action_dim=4"])
+
+
+def test_config_file_sits_between_folder_and_typed_flags(folder, tmp_path):
+    config = tmp_path / "train_config.json"
+    config.write_text(json.dumps({"policy": {"chunk_size": 6, "n_action_steps": 2}, "steps": 9}))
+    resolved = resolve([f"--config_path={config}", f"--policy.pretrained_path={folder}"])
+    assert (resolved.chunk_size, resolved.n_action_steps, resolved.num_inference_steps) == (6, 2, 5)
+    resolved = resolve([f"--config_path={config}", f"--policy.pretrained_path={folder}", "--policy.chunk_size=7"])
+    assert (resolved.chunk_size, resolved.n_action_steps) == (7, 2)
+
+
+def test_a_checkpoint_config_json_is_a_config_file(folder, tmp_path):
+    # The folder's own config.json ({"format": "pirecon", "policy": ...}) read as --config_path.
+    parsed = parse_train_command([f"--config_path={folder / 'config.json'}"])
+    assert parsed.config.policy.chunk_size == 4 and "policy.chunk_size" in parsed.typed
+    run = {"format": "pirecon", "policy": {}, "train": {"steps": 12, "policy": {"type": "pi05"}}, "step": 3}
+    (tmp_path / "config.json").write_text(json.dumps(run))
+    parsed = parse_train_command([f"--config_path={tmp_path / 'config.json'}"])
+    assert (parsed.config.steps, parsed.config.policy.type) == (12, "pi05")
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "pirecon", "train": {"stepz": 1}}))
+    with pytest.raises(ConfigError, match=r"bad.json: unknown key 'stepz'; did you mean steps"):
+        parse_train_command([f"--config_path={tmp_path / 'bad.json'}"])
+
+
+def test_adapted_weights(folder):
+    notes: list[str] = []
+    parsed = parse_train_command([f"--policy.pretrained_path={folder}", "--policy.image_resolution=56",
+                                  "--policy.max_action_dim=12", "--policy.max_state_dim=10",
+                                  "--policy.dtype=float32"])
+    cfg = resolve_policy_config(parsed.config.policy, parsed.typed, notes)
+    assert any("interpolated from 28px to 56px (4 -> 16 tokens" in n for n in notes)
+    assert any("max_action_dim widened from 8 to 12" in n for n in notes)
+    assert any("max_state_dim widened from 8 to 10" in n for n in notes)
+    original = load_policy(folder)
+    policy = load_policy(folder, **overrides_for(cfg))
+    assert policy.config.image_resolution == 56 and policy.backbone.vision.pos_embed.weight.shape[0] == 16
+    assert policy.action_in_proj.weight.dtype == torch.float32
+    assert policy.backbone.vlm.layers[0].mlp.up_proj.weight.dtype == torch.float32  # --policy.dtype=float32 took
+    old_in = original.action_in_proj.weight.float()
+    assert torch.equal(policy.action_in_proj.weight[:, :8], old_in)
+    assert torch.equal(policy.action_in_proj.weight[:, 8:], torch.zeros(old_in.shape[0], 4))
+    assert torch.equal(policy.action_out_proj.weight[8:], torch.zeros(4, old_in.shape[0]))
+    assert torch.equal(policy.action_out_proj.bias[8:], torch.zeros(4))
+    assert torch.equal(policy.state_proj.weight[:, 8:], torch.zeros(old_in.shape[0], 2))
+    # A constant position table stays constant when resampled; the corners of a 2x2 grid keep their values.
+    from pirecon.model.adapt import interpolate_positions
+    constant = torch.full((4, 3), 0.5)
+    assert torch.allclose(interpolate_positions(constant, 4), torch.full((16, 3), 0.5))
+    ramp = torch.arange(4.0)[:, None]  # grid [[0, 1], [2, 3]]
+    big = interpolate_positions(ramp, 4).reshape(4, 4)
+    assert big[0, 0] < big[0, 3] < big[3, 3] and big[0, 0] < big[3, 0]
+
+
+def test_a_run_on_a_folder_trains_with_the_typed_values_and_says_so(sim_dataset, sim_tokenizer, tmp_path, capsys):
+    from pirecon.train.loop import train
+    from tests.train.helpers import tiny_train_flags
+
+    base = tmp_path / "base"
+    save_policy(load_policy(PolicyConfig(type="pi0", variant="tiny", chunk_size=4, n_action_steps=4,
+                                         image_resolution=28, max_state_dim=8, max_action_dim=8,
+                                         gradient_checkpointing=True)), base)
+    argv = tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "run", f"--policy.pretrained_path={base}",
+                            "--policy.chunk_size=6", "--policy.image_resolution=56",
+                            "--policy.gradient_checkpointing=false", "--peft.r=8", "--steps=1")
+    parsed = parse_train_command(argv)
+    result = train(parsed.config, typed=parsed.typed)
+    captured = capsys.readouterr()
+    saved = json.loads((result.checkpoint / "config.json").read_text())["policy"]
+    assert (saved["chunk_size"], saved["image_resolution"], saved["gradient_checkpointing"]) == (6, 56, False)
+    assert "interpolated from 28px to 56px" in captured.out and f"weights     {base} (pirecon layout)" in captured.out
+    assert "training    every weight (no LoRA)" in captured.out and '"policy": {' not in captured.out
+    assert captured.err.count("--peft.* given without --policy.use_peft=true") == 1
