@@ -178,3 +178,21 @@ def test_a_run_on_a_folder_trains_with_the_typed_values_and_says_so(sim_dataset,
     assert "interpolated from 28px to 56px" in captured.out and f"weights     {base} (pirecon layout)" in captured.out
     assert "training    every weight (no LoRA)" in captured.out and '"policy": {' not in captured.out
     assert captured.err.count("--peft.* given without --policy.use_peft=true") == 1
+
+
+def test_a_folder_reconstruction_head_follows_the_same_precedence(tmp_path):
+    from pirecon.configs.recon import ReconConfig, merge_recon_with_folder
+
+    held = ReconConfig(enable=True, depth=2, weight=0.5, views=("cam_a",))
+    # Untyped: the folder's head and settings, even though the flags' default says enable=false.
+    assert merge_recon_with_folder(ReconConfig(), held, set(), "F") == held
+    # Typed settings that do not shape the weights take effect.
+    merged = merge_recon_with_folder(ReconConfig(weight=2.0, noise_repeats=3), held,
+                                     {"recon.weight", "recon.noise_repeats"}, "F")
+    assert (merged.weight, merged.noise_repeats, merged.depth) == (2.0, 3, 2)
+    # --recon.enable=false drops the head; a shape-changing value is refused.
+    assert merge_recon_with_folder(ReconConfig(enable=False), held, {"recon.enable"}, "F") is None
+    with pytest.raises(ConfigError, match=r"--recon.depth=3 but the reconstruction head in F was built with depth=2"):
+        merge_recon_with_folder(ReconConfig(depth=3), held, {"recon.depth"}, "F")
+    # A folder without a head: the typed config as it is.
+    assert merge_recon_with_folder(ReconConfig(enable=True), None, {"recon.enable"}, "F") == ReconConfig(enable=True)

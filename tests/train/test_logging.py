@@ -26,11 +26,14 @@ def test_bad_wandb_mode_is_named(sim_dataset, sim_tokenizer, tmp_path):
                                                    "--wandb.enable=true", "--wandb.mode=sometimes")))
 
 
-def test_resolved_config_is_printed_and_saved(sim_dataset, sim_tokenizer, tmp_path, capsys):
+def test_a_summary_is_printed_and_the_resolved_config_saved(sim_dataset, sim_tokenizer, tmp_path, capsys):
     out = tmp_path / "run"
     train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=1")))
     printed = capsys.readouterr().out
-    assert "resolved config" in printed and '"chunk_size": 4' in printed
+    assert printed.startswith("pirecon train\n  policy      pi0 (siglip_tiny / gemma_tiny / gemma_tiny_expert), chunk 4, 28px")
+    assert "  weights     random initialisation" in printed and f"  dataset     {sim_dataset}: 4 episodes" in printed
+    assert "  batch       4 per process x 1 process(es) x 1 accumulation step(s) = 4 samples per step" in printed
+    assert len([line for line in printed.splitlines() if line.startswith("  ")]) < 30  # a block, not a dump
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["policy"]["tokenizer_path"] and saved["steps"] == 1
     # --config_path loads a saved config; flags override it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from pirecon.errors import ConfigError
@@ -93,3 +94,34 @@ class ReconConfig:
         while hidden % heads:
             heads -= 1
         return heads
+
+
+# Fields that decide the head's weights: a pretrained folder's head cannot take other values.
+HEAD_SHAPE_FIELDS = ("hidden_dim", "depth", "num_heads", "mlp_ratio", "views", "target", "vae_path", "pixel_patch",
+                     "text_condition")
+
+
+def merge_recon_with_folder(cfg: ReconConfig, folder_cfg: ReconConfig | None, typed: set[str] | frozenset[str],
+                            folder: str) -> ReconConfig | None:
+    """The reconstruction config of a run on `folder`'s weights (`typed`: "recon.x" names).
+
+    A folder without a head: `cfg` as it is. A folder with one: its config, with the typed fields
+    over it; `--recon.enable=false` drops the head (None); a typed field that shapes the head's
+    weights and differs is a ConfigError naming the flag, the folder and both values."""
+    if folder_cfg is None:
+        return cfg
+    mine = {name[len("recon."):] for name in typed if name.startswith("recon.")}
+    if "enable" in mine and not cfg.enable:
+        return None
+    changes = {}
+    for name in sorted(mine - {"enable"}):
+        wanted, held = getattr(cfg, name), getattr(folder_cfg, name)
+        if wanted == held:
+            continue
+        if name in HEAD_SHAPE_FIELDS:
+            shown = list(wanted) if isinstance(wanted, tuple) else wanted
+            raise ConfigError(f"--recon.{name}={shown} but the reconstruction head in {folder} was built with "
+                              f"{name}={list(held) if isinstance(held, tuple) else held}; pass --recon.enable=false "
+                              f"to drop that head, or drop the flag")
+        changes[name] = wanted
+    return dataclasses.replace(folder_cfg, enable=True, **changes)

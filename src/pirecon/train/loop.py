@@ -19,6 +19,7 @@ import torch
 
 from pirecon import hub
 from pirecon.configs.policy import PolicyConfig, merge_with_folder
+from pirecon.configs.recon import merge_recon_with_folder
 from pirecon.configs.parse import to_dict
 from pirecon.data.lerobot import dataset_root, open_dataset
 from pirecon.data.loader import make_dataloader
@@ -181,8 +182,18 @@ class Trainer:
         else:
             policy = weights.load_policy(policy_cfg.pretrained_path, **weights.overrides_for(policy_cfg)) \
                 if policy_cfg.pretrained_path else weights.load_policy(policy_cfg)
-            if cfg.recon.enable and policy.recon_head is None:
-                policy.add_recon_head(cfg.recon)
+            held = policy.recon_head  # a reconstruction head that came with the folder's weights
+            recon = merge_recon_with_folder(cfg.recon, policy.recon_config if held is not None else None, typed,
+                                            str(policy_cfg.pretrained_path))
+            policy.recon_head, policy.recon_config = None, None
+            if recon is not None and recon.enable:
+                if held is not None:  # the folder's trained head, with this run's settings
+                    held.cfg = recon
+                    policy.recon_head, policy.recon_config = held, recon
+                else:
+                    policy.add_recon_head(recon)
+            recon = recon or dataclasses.replace(cfg.recon, enable=False)
+            self.cfg = cfg = dataclasses.replace(cfg, recon=recon)
             if policy_cfg.use_peft:
                 if not self.base_path:  # a random base must be kept for the adapters to make sense
                     self.base_path = str((self.output_dir / "base").resolve())
