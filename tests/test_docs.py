@@ -169,6 +169,7 @@ HOOKS: dict[str, tuple[str, str, bool]] = {
     "smoke": ("pirecon.smoke", "parse_flags", True),
     "stats": ("pirecon.data.stats", "parse_flags", True),
     "doctor": ("pirecon.data.doctor", "parse_flags", True),
+    "tokenizer": ("pirecon.data.task_tokenizer", "parse_flags", True),
     "train": ("pirecon.train.command", "parse_command", True),  # before --resume reads the run folder
     "export": ("pirecon.train.export", "export", False),
     "push": ("pirecon.hub", "push", False),

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("pirecon.smoke", "build tiny Pi0 and Pi0.5 models, take one optimiser step, sample actions"),
     "stats": ("pirecon.data.stats", "compute normalisation statistics of a LeRobot dataset (openpi norm_stats.json)"),
     "doctor": ("pirecon.data.doctor", "check a LeRobot dataset folder and print a table of findings"),
+    "tokenizer": ("pirecon.data.task_tokenizer", "build a tiny model's tokenizer from a LeRobot dataset's task texts"),
     "train": ("pirecon.train.command", "fine-tune Pi0 / Pi0.5 on a LeRobot dataset (LoRA or full, one or many processes)"),
     "export": ("pirecon.train.export", "write a stand-alone checkpoint (LoRA merged, EMA weights if asked)"),
     "push": ("pirecon.hub", "upload a checkpoint to the Hugging Face Hub: pirecon push CKPT ORG/NAME [--private]"),

@@ -111,7 +111,7 @@ def run(argv: list[str]) -> int:
     cfg = parse_flags(argv, DemoConfig)
     import shutil
 
-    from pirecon.data.tokenizer import train_tiny_tokenizer
+    from pirecon.data.task_tokenizer import build_task_tokenizer
     from pirecon.eval.metrics import summarize
     from pirecon.eval.rollout import evaluate, run_baselines
     from pirecon.inference import PolicyRunner
@@ -133,7 +133,7 @@ def run(argv: list[str]) -> int:
     print(f"[1/4] recording {cfg.episodes} expert demonstrations ...", flush=True)
     data_dir = out / "data"
     record_dataset(data_dir, cfg.episodes, seed=cfg.seed, image_size=cfg.image_size, config=sim_config)
-    tokenizer = train_tiny_tokenizer(SimEnv(sim_config).all_tasks(), out / "tokenizer.model")
+    tokenizer = build_task_tokenizer(data_dir, out / "tokenizer.model").path  # as `pirecon tokenizer` builds it
 
     weights = [cfg.recon.weight]
     if cfg.recon.compare:

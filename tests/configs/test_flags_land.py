@@ -23,6 +23,7 @@ COMMAND_CONFIGS = {
     "push": ("pirecon.hub", "PushFlags"), "recon-viz": ("pirecon.recon_viz", "ReconVizConfig"),
     "serve": ("pirecon.serve.command", "ServeConfig"), "eval": ("pirecon.eval.command", "EvalConfig"),
     "eval-offline": ("pirecon.eval.offline", "OfflineConfig"),
+    "tokenizer": ("pirecon.data.task_tokenizer", "TokenizerConfig"),
     "sim record": ("pirecon.sim.cli", "RecordFlags"), "sim eval": ("pirecon.sim.cli", "EvalFlags"),
     "sim preview": ("pirecon.sim.cli", "PreviewFlags"),
 }

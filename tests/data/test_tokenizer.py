@@ -129,3 +129,93 @@ def test_sentencepiece_tokenizer_pickles(tmp_path):
     tok = load_tokenizer(train_tiny_tokenizer(TEXTS, tmp_path / "t.model", vocab_size=200))
     again = pickle.loads(pickle.dumps(tok))
     assert again.encode("open the drawer") == tok.encode("open the drawer")
+
+
+# ---------------------------------------------------------------------------------------------
+# A tokenizer from a dataset's task texts, and `pirecon tokenizer`
+
+DATASET_TASKS = ["pick_up the red block", "Open the top drawer.", "stack 3 cubes on the plate",
+                 "put the bowl on the plate"]
+
+
+def write_task_dataset(root, tasks=DATASET_TASKS, version="v3.0"):
+    """A dataset of one 3-frame episode per task (state and action only)."""
+    import numpy as np
+
+    from pirecon.data.writer import LeRobotWriter
+
+    features = {"observation.state": {"dtype": "float32", "shape": [4], "names": None},
+                "action": {"dtype": "float32", "shape": [3], "names": None}}
+    with LeRobotWriter(root, 10, features, version=version) as writer:
+        for task in tasks:
+            for _ in range(3):
+                writer.add_frame({"observation.state": np.zeros(4, np.float32),
+                                  "action": np.zeros(3, np.float32)}, task=task)
+            writer.save_episode()
+    return root
+
+
+def test_tokenizer_command_covers_every_task_within_the_tiny_vocab(tmp_path, capsys):
+    from pirecon.cli import main
+    from pirecon.configs.variants import gemma_spec
+    from pirecon.data.transforms import clean_text, format_prompt
+
+    root = write_task_dataset(tmp_path / "ds")
+    assert main(["tokenizer", f"--dataset.root={root}", f"--output={tmp_path / 'a' / 'tok.model'}"]) == 0
+    tok = load_tokenizer(tmp_path / "a" / "tok.model")
+    printed = capsys.readouterr().out
+    assert f"built from 4 task texts of {root} -> {tmp_path / 'a' / 'tok.model'} (vocab {tok.vocab_size})" in printed
+    assert tok.vocab_size <= gemma_spec("gemma_tiny").vocab_size
+    for task in DATASET_TASKS:  # as Pi0 and Pi0.5 prompts put them
+        for text in (clean_text(task), format_prompt(task, [0.3, -1.0, 0.99, 0.0], kind="pi05")):
+            ids = tok.encode(text)
+            assert 3 not in ids and max(ids) < tok.vocab_size, (text, ids)
+            assert tok.decode(ids) == text
+    assert len(tok.encode("pick up the red block", add_bos=False)) == 5  # the cleaned task's words are whole
+    # Deterministic: the same dataset gives the same bytes, whichever version and task order it has.
+    again = write_task_dataset(tmp_path / "ds2", DATASET_TASKS[::-1], version="v2.1")
+    assert main(["tokenizer", f"--dataset.root={again}", f"--output={tmp_path / 'b.model'}"]) == 0
+    assert (tmp_path / "b.model").read_bytes() == (tmp_path / "a" / "tok.model").read_bytes()
+
+
+def test_tokenizer_command_errors_and_help(tmp_path, capsys):
+    from pirecon.cli import main
+
+    root = write_task_dataset(tmp_path / "ds")
+    assert main(["tokenizer", f"--dataset.root={root}", f"--output={tmp_path / 't.model'}", "--vocab_size=50"]) == 2
+    assert "--vocab_size=50: too small for the 4 task texts" in capsys.readouterr().err
+    assert main(["tokenizer", f"--dataset.root={root}"]) == 2
+    assert "--output: expected the file" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.model"))
+    assert main(["tokenizer", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert all(flag in help_text for flag in ("--dataset.root", "--output", "--vocab_size"))
+    assert main(["--help"]) == 0 and "tokenizer" in capsys.readouterr().out
+
+
+def test_task_tokenizer_of_the_real_v2_dataset(gr00t_fixture, tmp_path):
+    from pirecon.data.lerobot import Layout
+    from pirecon.data.task_tokenizer import build_task_tokenizer
+
+    built = build_task_tokenizer(gr00t_fixture, tmp_path / "tok.model")
+    tasks = Layout(gr00t_fixture).tasks.values()
+    assert len(built.texts) == len(set(tasks))
+    tok = load_tokenizer(built.path)
+    for task in tasks:
+        ids = tok.encode(task)
+        assert 3 not in ids and tok.decode(ids) == task
+
+
+def test_a_full_size_model_is_not_given_a_built_tokenizer(tmp_path):
+    from pirecon.configs.variants import gemma_spec
+    from pirecon.data.task_tokenizer import tokenizer_for_model
+
+    root = write_task_dataset(tmp_path / "ds")
+    with pytest.raises(ConfigError, match=r"--policy.tokenizer_path: not given.*paligemma_tokenizer.model") as info:
+        tokenizer_for_model(root, tmp_path / "run", gemma_spec("gemma_2b").vocab_size)
+    assert "shared" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+    built = tokenizer_for_model(root, tmp_path / "run", gemma_spec("gemma_tiny").vocab_size)
+    assert built.path == tmp_path / "run" / "tokenizer.model" and built.path.is_file()
+    with pytest.raises(ConfigError, match=r"needs \d+ tokens, more than the model's vocabulary of 100"):
+        tokenizer_for_model(root, tmp_path / "run2", 100)

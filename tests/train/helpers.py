@@ -4,11 +4,13 @@ import json
 from pathlib import Path
 
 
-def tiny_train_flags(dataset: Path, tokenizer: Path, output_dir: Path, *extra: str, kind: str = "pi0") -> list[str]:
+def tiny_train_flags(dataset: Path, tokenizer: Path | None, output_dir: Path, *extra: str, kind: str = "pi0") -> list[str]:
+    """tokenizer None: no --policy.tokenizer_path (training builds one from the dataset's tasks)."""
     return [
         f"--policy.type={kind}", "--policy.variant=tiny", "--policy.image_resolution=28",
         "--policy.chunk_size=4", "--policy.n_action_steps=2", "--policy.max_state_dim=8", "--policy.max_action_dim=8",
-        "--policy.camera_names=[base_0_rgb,left_wrist_0_rgb]", f"--policy.tokenizer_path={tokenizer}",
+        "--policy.camera_names=[base_0_rgb,left_wrist_0_rgb]",
+        *([f"--policy.tokenizer_path={tokenizer}"] if tokenizer is not None else []),
         f"--dataset.root={dataset}", f"--output_dir={output_dir}", "--batch_size=4", "--num_workers=0",
         "--log_freq=1", "--optimizer.lr=1e-3", "--scheduler.warmup_steps=2", "--scheduler.decay_steps=20",
         "--progress_bar=false", *extra,

@@ -9,7 +9,8 @@
   `tokenizer_config.json` / `special_tokens_map.json` (default `<pad>`, `<eos>`, `<bos>`).
 
 `train_tiny_tokenizer` builds a small deterministic SentencePiece model (Gemma's special ids) for
-the tiny demo models, whose vocabulary is far smaller than Gemma's.
+the tiny models, whose vocabulary is far smaller than Gemma's; `pirecon.data.task_tokenizer`
+builds one from a dataset's task texts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import abc
 import io
 import json
+import os
 import string
 import warnings
 from pathlib import Path
@@ -29,6 +31,11 @@ from pirecon.errors import ConfigError
 TOKENIZER_FLAG = "--policy.tokenizer_path"
 # Gemma's special ids; the tiny tokenizer uses the same so that the two are interchangeable.
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+# Gemma's tokenizer (PaliGemma's adds 1152 location and segmentation tokens): a model with a smaller
+# vocabulary takes no released tokenizer, only a tiny one.
+GEMMA_VOCAB_SIZE = 256_000
+# The tiny tokenizer's default vocabulary bound (more when the texts need more).
+TINY_VOCAB_SIZE = 256
 # Punctuation the tiny tokenizer always covers (prompts and the Pi0.5 template use these).
 _PUNCTUATION = ".,:;!?'\"-_()/&+"
 
@@ -206,8 +213,9 @@ def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
     if tokenizer.vocab_size > model_vocab_size:
         raise ConfigError(
             f"{TOKENIZER_FLAG}={tokenizer.path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
-            f"vocabulary (--policy.paligemma_variant) has only {model_vocab_size}; use a tokenizer trained for "
-            f"this model (e.g. train_tiny_tokenizer for the tiny variants) or a larger variant")
+            f"vocabulary (--policy.paligemma_variant) has only {model_vocab_size}; use a tokenizer made for "
+            f"this model (`pirecon tokenizer` builds one from a dataset's tasks; `pirecon train` builds it "
+            f"itself when {TOKENIZER_FLAG} is not given) or a larger variant")
 
 
 def pad_tokens(ids: Sequence[int], max_len: int, pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +237,22 @@ def pad_tokens(ids: Sequence[int], max_len: int, pad_id: int = PAD_ID) -> tuple[
     return tokens, mask
 
 
-def train_tiny_tokenizer(texts: Iterable[str], output_path: str | Path, vocab_size: int = 256,
+def _tiny_corpus(texts: Iterable[str], whole_words: bool) -> tuple[list[str], list[str], int]:
+    """The tiny tokenizer's training sentences, its whole-word pieces, and the vocabulary they need."""
+    corpus = [t for t in texts if t]
+    words = sorted({w for t in corpus for w in t.split() if w.isalpha()}) if whole_words else []
+    # Guarantees letters, digits and common punctuation a piece (character_coverage=1.0 keeps them).
+    corpus.append(" ".join(string.ascii_letters + string.digits + _PUNCTUATION))
+    needed = 4 + 1 + len(set("".join(corpus)) - {"\n"}) + 2 * len(words)  # specials, "\n", characters, words
+    return corpus, words, needed
+
+
+def tiny_vocab_needed(texts: Iterable[str], whole_words: bool = True) -> int:
+    """The smallest vocab_size `train_tiny_tokenizer` accepts for `texts`."""
+    return _tiny_corpus(texts, whole_words)[2]
+
+
+def train_tiny_tokenizer(texts: Iterable[str], output_path: str | Path, vocab_size: int | None = None,
                          whole_words: bool = True) -> Path:
     """Train a small SentencePiece (unigram) model on `texts` and write it to `output_path`.
 
@@ -241,18 +264,18 @@ def train_tiny_tokenizer(texts: Iterable[str], output_path: str | Path, vocab_si
     Gemma's vocabulary); without it a corpus of a few prompts splits words into letters and
     fragments shared between words ("red" -> "re" "d", "green" -> "g" "re" "e" "n"), which a tiny
     model must first learn to put together before it can tell the words apart.
-    `vocab_size` is an upper bound: a small corpus yields fewer pieces.
+    `vocab_size` is an upper bound: a small corpus yields fewer pieces (None: TINY_VOCAB_SIZE, or
+    `tiny_vocab_needed(texts)` when that is more). The file is replaced in one step, so processes
+    writing the same tokenizer at once never read a partial file.
     """
     import sentencepiece
 
-    corpus = [t for t in texts if t]
-    words = sorted({w for t in corpus for w in t.split() if w.isalpha()}) if whole_words else []
-    # Guarantees letters, digits and common punctuation a piece (character_coverage=1.0 keeps them).
-    corpus.append(" ".join(string.ascii_letters + string.digits + _PUNCTUATION))
-    required = 4 + 1 + len(set("".join(corpus)) - {"\n"}) + 2 * len(words)  # specials, "\n", characters, words
-    if vocab_size < required:
+    corpus, words, needed = _tiny_corpus(texts, whole_words)
+    if vocab_size is None:
+        vocab_size = max(TINY_VOCAB_SIZE, needed)
+    if vocab_size < needed:
         raise ConfigError(
-            f"train_tiny_tokenizer: vocab_size={vocab_size} is too small; these texts need at least {required}")
+            f"train_tiny_tokenizer: vocab_size={vocab_size} is too small; these texts need at least {needed}")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
@@ -264,5 +287,7 @@ def train_tiny_tokenizer(texts: Iterable[str], output_path: str | Path, vocab_si
         add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
         user_defined_symbols=["\n", *(f"\u2581{w}" for w in words), *words],  # \u2581: SentencePiece's space
         num_threads=1, shuffle_input_sentence=False, minloglevel=2)
-    output_path.write_bytes(model.getvalue())
+    partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.tmp")
+    partial.write_bytes(model.getvalue())
+    os.replace(partial, output_path)
     return output_path

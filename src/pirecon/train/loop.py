@@ -24,6 +24,7 @@ from pirecon.configs.parse import to_dict
 from pirecon.data.lerobot import dataset_root, open_dataset
 from pirecon.data.loader import make_dataloader
 from pirecon.data.normalize import save_norm_stats_json
+from pirecon.data.task_tokenizer import tokenizer_for_model
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
 from pirecon.errors import ConfigError, TrainingError
@@ -112,16 +113,20 @@ def resumed_policy_config(stored: PolicyConfig, wanted: PolicyConfig, typed: fro
     return dataclasses.replace(stored, **changes)
 
 
-def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset) -> Preprocessor:
-    """Tokenizer, normaliser (the pretrained folder's statistics unless --policy.use_dataset_stats) and
+def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset, verbose: bool = True) -> Preprocessor:
+    """Tokenizer (none given: the folder's, else for a tiny model one built from the dataset's task texts
+    into the output folder, see `data.task_tokenizer`; the preprocessor's `config.tokenizer_path` names
+    the one used), normaliser (the pretrained folder's statistics unless --policy.use_dataset_stats) and
     camera map (--dataset.camera_map, else the pretrained folder's when it fits the data)."""
     info = foreign.read_folder_info(policy_cfg.pretrained_path, with_stats=False) \
         if policy_cfg.pretrained_path else None
     if not policy_cfg.tokenizer_path:
-        if info is not None:
+        if info is not None and info.tokenizer_name:
             foreign.resolve_tokenizer(info)  # raises, naming what the folder refers to
-        raise ConfigError("--policy.tokenizer_path: expected a SentencePiece .model file or a tokenizer folder "
-                          "(e.g. ../shared/assets/gemma_tokenizer.model); pirecon never downloads one")
+        built = tokenizer_for_model(dataset_root(cfg.dataset), cfg.output_dir, policy_cfg.vlm.vocab_size)
+        if verbose:
+            print(built.summary(), flush=True)
+        policy_cfg = dataclasses.replace(policy_cfg, tokenizer_path=str(built.path))
     tokenizer = load_tokenizer(policy_cfg.tokenizer_path)
     normalizer = foreign.training_normalizer(policy_cfg, dataset)
     camera_map = cfg.dataset.camera_map or (foreign.folder_camera_map(info, dataset.camera_keys) if info else None)
@@ -165,7 +170,8 @@ class Trainer:
         # Data: each rank reads its own share of every epoch.
         self.dataset = open_dataset(dataset_root(cfg.dataset), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
                                     split="train", val_episodes=cfg.dataset.val_episodes)
-        self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset)
+        self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset, verbose=self.is_main)
+        self.cfg = cfg = dataclasses.replace(cfg, policy=self.preprocessor.config)  # with the tokenizer it uses
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
                                       cache_in_memory=cfg.dataset.cache_in_memory)
