@@ -25,7 +25,7 @@ from pirecon.data.normalize import save_norm_stats_json
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
 from pirecon.errors import ConfigError, TrainingError
-from pirecon.model import foreign, weights
+from pirecon.model import foreign, placement, weights
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train import checkpoint as ckpt
 from pirecon.train import lora
@@ -160,7 +160,7 @@ class Trainer:
             else:
                 model = policy
         lora.base_policy(model).backbone.set_gradient_checkpointing(policy_cfg.gradient_checkpointing)
-        lora.apply_training_precision(model, policy_cfg.torch_dtype)
+        self.placement = placement.place(model, acc.device, policy_cfg.torch_dtype, train=True)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ConfigError("nothing to train: every weight is frozen (check --policy.train_expert_only, "
