@@ -8,6 +8,7 @@ from torch import nn
 
 from pirecon import PolicyConfig
 from pirecon.batch import synthetic_batch
+from pirecon.cli import main
 from pirecon.configs.train import PeftConfig
 from pirecon.errors import ConfigError
 from pirecon.model import cpu_bf16
@@ -189,6 +190,23 @@ def test_device_flags_resolve_against_the_machine(monkeypatch):
     message = "--policy.device=cuda:2: found 2 CUDA devices; available: auto, cpu, cuda, cuda:0, cuda:1"
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         resolve_device("cuda:2")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("command, args", [
+    ("train", ["--output_dir={tmp}/out", "--policy.variant=tiny"]),
+    ("eval", ["--policy.path={tmp}", "--output_dir={tmp}/out"]),
+    ("eval-offline", ["--policy.path={tmp}"]),
+    ("serve", ["--policy.path={tmp}"]),
+    ("recon-viz", ["--policy.path={tmp}", "--dataset.root={tmp}"]),
+])
+def test_a_missing_gpu_is_one_clear_error(command, args, tmp_path, capsys):
+    code = main([command, *(a.format(tmp=tmp_path) for a in args), "--policy.device=cuda"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.fullmatch(rf"pirecon {command}: error: --policy.device=cuda: found no CUDA device \(.+\); "
+                        r"available: auto, cpu\n", err), err
+    assert not (tmp_path / "out").exists()
 
 
 def test_training_autocast_follows_the_decision(sim_dataset, sim_tokenizer, tmp_path):

@@ -118,11 +118,17 @@ class Trainer:
         self.adapted: list[str] = []
         policy_cfg = resolve_policy_config(cfg.policy, None if typed is None else typed, self.adapted)
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
-        mixed = "bf16" if policy_cfg.dtype == "bfloat16" else "no"
+        device = placement.resolve_device(policy_cfg.device)
+        autocast = placement.decide_placement(device, policy_cfg.torch_dtype).autocast_dtype
+        if device.index is not None:
+            torch.cuda.set_device(device)  # accelerate's one-process "cuda" is the current device
         self.accelerator = Accelerator(
-            mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+            mixed_precision="bf16" if autocast == torch.bfloat16 else "no", cpu=device.type == "cpu",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         acc = self.accelerator
+        if device.index is not None and acc.num_processes > 1:
+            raise ConfigError(f"--policy.device={policy_cfg.device}: one device for {acc.num_processes} processes; "
+                              f"under accelerate each process takes its own: use --policy.device=auto (or cuda)")
         self.is_main = acc.is_main_process
         resume_from = ckpt.last_checkpoint(self.output_dir) if cfg.resume else None
         if cfg.resume and resume_from is None:
