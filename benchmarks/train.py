@@ -23,9 +23,10 @@ import json, resource, sys, time
 import torch
 from pirecon import PolicyConfig, load_policy
 from pirecon.batch import synthetic_batch
-from pirecon.train.config import PeftConfig
+from pirecon.configs.train import PeftConfig
 from pirecon.model.recon import ReconConfig
-from pirecon.train.lora import add_lora, apply_training_precision
+from pirecon.model.placement import place
+from pirecon.train.lora import add_lora
 
 kind, source, steps, views, recon = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 dtype = sys.argv[6]
@@ -40,8 +41,7 @@ load_s = time.perf_counter() - t0
 if recon:
     policy.add_recon_head(ReconConfig(enable=True))
 model = add_lora(policy, PeftConfig(r=16))
-if dtype == "bfloat16":
-    apply_training_precision(model, torch.bfloat16)
+place(model, "cpu", policy.config.torch_dtype, train=True)
 policy.backbone.set_gradient_checkpointing(True)
 model.train()
 trainable = [p for p in model.parameters() if p.requires_grad]

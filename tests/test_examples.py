@@ -238,7 +238,7 @@ def test_eval_libero_defaults_are_the_standard_protocol(recorder):
     assert (cfg.env.type, cfg.env.task, cfg.eval.n_episodes, cfg.policy.n_action_steps) == ("libero", "libero_spatial",
                                                                                           500, 5)
     assert cfg.env.options == {"image_key": "observation.images.image", "wrist_image_key": "observation.images.image2"}
-    assert (cfg.policy.path, cfg.policy.device) == ("outputs/pi05_libero_lora/checkpoints/last", None)
+    assert (cfg.policy.path, cfg.policy.device) == ("outputs/pi05_libero_lora/checkpoints/last", "auto")
     assert cfg.output_dir == "outputs/eval/libero_spatial"
     (call,) = recorded("eval_libero.sh", recorder, SUITE="libero_10/3", MAX_STEPS="30", DEVICE="cpu")
     (cfg,), _ = parse_only(call["argv"])

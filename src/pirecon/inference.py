@@ -19,6 +19,7 @@ from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
 from pirecon.model import foreign
 from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.placement import place, resolve_device
 
 
 class PolicyRunner:
@@ -32,13 +33,16 @@ class PolicyRunner:
         self.device = next(policy.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, use_ema: bool = False, device: str = "cpu",
+    def from_checkpoint(cls, path: str | Path, use_ema: bool = False, device: str | torch.device = "cpu",
                         n_action_steps: int | None = None, num_steps: int | None = None, seed: int = 0,
                         tokenizer_path: str | None = None) -> "PolicyRunner":
+        """`device`: auto | cpu | cuda | cuda:N, as --policy.device (a ConfigError when absent)."""
         from pirecon.train.checkpoint import load_checkpoint_model
 
         folder = Path(path)
-        policy = load_checkpoint_model(folder, use_ema=use_ema, merge_lora=True).to(device)
+        device = resolve_device(device)
+        policy = load_checkpoint_model(folder, use_ema=use_ema, merge_lora=True)
+        place(policy, device, policy.config.torch_dtype)
         return cls(policy, preprocessor_from_checkpoint(folder, policy.config, tokenizer_path),
                    n_action_steps=n_action_steps, num_steps=num_steps, seed=seed)
 

@@ -10,8 +10,10 @@ from pirecon.batch import synthetic_batch
 from pirecon.model import cpu_bf16
 from pirecon.model.cpu_bf16 import _linear_forward, route_frozen_bf16_linears, scaled_dot_product_attention
 from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.placement import place
+from pirecon.model.weights import load_policy
 from pirecon.configs.train import PeftConfig
-from pirecon.train.lora import add_lora, apply_training_precision
+from pirecon.train.lora import add_lora
 
 
 @pytest.fixture(params=["emulated", "native"])
@@ -19,6 +21,10 @@ def cpu_kind(request, monkeypatch):
     """Run a test as on a CPU without bfloat16 arithmetic and as on one with it (AVX512-BF16 / AMX)."""
     monkeypatch.setattr(cpu_bf16, "cpu_has_bf16_arithmetic", lambda: request.param == "native")
     return request.param
+
+
+def _routed(layer: nn.Linear) -> bool:
+    return getattr(layer.forward, "__func__", None) is _linear_forward
 
 
 def _input_grad(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,8 +48,8 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_frozen_bf16_layers_give_the_reference_output_and_input_gradient(cpu_kind):
     routed = _mlp()
     reference = copy.deepcopy(routed).float()  # the same (bfloat16-valued) weights, float32 throughout
-    assert route_frozen_bf16_linears(routed) == 2
-    assert route_frozen_bf16_linears(routed) == 2  # idempotent
+    assert place(routed, "cpu", torch.bfloat16).float32_products == (cpu_kind == "emulated")
+    assert [_routed(m) for m in routed if isinstance(m, nn.Linear)] == [cpu_kind == "emulated"] * 2
     x = torch.randn(5, 7, 96)
     y, g = _input_grad(routed, x)
     x_ref = x.bfloat16().float().requires_grad_(True)  # autocast rounds the input to bfloat16
@@ -57,7 +63,8 @@ def test_frozen_bf16_layers_give_the_reference_output_and_input_gradient(cpu_kin
 def test_on_an_emulating_cpu_the_products_run_in_float32(monkeypatch):
     monkeypatch.setattr(cpu_bf16, "cpu_has_bf16_arithmetic", lambda: False)
     layer = _mlp()[0]
-    route_frozen_bf16_linears(layer)
+    place(layer, "cpu", torch.bfloat16)
+    assert route_frozen_bf16_linears(layer) == 1 and _routed(layer)  # idempotent
     x = torch.randn(4, 96, requires_grad=True)
     grad = torch.randn(4, 160)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -87,10 +94,10 @@ def test_attention_over_bf16_inputs_runs_in_float32_on_an_emulating_cpu(monkeypa
                        F.scaled_dot_product_attention(q32, k.float(), v.float()))  # float32: untouched
 
 
-def test_trainable_or_float32_layers_keep_their_own_backward(cpu_kind):
+def test_trainable_or_float32_layers_keep_their_own_backward():
     layer = nn.Linear(8, 4)
     route_frozen_bf16_linears(layer)
-    assert layer.forward.__func__ is _linear_forward
+    assert _routed(layer)
     x = torch.randn(3, 8, requires_grad=True)
     layer(x).sum().backward()  # float32, trainable: ordinary autograd, weight gradient present
     assert layer.weight.grad is not None and x.grad is not None
@@ -100,11 +107,12 @@ def test_trainable_or_float32_layers_keep_their_own_backward(cpu_kind):
     assert layer.weight.grad is not None
 
 
-def test_training_precision_routes_the_lora_base_layers_and_lora_still_learns(cpu_kind):
+def test_training_placement_routes_the_lora_base_layers_and_lora_still_learns(cpu_kind):
     model = add_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig())
-    apply_training_precision(model, torch.bfloat16)
+    place(model, "cpu", torch.bfloat16, train=True)
     base_layer = model.get_base_model().backbone.vlm.layers[0].q_proj.base_layer
-    assert base_layer.forward.__func__ is _linear_forward
+    assert base_layer.weight.dtype == torch.bfloat16
+    assert _routed(base_layer) == (cpu_kind == "emulated")
     reference = add_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig())
     reference.load_state_dict(model.state_dict())
     with torch.no_grad():  # same dtypes as `model`, but float32 products and ordinary autograd everywhere
@@ -124,10 +132,11 @@ def test_training_precision_routes_the_lora_base_layers_and_lora_still_learns(cp
         assert torch.allclose(grads[0][name], grads[1][name], rtol=5e-2, atol=1e-3), name
 
 
-def test_a_bf16_policy_is_routed_when_built(cpu_kind):
-    policy = Pi0Policy(PolicyConfig(variant="tiny", dtype="bfloat16"))
-    assert policy.backbone.vlm.layers[0].q_proj.forward.__func__ is _linear_forward
-    assert Pi0Policy(PolicyConfig(variant="tiny")).backbone.vlm.layers[0].q_proj.forward.__func__ is nn.Linear.forward
+def test_a_bf16_policy_is_routed_when_loaded_on_an_emulating_cpu(cpu_kind):
+    policy = load_policy(PolicyConfig(variant="tiny", dtype="bfloat16"))
+    assert _routed(policy.backbone.vlm.layers[0].q_proj) == (cpu_kind == "emulated")
+    assert not _routed(load_policy(PolicyConfig(variant="tiny")).backbone.vlm.layers[0].q_proj)
+    assert not _routed(Pi0Policy(PolicyConfig(variant="tiny", dtype="bfloat16")).backbone.vlm.layers[0].q_proj)
     with torch.no_grad():
         actions = policy.sample_actions(synthetic_batch(policy.config, 1), num_steps=2)
     assert torch.isfinite(actions).all()

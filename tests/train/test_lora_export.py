@@ -5,11 +5,12 @@ import pirecon
 from pirecon import PolicyConfig
 from pirecon.batch import synthetic_batch
 from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.placement import place
 from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
 from pirecon.train.command import parse_train_flags
 from pirecon.configs.train import PeftConfig
 from pirecon.train.export import export
-from pirecon.train.lora import add_lora, apply_training_precision
+from pirecon.train.lora import add_lora
 from pirecon.train.loop import train
 from tests.train.helpers import tiny_train_flags
 
@@ -45,7 +46,7 @@ def test_lora_respects_freeze_flags_and_custom_targets():
 
 def test_bf16_frozen_base_keeps_fp32_trainable_copies():
     model = add_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig())
-    apply_training_precision(model, torch.bfloat16)
+    place(model, "cpu", torch.bfloat16, train=True)
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert p.dtype == torch.float32, name

@@ -86,9 +86,7 @@ class PolicyConfig:
             raise ConfigError(f"--policy.n_action_steps={self.n_action_steps}: expected <= chunk_size ({self.chunk_size})")
         if not self.camera_names:
             raise ConfigError("--policy.camera_names: expected at least one camera name")
-        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
-                                                            and self.device[5:].isdigit())):
-            raise ConfigError(f"--policy.device={self.device!r}: expected auto, cpu, cuda or cuda:N")
+        check_device_flag(self.device)
         if self.normalization_mode not in (None, "mean_std", "quantile"):
             raise ConfigError(f"--policy.normalization_mode={self.normalization_mode!r}: expected mean_std or quantile")
 
@@ -119,6 +117,14 @@ class PolicyConfig:
     def torch_dtype(self):
         import torch
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
+
+
+def check_device_flag(value: str, flag: str = "--policy.device") -> None:
+    """The spelling of a device flag: auto, cpu, cuda or cuda:N (whether this machine has it:
+    `pirecon.model.placement.resolve_device`)."""
+    if not (value in ("auto", "cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:")
+                                                 and value[5:].isdigit())):
+        raise ConfigError(f"{flag}={value!r}: expected auto, cpu, cuda or cuda:N")
 
 
 # ---------------------------------------------------------------------------------------------

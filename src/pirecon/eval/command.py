@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.policy import PolicyConfig, check_device_flag
 from pirecon.configs.parse import format_help, from_dict, join_flag_values, parse_flags, to_dict
 from pirecon.errors import CheckpointError, ConfigError
 from pirecon.eval.envs import ENV_TYPES, make_env
@@ -42,7 +42,7 @@ class EvalPolicyFlags:
     path: str | None = None  # a checkpoint folder (or a training output folder: its checkpoints/last)
     n_action_steps: int | None = None  # None: the checkpoint's policy.n_action_steps
     num_inference_steps: int | None = None  # flow-matching integration steps; None: the checkpoint's num_inference_steps
-    device: str | None = None  # None: cuda if available, else cpu
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
     tokenizer_path: str | None = None  # None: the copy inside the checkpoint
 
 
@@ -111,6 +111,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
         value = getattr(cfg.policy, name)
         if value is not None and value <= 0:
             raise ConfigError(f"--policy.{name}={value}: expected a positive integer")
+    check_device_flag(cfg.policy.device)
     if cfg.eval.baselines and cfg.env.type != "sim":
         raise ConfigError(f"--eval.baselines=true: the scripted expert exists only in the built-in simulator, "
                           f"not in --env.type={cfg.env.type}")
@@ -282,14 +283,15 @@ def _episode_line(result, total: int) -> str:
 
 def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     """Run the evaluation `cfg` describes, write its files and return the summary."""
-    import torch
     from tqdm import tqdm
 
     from pirecon.eval.metrics import format_summary, summarize
     from pirecon.eval.rollout import evaluate, run_baselines
     from pirecon.inference import PolicyRunner
+    from pirecon.model.placement import resolve_device
     from pirecon.train.checkpoint import EMA_FILE
 
+    device = resolve_device(cfg.policy.device)
     folder = resolve_checkpoint(cfg.policy.path)
     policy_cfg = checkpoint_policy_config(folder)
     n_action_steps = cfg.policy.n_action_steps or policy_cfg.n_action_steps
@@ -299,7 +301,6 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     if cfg.use_ema and not (folder / EMA_FILE).is_file():
         raise CheckpointError(f"--use_ema=true but {folder} holds no {EMA_FILE}; train with --ema_decay=... to "
                               f"keep EMA weights, or evaluate the raw weights with --use_ema=false")
-    device = cfg.policy.device or ("cuda" if torch.cuda.is_available() else "cpu")
     env, options, note = build_env(cfg.env, folder)
     out = prepare_output(cfg)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.n_episodes))
@@ -329,7 +330,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
         "checkpoint": str(folder),
         "use_ema": cfg.use_ema,
         "policy": {"type": policy_cfg.type, "chunk_size": policy_cfg.chunk_size, "n_action_steps": n_action_steps,
-                   "num_inference_steps": cfg.policy.num_inference_steps or policy_cfg.num_inference_steps, "device": device},
+                   "num_inference_steps": cfg.policy.num_inference_steps or policy_cfg.num_inference_steps,
+                   "device": str(device)},
         "env": env_info,
         "seeds": [seeds[0], seeds[-1]],
         "total_wall_time_s": time.perf_counter() - started,

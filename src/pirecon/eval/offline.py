@@ -13,6 +13,7 @@ dimension and per chunk step, and writes them as JSON with `--output=FILE`.
   --seed                sampling noise: frame `index` always gets the same noise (from seed and index),
                         so numbers do not depend on --batch_size, --max_samples or the episode selection
   --policy.num_inference_steps    flow-matching integration steps (default: the checkpoint's)
+  --policy.device       auto | cpu | cuda | cuda:N (auto, the default: cuda when available, else cpu)
 
 Every flag with its default:
 """
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from pirecon.configs.parse import format_help, parse_flags
+from pirecon.configs.policy import check_device_flag
 from pirecon.errors import ConfigError
 
 SPLITS = ("all", "train", "val")
@@ -37,7 +39,7 @@ SPLITS = ("all", "train", "val")
 class OfflinePolicyFlags:
     path: str | None = None  # a checkpoint folder (or a training output folder: its checkpoints/last)
     num_inference_steps: int | None = None  # None: the checkpoint's num_inference_steps
-    device: str | None = None  # None: cuda if available, else cpu
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
     tokenizer_path: str | None = None  # None: the copy inside the checkpoint
 
 
@@ -220,6 +222,7 @@ def check_offline_config(cfg: OfflineConfig) -> None:
         raise ConfigError(f"--num_workers={cfg.num_workers}: expected >= 0")
     if cfg.policy.num_inference_steps is not None and cfg.policy.num_inference_steps <= 0:
         raise ConfigError(f"--policy.num_inference_steps={cfg.policy.num_inference_steps}: expected a positive integer")
+    check_device_flag(cfg.policy.device)
     if cfg.dataset.split not in SPLITS:
         raise ConfigError(f"--dataset.split={cfg.dataset.split!r}: expected one of {list(SPLITS)}")
     if cfg.dataset.val_episodes is not None and cfg.dataset.val_episodes < 0:
@@ -254,15 +257,16 @@ def open_eval_dataset(cfg: OfflineDatasetFlags, folder: Path, horizon: int):
 def run_offline(cfg: OfflineConfig) -> dict:
     from pirecon.eval.command import resolve_checkpoint
     from pirecon.inference import PolicyRunner
+    from pirecon.model.placement import resolve_device
     from pirecon.train.checkpoint import EMA_FILE
     from pirecon.errors import CheckpointError
 
     check_offline_config(cfg)
+    device = resolve_device(cfg.policy.device)
     folder = resolve_checkpoint(cfg.policy.path)
     if cfg.use_ema and not (folder / EMA_FILE).is_file():
         raise CheckpointError(f"--use_ema=true but {folder} holds no {EMA_FILE}; train with --ema_decay=... to "
                               f"keep EMA weights, or evaluate the raw weights with --use_ema=false")
-    device = cfg.policy.device or ("cuda" if torch.cuda.is_available() else "cpu")
     runner = PolicyRunner.from_checkpoint(folder, use_ema=cfg.use_ema, device=device,
                                           tokenizer_path=cfg.policy.tokenizer_path)
     policy, pre = runner.policy, runner.preprocessor

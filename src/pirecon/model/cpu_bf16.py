@@ -14,19 +14,19 @@ LoRA step fits in 10 GiB only with a bfloat16 base). So on such CPUs the frozen 
 layers keep their weights in bfloat16 but multiply in float32 (a transient float32 copy of one
 weight at a time), and attention over bfloat16 inputs runs in float32; results are returned in
 bfloat16, as the layers would have produced. Where the CPU computes in bfloat16 (AVX512-BF16, AMX)
-the frozen layers use oneDNN's bfloat16 kernels, with the grad-input product written as
-`F.linear(g, W.T.contiguous())` so it avoids the slow `g @ W` kernel. GPUs, float32 models and
-trainable weights take PyTorch's ordinary path.
+PyTorch's own kernels are fast, the grad-input `g @ W` included (measured with oneDNN limited to
+AVX512-BF16, and with AMX: as fast as the forward product), and nothing is rerouted; nor on GPUs.
 
 `route_frozen_bf16_linears(model)` installs the linear-layer routing (idempotent; weights, state
-dicts and PEFT wrapping are unchanged); `scaled_dot_product_attention` is the attention call the
-model modules use.
+dicts and PEFT wrapping are unchanged) and `unroute_linears(model)` removes it; placement
+(`pirecon.model.placement.place`) decides which, once per model. `scaled_dot_product_attention`
+is the attention call the model modules use.
 
 The float32 products allocate and free large transient buffers layer after layer. glibc's malloc
 raises its mmap threshold each time such a buffer is freed, so later buffers of a few MB come from
 the heap, which fragments and never shrinks: a full-size 3-view Pi0.5 LoRA step peaked at
 11.1 GiB RSS instead of 7.2. `keep_large_buffers_off_the_heap()` fixes the threshold at 1 MiB (as the
-environment variable MALLOC_MMAP_THRESHOLD_ would); training calls it for bfloat16 on such CPUs.
+environment variable MALLOC_MMAP_THRESHOLD_ would); placement calls it wherever it routes the layers.
 """
 
 from __future__ import annotations
@@ -99,43 +99,37 @@ class _Float32FrozenLinear(torch.autograd.Function):
         return grad_input.to(ctx.input_dtype), None, None
 
 
-class _NativeBf16FrozenLinear(torch.autograd.Function):
-    """y = x @ W.T + b in bfloat16 with W (and b) frozen; the grad-input product goes through the
-    same fast kernel as the forward. Backward returns the input's gradient only."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.input_dtype = x.dtype
-        return F.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (weight,) = ctx.saved_tensors
-        grad_input = F.linear(grad.to(weight.dtype), weight.t().contiguous())
-        return grad_input.to(ctx.input_dtype), None, None
-
-
 def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w, b = self.weight, self.bias
     if w.dtype != torch.bfloat16 or w.device.type != "cpu":
         return F.linear(x, w, b)
-    grad = torch.is_grad_enabled()  # without it (inference) nothing trains: every layer counts as frozen
-    if grad and (w.requires_grad or (b is not None and b.requires_grad)):
+    # Without grad (inference) nothing trains: every layer counts as frozen.
+    if torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)):
         return F.linear(x, w, b)  # a trainable bfloat16 layer: PyTorch's own autograd
-    if not cpu_has_bf16_arithmetic():
-        return _Float32FrozenLinear.apply(x, w, b)  # builds no graph without grad
-    if grad and x.requires_grad:
-        return _NativeBf16FrozenLinear.apply(x, w, b)
-    return F.linear(x, w, b)
+    return _Float32FrozenLinear.apply(x, w, b)  # builds no graph without grad
+
+
+def _routable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
 
 
 def route_frozen_bf16_linears(model: nn.Module) -> int:
-    """Give every nn.Linear in `model` the routing above; returns how many layers it touched."""
+    """Give every nn.Linear in `model` the float32-products routing above; returns how many layers
+    it touched."""
     count = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+        if _routable(module):
             if getattr(module.forward, "__func__", None) is not _linear_forward:
                 module.forward = types.MethodType(_linear_forward, module)
+            count += 1
+    return count
+
+
+def unroute_linears(model: nn.Module) -> int:
+    """Give the routed linear layers of `model` back nn.Linear's own forward; returns how many."""
+    count = 0
+    for module in model.modules():
+        if _routable(module) and getattr(module.__dict__.get("forward"), "__func__", None) is _linear_forward:
+            del module.forward
             count += 1
     return count

@@ -19,7 +19,6 @@ from torch import nn
 from pirecon.batch import Batch
 from pirecon.configs.policy import PolicyConfig
 from pirecon.model.backbone import Backbone, KVCache, make_attention_mask, position_ids
-from pirecon.model.cpu_bf16 import route_frozen_bf16_linears
 from pirecon.model.gemma import AdaRMSNorm, RMSNorm
 from pirecon.model.siglip import FP32LayerNorm
 
@@ -107,13 +106,11 @@ class Pi0Policy(nn.Module):
         return keep
 
     def apply_dtype(self, dtype: torch.dtype) -> "Pi0Policy":
-        """Cast the backbone's big matrices to `dtype`, keeping the float32 modules in float32.
-        bfloat16 linear layers on a CPU without bfloat16 arithmetic multiply in float32 (`cpu_bf16`)."""
+        """Cast the backbone's big matrices to `dtype`, keeping the float32 modules in float32 (how
+        the model is built and loaded; where and how it computes is `pirecon.model.placement`'s)."""
         self.backbone.to(dtype)
         for module in self.float32_modules():
             module.float()
-        if dtype == torch.bfloat16:
-            route_frozen_bf16_linears(self)
         return self
 
     def apply_freeze(self) -> None:

@@ -31,6 +31,7 @@ from pirecon.errors import CheckpointError, ConfigError
 from pirecon.model import foreign
 from pirecon.model.adapt import ADAPTABLE, adapt_policy, needs_adapting
 from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.placement import place
 from pirecon.configs.variants import GEMMA_VARIANTS, VISION_VARIANTS
 
 log = logging.getLogger(__name__)
@@ -152,21 +153,29 @@ def save_policy(policy: Pi0Policy, path: str | Path, extra_config: dict | None =
 
 def load_policy(path_or_config: str | Path | PolicyConfig, dtype: str | None = None,
                 device: str | torch.device = "cpu", **overrides) -> Pi0Policy:
-    """A policy from a PolicyConfig (random weights) or from a local checkpoint folder.
+    """A policy from a PolicyConfig (random weights) or from a local checkpoint folder, placed on
+    `device` (`pirecon.model.placement.place`: a bfloat16 policy on a CPU without bfloat16
+    arithmetic multiplies in float32).
 
     `dtype` ("float32" | "bfloat16") overrides the stored precision; other keyword arguments
     override PolicyConfig fields that do not change weight shapes (e.g. num_inference_steps).
     """
+    policy = _load(path_or_config, dtype, device, overrides)
+    place(policy, device, policy.config.torch_dtype)
+    return policy
+
+
+def _load(path_or_config: str | Path | PolicyConfig, dtype: str | None, device, overrides: dict) -> Pi0Policy:
     if isinstance(path_or_config, PolicyConfig):
         config = dataclasses.replace(path_or_config, **overrides)
         if dtype:
             config = dataclasses.replace(config, dtype=dtype)
-        return Pi0Policy(config).to(device)
+        return Pi0Policy(config)
     folder = Path(path_or_config)
     if (folder / "adapter").is_dir() and (folder / CONFIG_FILE).is_file():
         # A LoRA training checkpoint: base + adapter, merged for inference.
         from pirecon.train.checkpoint import load_checkpoint_model
-        return load_checkpoint_model(folder, merge_lora=True, dtype=dtype).to(device)
+        return load_checkpoint_model(folder, merge_lora=True, dtype=dtype)
     config, weights, mapping, layout = _inspect(folder)
     target = dataclasses.replace(config, **overrides)
     if dtype:
@@ -376,4 +385,4 @@ def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], l
     if convert:
         policy.apply_dtype(config.torch_dtype)
     policy.apply_freeze()
-    return policy.to(device)
+    return policy

@@ -44,7 +44,7 @@ class ServePolicyFlags:
     num_inference_steps: int | None = None  # denoising steps; None: the checkpoint's
     n_action_steps: int | None = None  # advertised to clients; None: the checkpoint's
     tokenizer_path: str | None = None  # only for checkpoints without a tokenizer copy
-    device: str = "cpu"  # cpu | cuda | cuda:1 ...
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class ServeConfig:
 def build_server(cfg: ServeConfig):
     """Load the checkpoint and wire runner, obs map and metadata into a PolicyServer."""
     from pirecon.inference import PolicyRunner
+    from pirecon.model.placement import resolve_device
     from pirecon.serve.obs_map import (ObsMapper, checkpoint_camera_keys, checkpoint_state_dim,
                                        resolve_obs_map)
     from pirecon.serve.server import PolicyServer, build_metadata
@@ -81,15 +82,11 @@ def build_server(cfg: ServeConfig):
         raise ConfigError(f"--serve.max_message_mb={cfg.serve.max_message_mb}: expected a positive number")
     if cfg.policy.num_inference_steps is not None and cfg.policy.num_inference_steps <= 0:
         raise ConfigError(f"--policy.num_inference_steps={cfg.policy.num_inference_steps}: expected a positive integer")
-    if cfg.policy.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--policy.device={cfg.policy.device}: this torch build sees no CUDA device; "
-                              f"use --policy.device=cpu")
+    device = resolve_device(cfg.policy.device)
     preset = None if cfg.serve.preset in (None, "", "none") else cfg.serve.preset
     # Check the preset's name before the (slow) checkpoint load.
     resolve_obs_map(preset, {}, None)
-    runner = PolicyRunner.from_checkpoint(cfg.policy.path, use_ema=cfg.use_ema, device=cfg.policy.device,
+    runner = PolicyRunner.from_checkpoint(cfg.policy.path, use_ema=cfg.use_ema, device=device,
                                           n_action_steps=cfg.policy.n_action_steps,
                                           num_steps=cfg.policy.num_inference_steps, seed=cfg.seed,
                                           tokenizer_path=cfg.policy.tokenizer_path)

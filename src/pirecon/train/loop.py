@@ -28,7 +28,7 @@ from pirecon.data.task_tokenizer import tokenizer_for_model
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
 from pirecon.errors import ConfigError, TrainingError
-from pirecon.model import foreign, weights
+from pirecon.model import foreign, placement, weights
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train import checkpoint as ckpt
 from pirecon.train import lora
@@ -154,11 +154,17 @@ class Trainer:
                               "(add --policy.use_peft=true for LoRA)")
             print(f"pirecon train: warning: {self.peft_note}", file=sys.stderr)
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
-        mixed = "bf16" if policy_cfg.dtype == "bfloat16" else "no"
+        device = placement.resolve_device(policy_cfg.device)
+        autocast = placement.decide_placement(device, policy_cfg.torch_dtype).autocast_dtype
+        if device.index is not None:
+            torch.cuda.set_device(device)  # accelerate's one-process "cuda" is the current device
         self.accelerator = Accelerator(
-            mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+            mixed_precision="bf16" if autocast == torch.bfloat16 else "no", cpu=device.type == "cpu",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         acc = self.accelerator
+        if device.index is not None and acc.num_processes > 1:
+            raise ConfigError(f"--policy.device={policy_cfg.device}: one device for {acc.num_processes} processes; "
+                              f"under accelerate each process takes its own: use --policy.device=auto (or cuda)")
         self.is_main = acc.is_main_process
         resume_from = ckpt.last_checkpoint(self.output_dir) if cfg.resume else None
         if cfg.resume and resume_from is None:
@@ -209,7 +215,7 @@ class Trainer:
             else:
                 model = policy
         lora.base_policy(model).backbone.set_gradient_checkpointing(policy_cfg.gradient_checkpointing)
-        lora.apply_training_precision(model, policy_cfg.torch_dtype)
+        self.placement = placement.place(model, acc.device, policy_cfg.torch_dtype, train=True)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ConfigError("nothing to train: every weight is frozen (check --policy.train_expert_only, "

@@ -18,7 +18,6 @@ from torch import nn
 from pirecon.errors import CheckpointError
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.configs.train import DEFAULT_FULLY_TRAINED, PeftConfig
-from pirecon.model.cpu_bf16 import cpu_has_bf16_arithmetic, keep_large_buffers_off_the_heap, route_frozen_bf16_linears
 
 PEFT_PREFIX = "base_model.model."
 _MLP = {"gate_proj", "up_proj", "down_proj"}
@@ -105,20 +104,3 @@ def load_trainable_non_lora(model: nn.Module, state: dict[str, torch.Tensor], wh
                                       f"{tuple(params[key].shape)}")
             params[key].copy_(value.to(params[key].dtype))
 
-
-def apply_training_precision(model: nn.Module, dtype: torch.dtype) -> None:
-    """Frozen weights in `dtype` (bf16 saves memory); trainable ones keep float32 master copies.
-    The float32 modules of the policy (norms, patch/position embeddings, expert projections) stay
-    float32 whatever their trainability. With bf16, frozen linear layers on the CPU avoid PyTorch's
-    slow emulated bf16 kernels (see `pirecon.model.cpu_bf16`)."""
-    policy = base_policy(model)
-    keep32 = {id(p) for m in policy.float32_modules() for p in m.parameters(recurse=False)}
-    with torch.no_grad():
-        for p in model.parameters():
-            target = torch.float32 if (p.requires_grad or id(p) in keep32) else dtype
-            if p.dtype != target:
-                p.data = p.data.to(target)
-    if dtype == torch.bfloat16:
-        route_frozen_bf16_linears(model)
-        if not cpu_has_bf16_arithmetic():  # float32 products: transient buffers on every layer
-            keep_large_buffers_off_the_heap()
