@@ -58,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from pirecon.serve.client import PolicyClient
-    from pirecon.serve.command import ServeConfig, ServeOptions, ServePolicyFlags, build_server
+    from pirecon.configs.serve import ServeConfig, ServeOptions, ServePolicyFlags
+    from pirecon.serve.command import build_server
     from pirecon.serve.obs_map import example_request
     from pirecon.serve.server import serve_in_thread
 

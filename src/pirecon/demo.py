@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pirecon.configs.demo import DemoConfig, DemoReconConfig
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.errors import ConfigError
@@ -22,58 +22,11 @@ from pirecon.errors import ConfigError
 MARKER = ".pirecon-demo"
 
 
-@dataclass(frozen=True)
-class DemoReconConfig:
-    weight: float = 0.5  # lambda in loss = action_loss + lambda * recon_loss; 0: no reconstruction head
-    compare: bool = False  # also train the twin with the other setting (lambda = 0, or 0.5 when weight=0)
-    views: tuple[str, ...] = ("base_0_rgb",)  # the top camera
+def demo_sim_config(cfg: DemoConfig):
+    """The simulator the demo records in and evaluates on (checks --image_size, --cells, --num_blocks)."""
+    from pirecon.sim import SimConfig
 
-
-@dataclass(frozen=True)
-class DemoConfig:
-    output_dir: str = "outputs/demo"  # folder for the dataset, the run(s) and the evaluation
-    policy_type: str = "pi0"  # pi0 | pi05
-    episodes: int = 100  # demonstrations to record
-    image_size: int = 64  # simulator camera resolution
-    cells: str = "corners"  # simulator layout: blocks and zone in the board's 4 corner cells ("all": any cell)
-    # Blocks on the table. 1: the image says where the block and the zone are and the prompt whether
-    # to reach or to pick and place (a policy blind to either fails); 2-3 add colour grounding
-    # (which block the prompt names), which the tiny model did not learn within the demo's budget
-    # at rank 16 / batch 32 (10-15 %; not re-measured with the current settings).
-    num_blocks: int = 1  # blocks on the table, 1..3 (2-3 add colour grounding)
-    image_resolution: int = 56  # model input resolution (4x4 patches of 14 per view)
-    chunk_size: int = 10  # actions per predicted chunk
-    n_action_steps: int = 5  # actions executed per chunk at evaluation
-    steps: int = 1500  # training steps
-    batch_size: int = 64  # a tiny model's step costs about as much at 64 as at 32 on a CPU
-    lr: float = 1e-3  # peak learning rate
-    # LoRA rank, for the tiny model's 64-wide layers (64: full rank). At 16 the adapters did not
-    # learn the prompt-dependent grasp within the budget (34 % success), 32 reached 68-84 %, 64
-    # 88-94 % (two seeds). A pretrained full-size model uses 16.
-    lora_r: int = 64
-    use_peft: bool = True  # LoRA adapters (false: train every weight)
-    num_workers: int = 0  # the demo keeps its small dataset in RAM
-    eval_episodes: int = 50  # closed-loop episodes on unseen layouts
-    eval_seed: int = 100_000  # far from the recording seeds: evaluation layouts are unseen
-    seed: int = 0  # seed of recording, training and evaluation
-    overwrite: bool = False  # replace output_dir if it holds another run
-    recon: DemoReconConfig = field(default_factory=DemoReconConfig)
-
-    def __post_init__(self) -> None:
-        from pirecon.configs.recon import ReconConfig
-
-        # Their own checks, before any work.
-        ReconConfig(weight=self.recon.weight, views=tuple(self.recon.views))
-        self.sim_config()
-        for name in ("episodes", "steps", "batch_size", "eval_episodes", "chunk_size", "n_action_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")
-
-    def sim_config(self):
-        """The simulator the demo records in and evaluates on."""
-        from pirecon.sim import SimConfig
-
-        return SimConfig(image_size=self.image_size, cells=self.cells, num_blocks=self.num_blocks)
+    return SimConfig(image_size=cfg.image_size, cells=cfg.cells, num_blocks=cfg.num_blocks)
 
 
 def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir: Path, recon_weight: float | None = None):
@@ -109,6 +62,7 @@ def run(argv: list[str]) -> int:
         print(format_help("demo", __doc__, DemoConfig), end="")
         return 0
     cfg = parse_flags(argv, DemoConfig)
+    sim_config = demo_sim_config(cfg)
     import shutil
 
     from pirecon.data.task_tokenizer import build_task_tokenizer
@@ -128,7 +82,6 @@ def run(argv: list[str]) -> int:
     out.mkdir(parents=True)
     (out / MARKER).write_text("written by `pirecon demo`; the next demo run replaces this folder\n")
     started = time.perf_counter()
-    sim_config = cfg.sim_config()
 
     print(f"[1/4] recording {cfg.episodes} expert demonstrations ...", flush=True)
     data_dir = out / "data"

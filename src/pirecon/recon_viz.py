@@ -5,36 +5,13 @@ input | target | reconstruction (one row per frame), to see what the backbone's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from pirecon.configs.parse import format_help, parse_flags
+from pirecon.configs.recon import ReconVizConfig
 from pirecon.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class VizPolicyFlags:
-    path: str | None = None  # a checkpoint folder with a reconstruction head
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
-
-
-@dataclass(frozen=True)
-class VizDatasetFlags:
-    root: str | None = None  # dataset folder (none: the one the checkpoint was trained on)
-    episodes: list[int] | None = None  # episodes to draw frames from (none: all)
-
-
-@dataclass(frozen=True)
-class ReconVizConfig:
-    policy: VizPolicyFlags = field(default_factory=VizPolicyFlags)
-    dataset: VizDatasetFlags = field(default_factory=VizDatasetFlags)
-    output: str = "recon_grid.png"  # PNG file to write
-    frames: int = 4  # rows of the grid (frames spread over the dataset)
-    steps: int | None = None  # reverse-diffusion steps (default: --recon.sample_steps of the checkpoint)
-    use_ema: bool = False  # use the EMA weights
-    seed: int = 0  # seed of the reverse-diffusion noise
 
 
 def recon_viz(cfg: ReconVizConfig) -> Path:

@@ -7,27 +7,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 
 from pirecon.batch import synthetic_batch
+from pirecon.configs.demo import SmokeConfig
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.parse import format_help, parse_flags, wants_help
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.configs.recon import ReconConfig
-
-
-@dataclass(frozen=True)
-class SmokeConfig:
-    """`pirecon smoke`: build tiny Pi0 and Pi0.5, take one optimiser step, sample actions."""
-
-    variant: str = "tiny"  # model size: tiny | full
-    batch_size: int = 2  # synthetic samples per batch
-    action_dim: int = 7  # real action width of the synthetic batch
-    lr: float = 1e-3  # AdamW learning rate of the one step
-    seed: int = 0  # seed of weights and batch
-    recon: bool = True  # build the reconstruction head too
 
 
 def smoke_one(policy_type: str, cfg: SmokeConfig) -> dict:

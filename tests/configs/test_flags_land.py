@@ -17,15 +17,15 @@ from pirecon.errors import ConfigError
 
 # The flags dataclass of each command (sim: its sub-commands).
 COMMAND_CONFIGS = {
-    "demo": ("pirecon.demo", "DemoConfig"), "smoke": ("pirecon.smoke", "SmokeConfig"),
-    "stats": ("pirecon.data.stats", "StatsConfig"), "doctor": ("pirecon.data.doctor", "DoctorConfig"),
+    "demo": ("pirecon.configs.demo", "DemoConfig"), "smoke": ("pirecon.configs.demo", "SmokeConfig"),
+    "stats": ("pirecon.configs.data", "StatsConfig"), "doctor": ("pirecon.configs.data", "DoctorConfig"),
     "train": ("pirecon.configs.train", "TrainConfig"), "export": ("pirecon.train.export", "ExportConfig"),
-    "push": ("pirecon.hub", "PushFlags"), "recon-viz": ("pirecon.recon_viz", "ReconVizConfig"),
-    "serve": ("pirecon.serve.command", "ServeConfig"), "eval": ("pirecon.eval.command", "EvalConfig"),
-    "eval-offline": ("pirecon.eval.offline", "OfflineConfig"),
-    "tokenizer": ("pirecon.data.task_tokenizer", "TokenizerConfig"),
-    "sim record": ("pirecon.sim.cli", "RecordFlags"), "sim eval": ("pirecon.sim.cli", "EvalFlags"),
-    "sim preview": ("pirecon.sim.cli", "PreviewFlags"),
+    "push": ("pirecon.hub", "PushFlags"), "recon-viz": ("pirecon.configs.recon", "ReconVizConfig"),
+    "serve": ("pirecon.configs.serve", "ServeConfig"), "eval": ("pirecon.configs.eval", "EvalConfig"),
+    "eval-offline": ("pirecon.configs.eval", "OfflineConfig"),
+    "tokenizer": ("pirecon.configs.data", "TokenizerConfig"),
+    "sim record": ("pirecon.configs.sim", "RecordFlags"), "sim eval": ("pirecon.configs.sim", "SimEvalFlags"),
+    "sim preview": ("pirecon.configs.sim", "PreviewFlags"),
 }
 
 

@@ -118,7 +118,8 @@ def test_cli_writes_json_with_named_dims(tiny_checkpoint, sim_dataset, tmp_path,
     assert "gripper" in printed and "chunk step" in printed
     # Without --dataset.root the training dataset is used; the same frames give the same numbers.
     from pirecon.configs.parse import parse_flags
-    from pirecon.eval.offline import OfflineConfig, run_offline
+    from pirecon.configs.eval import OfflineConfig
+    from pirecon.eval.offline import run_offline
     again = run_offline(parse_flags([f"--policy.path={tiny_checkpoint}", "--dataset.episodes=[1,2]",
                                      "--max_samples=5", "--batch_size=5", "--policy.num_inference_steps=2",
                                      "--progress_bar=false"], OfflineConfig))
@@ -128,7 +129,8 @@ def test_cli_writes_json_with_named_dims(tiny_checkpoint, sim_dataset, tmp_path,
 
 def test_validation_split_holds_out_the_last_episodes(tiny_checkpoint):
     from pirecon.configs.parse import parse_flags
-    from pirecon.eval.offline import OfflineConfig, run_offline
+    from pirecon.configs.eval import OfflineConfig
+    from pirecon.eval.offline import run_offline
 
     cfg = parse_flags([f"--policy.path={tiny_checkpoint}", "--dataset.split=val", "--dataset.val_episodes=1",
                        "--max_samples=2", "--policy.num_inference_steps=1", "--progress_bar=false"], OfflineConfig)

@@ -14,7 +14,8 @@ from pirecon.data.normalize import save_norm_stats_json
 from pirecon.inference import PolicyRunner
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.weights import save_policy
-from pirecon.serve.command import ServeConfig, ServeOptions, ServePolicyFlags, build_server
+from pirecon.configs.serve import ServeConfig, ServeOptions, ServePolicyFlags
+from pirecon.serve.command import build_server
 
 VIEWS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb", "low_0_rgb")
 

@@ -79,7 +79,8 @@ def test_lora_training_with_recon_logs_both_losses_and_resumes(sim_dataset, sim_
 def test_recon_viz_writes_a_grid(sim_dataset, sim_tokenizer, tmp_path):
     from PIL import Image
 
-    from pirecon.recon_viz import ReconVizConfig, VizDatasetFlags, VizPolicyFlags, recon_viz
+    from pirecon.configs.recon import ReconVizConfig, VizDatasetFlags, VizPolicyFlags
+    from pirecon.recon_viz import recon_viz
 
     out = tmp_path / "run"
     train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=1", "--recon.enable=true",

@@ -28,3 +28,29 @@ class DatasetConfig:
             raise ConfigError(f"--dataset.video_backend={self.video_backend!r}: expected 'pyav'")
         if self.val_episodes < 0:
             raise ConfigError(f"--dataset.val_episodes={self.val_episodes}: expected >= 0")
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """`pirecon stats`: normalisation statistics of a LeRobot dataset (openpi norm_stats.json)."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    output: str | None = None  # write the JSON here instead of printing it
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    """pirecon doctor: check a LeRobot dataset folder and print a table of findings."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    min_length: int = 2  # episodes with fewer frames are reported as short
+    strict: bool = False  # exit 1 on warnings too
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """`pirecon tokenizer`: a tiny tokenizer from a dataset's task texts."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    output: str | None = None  # the SentencePiece .model file to write, e.g. tokenizer.model (required)
+    vocab_size: int | None = None  # upper bound on the vocabulary (none: 256, or what the texts need when more)

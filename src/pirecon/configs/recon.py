@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pirecon.errors import ConfigError
 
@@ -125,3 +125,26 @@ def merge_recon_with_folder(cfg: ReconConfig, folder_cfg: ReconConfig | None, ty
                               f"to drop that head, or drop the flag")
         changes[name] = wanted
     return dataclasses.replace(folder_cfg, enable=True, **changes)
+
+
+@dataclass(frozen=True)
+class VizPolicyFlags:
+    path: str | None = None  # a checkpoint folder with a reconstruction head
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
+
+
+@dataclass(frozen=True)
+class VizDatasetFlags:
+    root: str | None = None  # dataset folder (none: the one the checkpoint was trained on)
+    episodes: list[int] | None = None  # episodes to draw frames from (none: all)
+
+
+@dataclass(frozen=True)
+class ReconVizConfig:
+    policy: VizPolicyFlags = field(default_factory=VizPolicyFlags)
+    dataset: VizDatasetFlags = field(default_factory=VizDatasetFlags)
+    output: str = "recon_grid.png"  # PNG file to write
+    frames: int = 4  # rows of the grid (frames spread over the dataset)
+    steps: int | None = None  # reverse-diffusion steps (default: --recon.sample_steps of the checkpoint)
+    use_ema: bool = False  # use the EMA weights
+    seed: int = 0  # seed of the reverse-diffusion noise

@@ -13,29 +13,20 @@ OK rows list the checks that found nothing. Exit code 1 if any ERROR (or any WAR
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pirecon.data.lerobot import DEFAULT_COLUMNS, Layout, column_vectors, dataset_root, parquet_columns, read_table
-from pirecon.configs.data import DatasetConfig
+from pirecon.configs.data import DoctorConfig
 from pirecon.configs.parse import format_help, parse_flags, wants_help
 from pirecon.data.video import FrameDecoder, probe_video
 from pirecon.errors import DatasetError
 
 LEROBOT_TOLERANCE_S = 1e-4  # LeRobotDataset's default tolerance_s
 CHECKS = ("metadata", "files", "columns", "values", "episodes", "timestamps", "videos", "stats")
-
-
-@dataclass(frozen=True)
-class DoctorConfig:
-    """pirecon doctor: check a LeRobot dataset folder and print a table of findings."""
-
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    min_length: int = 2  # episodes with fewer frames are reported as short
-    strict: bool = False  # exit 1 on warnings too
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pirecon.configs.parse import format_help, parse_flags, wants_help
-from pirecon.configs.data import DatasetConfig
+from pirecon.configs.data import StatsConfig
 from pirecon.data.lerobot import Layout, column_vectors, dataset_root, parquet_columns, read_json, read_jsonl, select_episodes
 from pirecon.errors import DatasetError
 
@@ -255,14 +254,6 @@ def load_norm_stats(path: str | Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-@dataclass(frozen=True)
-class StatsConfig:
-    """`pirecon stats`: normalisation statistics of a LeRobot dataset (openpi norm_stats.json)."""
-
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    output: str | None = None  # write the JSON here instead of printing it
 
 
 def run(argv: list[str]) -> int:

@@ -14,10 +14,11 @@ never hit <unk>. The same dataset always gives a byte-identical file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pirecon.configs.data import DatasetConfig
+from dataclasses import dataclass
+
+from pirecon.configs.data import TokenizerConfig
 from pirecon.configs.parse import format_help, parse_flags, wants_help
 from pirecon.data.lerobot import Layout, dataset_root
 from pirecon.data.tokenizer import (
@@ -94,15 +95,6 @@ def tokenizer_for_model(root: str | Path, output_dir: str | Path, model_vocab_si
 HELP = """A tiny SentencePiece tokenizer for the tiny model variants (--policy.variant=tiny), trained on
 every task text of a LeRobot dataset (meta/tasks.*). The same dataset always gives the same file.
 `pirecon train` builds one itself when a tiny model is given no --policy.tokenizer_path."""
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    """`pirecon tokenizer`: a tiny tokenizer from a dataset's task texts."""
-
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    output: str | None = None  # the SentencePiece .model file to write, e.g. tokenizer.model (required)
-    vocab_size: int | None = None  # upper bound on the vocabulary (none: 256, or what the texts need when more)
 
 
 def run(argv: list[str]) -> int:

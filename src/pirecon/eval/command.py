@@ -22,10 +22,10 @@ import shutil
 import sys
 import time
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pirecon.configs.eval import EnvFlags, EvalConfig
 from pirecon.configs.policy import PolicyConfig, check_device_flag
 from pirecon.configs.parse import format_help, from_dict, join_flag_values, parse_flags, to_dict
 from pirecon.errors import CheckpointError, ConfigError
@@ -35,42 +35,6 @@ EPISODES_FILE = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
 VIDEOS_DIR = "videos"
 ENV_FIXED = ("type", "task", "options")  # --env.* flags that are not environment options
-
-
-@dataclass(frozen=True)
-class EvalPolicyFlags:
-    path: str | None = None  # a checkpoint folder (or a training output folder: its checkpoints/last)
-    n_action_steps: int | None = None  # None: the checkpoint's policy.n_action_steps
-    num_inference_steps: int | None = None  # flow-matching integration steps; None: the checkpoint's num_inference_steps
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
-    tokenizer_path: str | None = None  # None: the copy inside the checkpoint
-
-
-@dataclass(frozen=True)
-class EnvFlags:
-    type: str = "sim"  # sim | libero
-    task: str | None = None  # sim: reach | place (none: both); libero: a suite (libero_spatial) or one task (libero_spatial/3)
-    options: dict[str, Any] = field(default_factory=dict)  # filled from --env.<name>=value
-
-
-@dataclass(frozen=True)
-class EvalLoopFlags:
-    n_episodes: int = 50  # episodes to roll out
-    seed: int = 100_000  # far from `pirecon sim record`'s seeds (0, 1, ...): sim layouts are unseen
-    video: bool = True  # write mp4 videos of the first max_videos episodes
-    max_videos: int | None = 10  # None: a video of every episode
-    baselines: bool = False  # sim: also evaluate the scripted expert and a random policy
-    progress_bar: bool = True  # show a tqdm progress bar
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    policy: EvalPolicyFlags = field(default_factory=EvalPolicyFlags)
-    env: EnvFlags = field(default_factory=EnvFlags)
-    eval: EvalLoopFlags = field(default_factory=EvalLoopFlags)
-    use_ema: bool = False  # evaluate the EMA weights (the checkpoint must hold ema.safetensors)
-    output_dir: str | None = None  # None: outputs/eval/<date>-<time>
-    overwrite: bool = False  # replace a previous evaluation's files in output_dir
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,47 +22,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pirecon.configs.eval import OfflineConfig, OfflineDatasetFlags
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.configs.policy import check_device_flag
 from pirecon.errors import ConfigError
 
 SPLITS = ("all", "train", "val")
-
-
-@dataclass(frozen=True)
-class OfflinePolicyFlags:
-    path: str | None = None  # a checkpoint folder (or a training output folder: its checkpoints/last)
-    num_inference_steps: int | None = None  # None: the checkpoint's num_inference_steps
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
-    tokenizer_path: str | None = None  # None: the copy inside the checkpoint
-
-
-@dataclass(frozen=True)
-class OfflineDatasetFlags:
-    root: str | None = None  # None: the dataset the checkpoint was trained on
-    repo_id: str | None = None  # without root: a dataset in $HF_LEROBOT_HOME or the local HF cache
-    episodes: list[int] | None = None  # None: all (or, with the training dataset, the training selection)
-    split: str = "all"  # all | train | val (the training run's --dataset.val_episodes split)
-    val_episodes: int | None = None  # None: the checkpoint's training value
-
-
-@dataclass(frozen=True)
-class OfflineConfig:
-    policy: OfflinePolicyFlags = field(default_factory=OfflinePolicyFlags)
-    dataset: OfflineDatasetFlags = field(default_factory=OfflineDatasetFlags)
-    use_ema: bool = False  # evaluate the EMA weights
-    batch_size: int = 8  # samples per forward pass
-    max_samples: int | None = None  # evaluate at most this many frames (none: all)
-    num_workers: int = 0  # data loader worker processes
-    seed: int = 0  # seed of the sampling noise (per frame: seed + frame index)
-    output: str | None = None  # JSON file to write
-    progress_bar: bool = True  # show a tqdm progress bar
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,52 +11,16 @@ Flags may be written `--name=value` or `--name value`.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pirecon.configs.parse import format_help, parse_flags
+from pirecon.configs.sim import PreviewFlags, RecordFlags, SimEvalFlags
 from pirecon.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class RecordFlags:
-    """Record scripted-expert demonstrations as a LeRobot dataset."""
-
-    output: str = ""  # dataset folder to create (required)
-    episodes: int = 50  # number of successful episodes to write
-    seed: int = 0  # first seed; episode i uses the next seeds
-    image_size: int = 96  # camera resolution (square), e.g. 64..256
-    version: str = "v3.0"  # LeRobot dataset format: v3.0 or v2.1
-    overwrite: bool = False  # replace an existing dataset folder at --output
-    cells: str = "all"  # layout: 'all' cells of the 4x4 board, or only its 4 'corners' (the demo's)
-    max_steps: int = 80  # episode step limit
-    num_blocks: int = 3  # blocks on the table, 1..3 (the demo uses 1)
-    action_noise: float = 0.0  # std of the noise on the executed velocity (the expert's action is recorded)
-
-
-@dataclass(frozen=True)
-class EvalFlags:
-    """Success rate of the scripted expert or a random policy."""
-
-    policy: str = "expert"  # expert or random
-    episodes: int = 50  # number of seeded episodes
-    seed: int = 0  # first seed
-    image_size: int = 96  # camera resolution (square)
-
-
-@dataclass(frozen=True)
-class PreviewFlags:
-    """Save a PNG contact sheet of one expert episode (top row: top camera, bottom: wrist)."""
-
-    output: str = ""  # PNG file to write (required)
-    seed: int = 0  # episode seed
-    image_size: int = 96  # camera resolution (square)
-    every: int = 3  # show every n-th frame
-
-
-SUBCOMMANDS = {"record": RecordFlags, "eval": EvalFlags, "preview": PreviewFlags}
+SUBCOMMANDS = {"record": RecordFlags, "eval": SimEvalFlags, "preview": PreviewFlags}
 
 
 def usage() -> str:
@@ -102,7 +66,7 @@ def _record(flags: RecordFlags) -> int:
     return 0
 
 
-def _eval(flags: EvalFlags) -> int:
+def _eval(flags: SimEvalFlags) -> int:
     from pirecon.sim.env import SimConfig
     from pirecon.sim.expert import RandomPolicy, ScriptedExpert, evaluate
 

@@ -1,0 +1,33 @@
+"""`pirecon serve`: which checkpoint, how request keys map onto it, where to listen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServePolicyFlags:
+    path: str | None = None  # checkpoint folder (training checkpoint or `pirecon export` output)
+    num_inference_steps: int | None = None  # denoising steps; None: the checkpoint's
+    n_action_steps: int | None = None  # advertised to clients; None: the checkpoint's
+    tokenizer_path: str | None = None  # only for checkpoints without a tokenizer copy
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    preset: str | None = None  # libero | aloha | droid | none
+    obs_map: dict[str, str | None] = field(default_factory=dict)  # request key -> dataset key (null drops)
+    default_prompt: str | None = None  # used when no request key maps to `task` or a request lacks it
+    reseed_each_request: bool = False  # re-seed the noise per request: replies depend on the observation only
+    max_message_mb: int = 256  # largest accepted request
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    policy: ServePolicyFlags = field(default_factory=ServePolicyFlags)
+    serve: ServeOptions = field(default_factory=ServeOptions)
+    host: str = "0.0.0.0"  # address to listen on
+    port: int = 8000  # TCP port
+    use_ema: bool = False  # serve the EMA weights
+    seed: int = 0  # seed of the sampling noise
