@@ -26,7 +26,7 @@ def write_random_checkpoint(kind: str, folder: Path) -> float:
 
     from pirecon import PolicyConfig
     from pirecon.model.pi0 import Pi0Policy
-    from pirecon.model.weights import openpi_key
+    from pirecon.checkpoint.keys import openpi_key
 
     config = PolicyConfig(type=kind, variant="full", dtype="bfloat16")
     with torch.device("meta"):

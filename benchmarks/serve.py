@@ -27,7 +27,7 @@ def write_checkpoint(folder: Path, resolution: int, chunk_size: int, steps: int)
     from pirecon.data.normalize import save_norm_stats_json
     from pirecon.data.tokenizer import train_tiny_tokenizer
     from pirecon.model.pi0 import Pi0Policy
-    from pirecon.model.weights import save_policy
+    from pirecon.checkpoint.write_pirecon import save_policy
     from pirecon.sim import SimEnv
 
     config = PolicyConfig(variant="tiny", image_resolution=resolution, chunk_size=chunk_size,

@@ -26,7 +26,7 @@ from pirecon.batch import synthetic_batch
 from pirecon.configs.train import PeftConfig
 from pirecon.model.recon import ReconConfig
 from pirecon.model.placement import place
-from pirecon.train.lora import add_lora
+from pirecon.model.lora import add_lora
 
 kind, source, steps, views, recon = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 dtype = sys.argv[6]

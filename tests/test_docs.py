@@ -171,8 +171,8 @@ HOOKS: dict[str, tuple[str, str, bool]] = {
     "doctor": ("pirecon.data.doctor", "parse_flags", True),
     "tokenizer": ("pirecon.data.task_tokenizer", "parse_flags", True),
     "train": ("pirecon.train.command", "parse_command", True),  # before --resume reads the run folder
-    "export": ("pirecon.train.export", "export", False),
-    "push": ("pirecon.hub", "push", False),
+    "export": ("pirecon.export", "export", False),
+    "push": ("pirecon.push", "push", False),
     "recon-viz": ("pirecon.recon_viz", "recon_viz", False),
     "sim": ("pirecon.sim.cli", "parse_flags", True),
     "serve": ("pirecon.serve.command", "build_server", False),
@@ -206,7 +206,7 @@ def _check_serve(value) -> None:
 
 
 def _check_export(value) -> None:
-    from pirecon.train.export import FORMATS
+    from pirecon.checkpoint.layout import FORMATS
 
     _, kwargs = value
     assert kwargs["format"] in FORMATS, f"--format={kwargs['format']!r}: expected one of {FORMATS}"

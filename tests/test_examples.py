@@ -94,8 +94,8 @@ def write_robot_dataset(root: Path, episodes: int = 3, frames: int = 12) -> Path
 def write_tiny_base(folder: Path, kind: str, layout: str) -> Path:
     """A randomly initialised tiny policy exported to LeRobot's or openpi's folder layout."""
     import pirecon
-    from pirecon.model.weights import save_policy
-    from pirecon.train.export import export
+    from pirecon.checkpoint.write_pirecon import save_policy
+    from pirecon.checkpoint.export import export
 
     source = folder.with_name(folder.name + "_pirecon")
     save_policy(pirecon.load_policy(pirecon.PolicyConfig(type=kind, **TINY)), source)
@@ -297,7 +297,7 @@ def recon_run(workspace) -> Path:
 @pytest.fixture(scope="module")
 def lerobot_finetuned(workspace, libero_run) -> Path:
     """`/models/pi05_libero` of the docs: a fine-tuned LeRobot folder with statistics."""
-    from pirecon.train.export import export
+    from pirecon.checkpoint.export import export
     return export(libero_run / "checkpoints" / "last", workspace / "models" / "pi05_libero", format="lerobot")
 
 

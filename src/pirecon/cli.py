@@ -6,6 +6,7 @@ command runs, so `pirecon --help` stays fast.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -19,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("pirecon.data.doctor", "check a LeRobot dataset folder and print a table of findings"),
     "tokenizer": ("pirecon.data.task_tokenizer", "build a tiny model's tokenizer from a LeRobot dataset's task texts"),
     "train": ("pirecon.train.command", "fine-tune Pi0 / Pi0.5 on a LeRobot dataset (LoRA or full, one or many processes)"),
-    "export": ("pirecon.train.export", "write a stand-alone checkpoint (LoRA merged, EMA weights if asked)"),
-    "push": ("pirecon.hub", "upload a checkpoint to the Hugging Face Hub: pirecon push CKPT ORG/NAME [--private]"),
+    "export": ("pirecon.export", "write a stand-alone checkpoint (LoRA merged, EMA weights if asked)"),
+    "push": ("pirecon.push", "upload a checkpoint to the Hugging Face Hub: pirecon push CKPT ORG/NAME [--private]"),
     "recon-viz": ("pirecon.recon_viz", "PNG grid input | target | reconstruction from a checkpoint's recon head"),
     "sim": ("pirecon.sim.cli", "built-in simulator: `pirecon sim record` writes expert demonstrations"),
     "serve": ("pirecon.serve.command", "serve a checkpoint over openpi's websocket protocol (LIBERO/ALOHA/DROID clients)"),
@@ -44,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        import difflib
         close = difflib.get_close_matches(name, list(COMMANDS), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         print(f"pirecon: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)

@@ -10,13 +10,19 @@ next to the scripted expert's and a random policy's. Runs anywhere; downloads no
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
+from pirecon.configs.data import DatasetConfig
 from pirecon.configs.demo import DemoConfig, DemoReconConfig
-from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.parse import format_help, parse_flags
+from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.recon import ReconConfig
+from pirecon.configs.train import OptimizerConfig, PeftConfig, SchedulerConfig, TrainConfig
 from pirecon.errors import ConfigError
+from pirecon.eval.metrics import summarize
+from pirecon.sim import SimConfig, SimEnv, record_dataset
 
 
 MARKER = ".pirecon-demo"
@@ -24,17 +30,11 @@ MARKER = ".pirecon-demo"
 
 def demo_sim_config(cfg: DemoConfig):
     """The simulator the demo records in and evaluates on (checks --image_size, --cells, --num_blocks)."""
-    from pirecon.sim import SimConfig
-
     return SimConfig(image_size=cfg.image_size, cells=cfg.cells, num_blocks=cfg.num_blocks)
 
 
 def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir: Path, recon_weight: float | None = None):
     """The `pirecon train` configuration the demo runs (recon_weight None: cfg.recon.weight)."""
-    from pirecon.configs.data import DatasetConfig
-    from pirecon.configs.recon import ReconConfig
-    from pirecon.configs.train import OptimizerConfig, PeftConfig, SchedulerConfig, TrainConfig
-
     weight = cfg.recon.weight if recon_weight is None else recon_weight
     policy = PolicyConfig(type=cfg.policy_type, variant="tiny", image_resolution=cfg.image_resolution,
                           chunk_size=cfg.chunk_size, n_action_steps=cfg.n_action_steps,
@@ -63,14 +63,10 @@ def run(argv: list[str]) -> int:
         return 0
     cfg = parse_flags(argv, DemoConfig)
     sim_config = demo_sim_config(cfg)
-    import shutil
-
-    from pirecon.data.task_tokenizer import build_task_tokenizer
-    from pirecon.eval.metrics import summarize
-    from pirecon.eval.rollout import evaluate, run_baselines
-    from pirecon.inference import PolicyRunner
-    from pirecon.sim import SimEnv, record_dataset
-    from pirecon.train.loop import train
+    from pirecon.data.task_tokenizer import build_task_tokenizer  # lazy: torch, not needed for --help
+    from pirecon.eval.rollout import evaluate, run_baselines  # lazy: torch, not needed for --help
+    from pirecon.inference import PolicyRunner  # lazy: torch, not needed for --help
+    from pirecon.train.loop import train  # lazy: torch, not needed for --help
 
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):

@@ -9,17 +9,17 @@ Used by closed-loop evaluation and by the policy server.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pirecon.data.normalize import default_norm_mode
+from pirecon.checkpoint.load import Loaded, load
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
-from pirecon.model import foreign
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.model.placement import place, resolve_device
+from pirecon.model.placement import resolve_device
 
 
 class PolicyRunner:
@@ -37,14 +37,9 @@ class PolicyRunner:
                         n_action_steps: int | None = None, num_steps: int | None = None, seed: int = 0,
                         tokenizer_path: str | None = None) -> "PolicyRunner":
         """`device`: auto | cpu | cuda | cuda:N, as --policy.device (a ConfigError when absent)."""
-        from pirecon.train.checkpoint import load_checkpoint_model
-
-        folder = Path(path)
-        device = resolve_device(device)
-        policy = load_checkpoint_model(folder, use_ema=use_ema, merge_lora=True)
-        place(policy, device, policy.config.torch_dtype)
-        return cls(policy, preprocessor_from_checkpoint(folder, policy.config, tokenizer_path),
-                   n_action_steps=n_action_steps, num_steps=num_steps, seed=seed)
+        loaded = load(path, use_ema=use_ema, device=resolve_device(device), tokenizer_path=tokenizer_path)
+        return cls(loaded.policy, preprocessor_from(loaded, tokenizer_path), n_action_steps=n_action_steps,
+                   num_steps=num_steps, seed=seed)
 
     def reset(self) -> None:
         """Called at the start of every episode (the runner keeps no state between calls)."""
@@ -63,19 +58,19 @@ class PolicyRunner:
         return self.predict_chunk(obs)[:self.n_action_steps]
 
 
-def preprocessor_from_checkpoint(folder: Path, policy_config, tokenizer_path: str | None = None) -> Preprocessor:
-    """Rebuild the preprocessing of a checkpoint folder: a pirecon one (norm_stats.json, data_info.json,
-    tokenizer copy), a LeRobot one (processor pipelines and their statistics, rename map, tokenizer
-    name) or an openpi one (assets/<asset_id>/norm_stats.json; `policy_config.asset_id` chooses).
+def preprocessor_from(loaded: Loaded, tokenizer_path: str | None = None) -> Preprocessor:
+    """The preprocessing a checkpoint was trained with: a pirecon one (norm_stats.json,
+    data_info.json, tokenizer copy), a LeRobot one (processor pipelines and their statistics, rename
+    map, tokenizer name) or an openpi one (assets/<asset_id>/norm_stats.json).
     `tokenizer_path` (--policy.tokenizer_path) replaces the tokenizer the folder names."""
-    info = foreign.read_folder_info(folder, asset_id=policy_config.asset_id)
-    tokenizer_file = foreign.resolve_tokenizer(info, tokenizer_path)
-    normalizer = None
-    if info.stats is not None:
-        mode = info.normalization_mode or policy_config.normalization_mode
-        if mode is None and not info.mode_problem:
-            mode = default_norm_mode(policy_config.type)
-        normalizer = foreign.folder_normalizer(info, mode)
-    return Preprocessor(policy_config, load_tokenizer(tokenizer_file), normalizer, camera_map=info.camera_map,
-                        action_dims=info.action_dims, state_dims=info.state_dims, camera_keys=info.camera_keys,
-                        action_dim=info.action_dim)
+    info = loaded.info
+    return Preprocessor(loaded.config, load_tokenizer(loaded.tokenizer(tokenizer_path)), loaded.normalizer,
+                        camera_map=info.camera_map, action_dims=info.action_dims, state_dims=info.state_dims,
+                        camera_keys=info.camera_keys, action_dim=info.action_dim)
+
+
+def preprocessor_from_checkpoint(folder: Path, policy_config, tokenizer_path: str | None = None) -> Preprocessor:
+    """`preprocessor_from` for a folder, without reading its weights; `policy_config` is the model's
+    (its asset_id chooses among an openpi folder's statistics)."""
+    loaded = load(folder, with_weights=False, asset_id=policy_config.asset_id)
+    return preprocessor_from(dataclasses.replace(loaded, config=policy_config), tokenizer_path)

@@ -9,30 +9,29 @@ from pathlib import Path
 
 import torch
 
+from pirecon.checkpoint.load import load
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.configs.recon import ReconVizConfig
+from pirecon.data.lerobot import open_dataset
 from pirecon.errors import ConfigError
+from pirecon.inference import preprocessor_from
+from pirecon.model.placement import place, resolve_device
+from pirecon.model.recon_targets import reconstruction_grid
 
 
 def recon_viz(cfg: ReconVizConfig) -> Path:
-    from pirecon.data.lerobot import open_dataset
-    from pirecon.inference import preprocessor_from_checkpoint
-    from pirecon.model.placement import place, resolve_device
-    from pirecon.model.recon_targets import reconstruction_grid
-    from pirecon.train.checkpoint import load_checkpoint_model
-    from pirecon.train.lora import base_policy
-
     if not cfg.policy.path or not cfg.dataset.root:
         raise ConfigError("--policy.path and --dataset.root: expected a checkpoint folder and a dataset folder")
     device = resolve_device(cfg.policy.device)
     folder = Path(cfg.policy.path)
-    policy = base_policy(load_checkpoint_model(folder, use_ema=cfg.use_ema, merge_lora=True)).eval()
+    loaded = load(folder, use_ema=cfg.use_ema)
+    policy = loaded.policy.eval()
     if policy.recon_head is None:
         raise ConfigError(f"--policy.path={folder}: this checkpoint has no reconstruction head (train with "
                           f"--recon.enable=true)")
     place(policy, device, policy.config.torch_dtype)
     dataset = open_dataset(cfg.dataset.root, policy.config.chunk_size, episodes=cfg.dataset.episodes, split="all")
-    pre = preprocessor_from_checkpoint(folder, policy.config)
+    pre = preprocessor_from(loaded)
     picks = torch.linspace(0, len(dataset) - 1, max(1, cfg.frames)).round().long().unique().tolist()
     batch = pre.collate([pre(dataset[i]) for i in picks]).to(device)
     with torch.no_grad():

@@ -19,8 +19,8 @@ from pirecon.errors import ConfigError
 COMMAND_CONFIGS = {
     "demo": ("pirecon.configs.demo", "DemoConfig"), "smoke": ("pirecon.configs.demo", "SmokeConfig"),
     "stats": ("pirecon.configs.data", "StatsConfig"), "doctor": ("pirecon.configs.data", "DoctorConfig"),
-    "train": ("pirecon.configs.train", "TrainConfig"), "export": ("pirecon.train.export", "ExportConfig"),
-    "push": ("pirecon.hub", "PushFlags"), "recon-viz": ("pirecon.configs.recon", "ReconVizConfig"),
+    "train": ("pirecon.configs.train", "TrainConfig"), "export": ("pirecon.export", "ExportConfig"),
+    "push": ("pirecon.push", "PushFlags"), "recon-viz": ("pirecon.configs.recon", "ReconVizConfig"),
     "serve": ("pirecon.configs.serve", "ServeConfig"), "eval": ("pirecon.configs.eval", "EvalConfig"),
     "eval-offline": ("pirecon.configs.eval", "OfflineConfig"),
     "tokenizer": ("pirecon.configs.data", "TokenizerConfig"),

@@ -14,7 +14,9 @@ import torch
 
 from pirecon.configs.policy import FOLDER_RULES, PolicyConfig
 from pirecon.errors import ConfigError
-from pirecon.model.weights import load_policy, overrides_for, save_policy
+from pirecon.checkpoint.load import load_policy
+from pirecon.checkpoint.weights import overrides_for
+from pirecon.checkpoint.write_pirecon import save_policy
 from pirecon.train.command import parse_train_command
 from pirecon.train.loop import resolve_policy_config
 

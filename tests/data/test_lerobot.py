@@ -15,7 +15,8 @@ import torch
 
 from pirecon.configs.data import DatasetConfig
 from pirecon.data import LeRobotDataset, open_dataset
-from pirecon.data.lerobot import DatasetWarning, open_from_config
+from pirecon.data.layout import DatasetWarning
+from pirecon.data.lerobot import open_from_config
 from pirecon.data.video import FrameDecoder, read_all_frames
 from pirecon.data.writer import demo_action, demo_image, demo_state, write_demo_dataset
 from pirecon.errors import ConfigError, DatasetError

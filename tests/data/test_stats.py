@@ -10,7 +10,7 @@ import pytest
 
 from pirecon.cli import main
 from pirecon.data import stats as stats_module
-from pirecon.data.lerobot import Layout, column_vectors, read_table
+from pirecon.data.layout import Layout, column_vectors, read_table
 from pirecon.data.stats import aggregate_stats, compute_stats, load_dataset_stats, load_norm_stats
 from pirecon.data.writer import array_stats, demo_action, demo_state, write_demo_dataset
 from pirecon.errors import DatasetError

@@ -194,7 +194,7 @@ def test_tokenizer_command_errors_and_help(tmp_path, capsys):
 
 
 def test_task_tokenizer_of_the_real_v2_dataset(gr00t_fixture, tmp_path):
-    from pirecon.data.lerobot import Layout
+    from pirecon.data.layout import Layout
     from pirecon.data.task_tokenizer import build_task_tokenizer
 
     built = build_task_tokenizer(gr00t_fixture, tmp_path / "tok.model")

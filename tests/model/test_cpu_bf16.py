@@ -11,9 +11,9 @@ from pirecon.model import cpu_bf16
 from pirecon.model.cpu_bf16 import _linear_forward, route_frozen_bf16_linears, scaled_dot_product_attention
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.placement import place
-from pirecon.model.weights import load_policy
+from pirecon.checkpoint.load import load_policy
 from pirecon.configs.train import PeftConfig
-from pirecon.train.lora import add_lora
+from pirecon.model.lora import add_lora
 
 
 @pytest.fixture(params=["emulated", "native"])

@@ -15,8 +15,9 @@ from pirecon.model import cpu_bf16
 from pirecon.model.cpu_bf16 import _linear_forward
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.placement import Placement, decide_placement, place, resolve_device
-from pirecon.model.weights import load_policy, save_policy
-from pirecon.train.lora import add_lora
+from pirecon.checkpoint.load import load_policy
+from pirecon.checkpoint.write_pirecon import save_policy
+from pirecon.model.lora import add_lora
 
 BF16, F32 = torch.bfloat16, torch.float32
 CPU = torch.device("cpu")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pirecon.train.checkpoint import last_checkpoint
+from pirecon.checkpoint.layout import last_checkpoint
 from pirecon.train.command import parse_train_flags
 from pirecon.train.loop import train
 from tests.train.helpers import tiny_train_flags

@@ -13,7 +13,7 @@ from pirecon.configs.policy import PolicyConfig
 from pirecon.data.normalize import save_norm_stats_json
 from pirecon.inference import PolicyRunner
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.model.weights import save_policy
+from pirecon.checkpoint.write_pirecon import save_policy
 from pirecon.configs.serve import ServeConfig, ServeOptions, ServePolicyFlags
 from pirecon.serve.command import build_server
 

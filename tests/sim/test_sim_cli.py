@@ -58,18 +58,16 @@ def test_record_passes_the_layout_to_the_dataset(tmp_path, capsys):
 
 
 def test_record_passes_the_action_noise(tmp_path, capsys, monkeypatch):
-    import importlib
-
-    record_module = importlib.import_module("pirecon.sim.record")  # the package exports a function of that name
+    from pirecon.sim import cli
 
     seen = {}
-    real = record_module.record
+    real = cli.record  # the recorder `pirecon sim record` calls
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(record_module, "record", spy)
+    monkeypatch.setattr(cli, "record", spy)
     assert run(["record", f"--output={tmp_path / 'n'}", "--episodes=1", "--image_size=32", "--action_noise=0.3"]) == 0
     assert seen["action_noise"] == 0.3
     with pytest.raises(ConfigError, match="action_noise"):

@@ -6,11 +6,12 @@ from pirecon import PolicyConfig
 from pirecon.batch import synthetic_batch
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.placement import place
-from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
+from pirecon.checkpoint.layout import last_checkpoint
+from pirecon.checkpoint.load import load_model
 from pirecon.train.command import parse_train_flags
 from pirecon.configs.train import PeftConfig
-from pirecon.train.export import export
-from pirecon.train.lora import add_lora
+from pirecon.checkpoint.export import export
+from pirecon.model.lora import add_lora
 from pirecon.train.loop import train
 from tests.train.helpers import tiny_train_flags
 
@@ -67,7 +68,7 @@ def test_export_merged_equals_adapter_model(sim_dataset, sim_tokenizer, tmp_path
     train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=3", "--policy.use_peft",
                                              "--ema_decay=0.5", kind="pi05")))
     folder = last_checkpoint(out)
-    adapter_model = load_checkpoint_model(folder, use_ema=use_ema).eval()
+    adapter_model = load_model(folder, use_ema=use_ema).eval()
     exported = export(folder, tmp_path / "exported", merge_lora=True, use_ema=use_ema)
     merged = pirecon.load_policy(exported).eval()
     assert not any(".lora_" in k for k in merged.state_dict())
@@ -78,7 +79,7 @@ def test_export_merged_equals_adapter_model(sim_dataset, sim_tokenizer, tmp_path
     assert {"norm_stats.json", "tokenizer.model", "data_info.json"} <= {p.name for p in exported.iterdir()}
     # The EMA weights differ from the raw ones, so the flag really switched weights.
     if use_ema:
-        raw = load_checkpoint_model(folder).eval()
+        raw = load_model(folder).eval()
         assert not torch.allclose(raw.sample_actions(batch, noise=noise), expected, atol=1e-4)
 
 

@@ -13,12 +13,13 @@ from pirecon.batch import synthetic_batch
 from pirecon.data.lerobot import open_dataset
 from pirecon.data.normalize import load_norm_stats_json, normalizer_from_dataset
 from pirecon.errors import CheckpointError, ConfigError
-from pirecon.model import foreign
-from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
+from pirecon.checkpoint import folder_info
+from pirecon.checkpoint.layout import last_checkpoint
+from pirecon.checkpoint.load import load_model
 from pirecon.train.command import parse_train_flags
-from pirecon.train.export import export
+from pirecon.checkpoint.export import export
 from pirecon.train.loop import train
-from tests.model.foreign_helpers import lerobot_folder, openpi_folder, stats_arrays, tiny_policy
+from tests.checkpoint.foreign_helpers import lerobot_folder, openpi_folder, stats_arrays, tiny_policy
 from tests.train.helpers import tiny_train_flags
 
 SIM_RENAME = {"observation.images.wrist": "observation.images.base_0_rgb",
@@ -77,14 +78,14 @@ def test_lora_ema_run_exports_to_lerobot(sim_dataset, sim_tokenizer, tmp_path):
     train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=3", "--policy.use_peft",
                                              "--ema_decay=0.5", kind="pi05")))
     folder = last_checkpoint(out)
-    reference = load_checkpoint_model(folder, use_ema=True).eval()
+    reference = load_model(folder, use_ema=True).eval()
     exported = export(folder, tmp_path / "lerobot", use_ema=True, format="lerobot")
     merged = pirecon.load_policy(exported).eval()
     batch = synthetic_batch(merged.config, 2)
     noise = torch.randn(2, merged.config.chunk_size, merged.config.max_action_dim)
     assert torch.allclose(merged.sample_actions(batch, noise=noise), reference.sample_actions(batch, noise=noise),
                           atol=1e-4)
-    info = foreign.read_folder_info(exported)
+    info = folder_info.read_folder_info(exported)
     ours = load_norm_stats_json(folder / "norm_stats.json")
     np.testing.assert_allclose(info.stats["actions"]["q99"], ours["actions"]["q99"], rtol=1e-6)
     # The run mapped the dataset's cameras in order; the LeRobot rename map says so explicitly.

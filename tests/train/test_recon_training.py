@@ -9,9 +9,10 @@ from pirecon import PolicyConfig
 from pirecon.batch import synthetic_batch
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.configs.recon import ReconConfig
-from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
+from pirecon.checkpoint.layout import last_checkpoint
+from pirecon.checkpoint.load import load_model
 from pirecon.train.command import parse_train_flags
-from pirecon.train.export import export
+from pirecon.checkpoint.export import export
 from pirecon.train.loop import train
 from tests.train.helpers import tiny_train_flags
 
@@ -69,7 +70,7 @@ def test_lora_training_with_recon_logs_both_losses_and_resumes(sim_dataset, sim_
     assert abs(records[0]["loss"] - records[0]["action_loss"]) < 1e-6
     assert records[2]["loss"] > records[2]["action_loss"]
     folder = last_checkpoint(out)
-    model = load_checkpoint_model(folder)
+    model = load_model(folder)
     head = model.get_base_model().recon_head
     assert head is not None and head.cfg.views == ("base_0_rgb", "left_wrist_0_rgb")
     exported = pirecon.load_policy(export(folder, tmp_path / "exported"))

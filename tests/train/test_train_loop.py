@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from pirecon.errors import ConfigError, TrainingError
-from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
+from pirecon.checkpoint.layout import last_checkpoint
+from pirecon.checkpoint.load import load_model
 from pirecon.train.command import parse_train_flags
 from pirecon.train.loop import Trainer, train
 from tests.train.helpers import logged, tiny_train_flags
@@ -69,7 +70,7 @@ def test_resume_loads_adapter_weights_trainable(sim_dataset, sim_tokenizer, tmp_
     train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=2", "--policy.use_peft")))
     folder = last_checkpoint(out)
     saved = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
-    model = load_checkpoint_model(folder, trainable=True)
+    model = load_model(folder, trainable=True)
     params = dict(model.named_parameters())
     lora_params = {n: p for n, p in params.items() if ".lora_" in n}
     assert lora_params and all(p.requires_grad for p in lora_params.values())

@@ -115,7 +115,7 @@ class PolicyConfig:
 
     @property
     def torch_dtype(self):
-        import torch
+        import torch  # lazy: torch is slow to import; configs stay light for --help
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pirecon.data.lerobot import DEFAULT_COLUMNS, Layout, column_vectors, dataset_root, parquet_columns, read_table
+from pirecon.data.layout import (DEFAULT_COLUMNS, Layout, column_vectors, dataset_root, parquet_columns,
+                                 read_table)
 from pirecon.configs.data import DoctorConfig
 from pirecon.configs.parse import format_help, parse_flags, wants_help
 from pirecon.data.video import FrameDecoder, probe_video

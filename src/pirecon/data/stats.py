@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from pirecon.configs.parse import format_help, parse_flags, wants_help
 from pirecon.configs.data import StatsConfig
-from pirecon.data.lerobot import Layout, column_vectors, dataset_root, parquet_columns, read_json, read_jsonl, select_episodes
+from pirecon.data.layout import (Layout, column_vectors, dataset_root, parquet_columns, read_json, read_jsonl,
+                                 select_episodes)
 from pirecon.errors import DatasetError
 
 QUANTILES = {"q01": 0.01, "q99": 0.99}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pirecon.configs.data import TokenizerConfig
 from pirecon.configs.parse import format_help, parse_flags, wants_help
-from pirecon.data.lerobot import Layout, dataset_root
+from pirecon.data.layout import Layout, dataset_root
 from pirecon.data.tokenizer import (
     GEMMA_VOCAB_SIZE,
     TOKENIZER_FLAG,

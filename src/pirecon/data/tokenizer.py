@@ -77,7 +77,7 @@ class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece `.model` file. Picklable (the model proto travels with it)."""
 
     def __init__(self, path: str | Path):
-        import sentencepiece
+        import sentencepiece  # lazy: sentencepiece takes 0.1 s to import
 
         self.path = Path(path)
         self._proto = self.path.read_bytes()
@@ -112,7 +112,7 @@ class SentencePieceTokenizer(Tokenizer):
         return {"path": self.path, "proto": self._proto}
 
     def __setstate__(self, state: dict) -> None:
-        import sentencepiece
+        import sentencepiece  # lazy: sentencepiece takes 0.1 s to import
 
         self.path, self._proto = state["path"], state["proto"]
         self._sp = sentencepiece.SentencePieceProcessor(model_proto=self._proto)
@@ -123,7 +123,7 @@ class HFJsonTokenizer(Tokenizer):
 
     def __init__(self, folder: str | Path):
         try:
-            from tokenizers import Tokenizer as _HFTokenizer
+            from tokenizers import Tokenizer as _HFTokenizer  # lazy: only tokenizer.json folders need tokenizers
         except ImportError:
             raise ConfigError(
                 f"{TOKENIZER_FLAG}={folder}: the folder has only tokenizer.json, which needs the "
@@ -183,7 +183,7 @@ class HFJsonTokenizer(Tokenizer):
         return {"path": self.path, "json": self._json}
 
     def __setstate__(self, state: dict) -> None:
-        from tokenizers import Tokenizer as _HFTokenizer
+        from tokenizers import Tokenizer as _HFTokenizer  # lazy: only tokenizer.json folders need tokenizers
 
         self.path, self._json = state["path"], state["json"]
         self._tok = _HFTokenizer.from_str(self._json)
@@ -268,7 +268,7 @@ def train_tiny_tokenizer(texts: Iterable[str], output_path: str | Path, vocab_si
     `tiny_vocab_needed(texts)` when that is more). The file is replaced in one step, so processes
     writing the same tokenizer at once never read a partial file.
     """
-    import sentencepiece
+    import sentencepiece  # lazy: sentencepiece takes 0.1 s to import
 
     corpus, words, needed = _tiny_corpus(texts, whole_words)
     if vocab_size is None:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pirecon.data.lerobot import V2_DATA_PATH, V2_VIDEO_PATH, V3_DATA_PATH, V3_VIDEO_PATH
+from pirecon.data.layout import V2_DATA_PATH, V2_VIDEO_PATH, V3_DATA_PATH, V3_VIDEO_PATH
 from pirecon.data.stats import aggregate_stats
 from pirecon.data.video import VideoConcatenator, VideoEncoder, pick_codec
 from pirecon.errors import DatasetError

@@ -17,6 +17,7 @@ sim's image_size defaults to the camera size of the dataset the checkpoint was t
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import shutil
 import sys
@@ -25,11 +26,18 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from pirecon.checkpoint.folder_config import policy_config
+from pirecon.checkpoint.layout import require_ema, resolve_checkpoint, training_dataset
+from pirecon.configs.data import DatasetConfig
 from pirecon.configs.eval import EnvFlags, EvalConfig
-from pirecon.configs.policy import PolicyConfig, check_device_flag
+from pirecon.configs.policy import check_device_flag
 from pirecon.configs.parse import format_help, from_dict, join_flag_values, parse_flags, to_dict
-from pirecon.errors import CheckpointError, ConfigError
+from pirecon.errors import ConfigError
 from pirecon.eval.envs import ENV_TYPES, make_env
+from pirecon.eval.metrics import format_summary, summarize
+from pirecon.eval.rollout import evaluate, run_baselines
+from pirecon.sim.env import CAMERA_KEYS, SimConfig
+from pirecon.sim.record import recorded_sim_config
 
 EPISODES_FILE = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -85,47 +93,14 @@ def check_eval_config(cfg: EvalConfig) -> None:
 # Checkpoint
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a training output folder's `checkpoints/last`."""
-    folder = Path(path).expanduser()
-    if (folder / "config.json").is_file():
-        return folder.resolve()
-    last = folder / "checkpoints" / "last"
-    if (last / "config.json").is_file():
-        return last.resolve()
-    if not folder.exists():
-        raise CheckpointError(f"--policy.path={path}: folder not found")
-    raise CheckpointError(f"--policy.path={path}: no config.json there (nor in checkpoints/last); expected a "
-                          f"pirecon checkpoint folder such as OUT/checkpoints/last")
+def training_dataset_root(folder: Path) -> Path | None:
+    """The root of the dataset the checkpoint was trained on, None when it cannot be found
+    (an exported checkpoint is followed back to the checkpoint it came from)."""
+    from pirecon.data.layout import dataset_root  # lazy: pirecon.data pulls in torch, not needed for --help
 
-
-def checkpoint_policy_config(folder: Path) -> PolicyConfig:
-    """The policy config of a checkpoint without loading weights (training checkpoints, LoRA ones
-    included, record it in config.json; other model folders are inspected by the weight loader)."""
-    from pirecon.model.weights import peek_config
-    from pirecon.train.checkpoint import read_checkpoint_config
-    data = read_checkpoint_config(folder)
-    if isinstance(data.get("policy"), dict):
-        return from_dict(PolicyConfig, data["policy"], where=f"{folder / 'config.json'}:policy")
-    return peek_config(folder)
-
-
-def training_dataset_root(folder: Path, _depth: int = 0) -> Path | None:
-    """The root of the dataset the checkpoint was trained on, None when it cannot be found.
-
-    Read from the training config stored in config.json; an exported checkpoint is followed back
-    to the checkpoint it came from.
-    """
-    from pirecon.configs.data import DatasetConfig
-    from pirecon.data.lerobot import dataset_root
-    try:
-        data = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    dataset = (data.get("train") or {}).get("dataset") or {}
+    dataset = training_dataset(folder)
     if not dataset:
-        source = data.get("exported_from")
-        return training_dataset_root(Path(source), _depth + 1) if source and _depth < 3 else None
+        return None
     try:
         root = dataset_root(DatasetConfig(root=dataset.get("root"), repo_id=dataset.get("repo_id")))
     except ConfigError:
@@ -154,13 +129,9 @@ def sim_options(options: dict[str, Any], checkpoint: Path | None) -> tuple[dict[
     there, else (an older or foreign recording) just its cameras' image_size. Returns (options,
     note) where note says where the defaults came from.
     """
-    from pirecon.sim.env import CAMERA_KEYS, SimConfig
-    from pirecon.sim.record import recorded_sim_config
-
     names = [f.name for f in dataclasses.fields(SimConfig)]
     for key in options:
         if key not in names:
-            import difflib
             close = difflib.get_close_matches(key, names, n=3)
             hint = f"; did you mean {', '.join('--env.' + c for c in close)}?" if close else ""
             raise ConfigError(f"unknown flag --env.{key} for --env.type=sim{hint} (the sim's settings: "
@@ -195,7 +166,6 @@ def _single(name: str, tp: Any) -> type:
 def build_env(cfg: EnvFlags, checkpoint: Path | None = None):
     """(env, resolved options, note) for `--env.*`."""
     if cfg.type == "sim":
-        from pirecon.sim.env import SimConfig
         options, note = sim_options(cfg.options, checkpoint)
         try:
             SimConfig(**options)
@@ -247,24 +217,20 @@ def _episode_line(result, total: int) -> str:
 
 def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     """Run the evaluation `cfg` describes, write its files and return the summary."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: 0.1 s, not needed for --help
 
-    from pirecon.eval.metrics import format_summary, summarize
-    from pirecon.eval.rollout import evaluate, run_baselines
-    from pirecon.inference import PolicyRunner
-    from pirecon.model.placement import resolve_device
-    from pirecon.train.checkpoint import EMA_FILE
+    from pirecon.inference import PolicyRunner  # lazy: torch, not needed for --help
+    from pirecon.model.placement import resolve_device  # lazy: torch, not needed for --help
 
     device = resolve_device(cfg.policy.device)
     folder = resolve_checkpoint(cfg.policy.path)
-    policy_cfg = checkpoint_policy_config(folder)
+    policy_cfg = policy_config(folder)
     n_action_steps = cfg.policy.n_action_steps or policy_cfg.n_action_steps
     if n_action_steps > policy_cfg.chunk_size:
         raise ConfigError(f"--policy.n_action_steps={n_action_steps}: expected <= the checkpoint's chunk_size "
                           f"({policy_cfg.chunk_size})")
-    if cfg.use_ema and not (folder / EMA_FILE).is_file():
-        raise CheckpointError(f"--use_ema=true but {folder} holds no {EMA_FILE}; train with --ema_decay=... to "
-                              f"keep EMA weights, or evaluate the raw weights with --use_ema=false")
+    if cfg.use_ema:
+        require_ema(folder)
     env, options, note = build_env(cfg.env, folder)
     out = prepare_output(cfg)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.n_episodes))

@@ -69,6 +69,6 @@ def make_env(env_type: str, task: str | None = None, **options) -> EvalEnv:
             options = {**options, "tasks": (task,)}
         return SimEnv(SimConfig(**options))
     if env_type == "libero":
-        from pirecon.eval.libero import LiberoEnv
+        from pirecon.eval.libero import LiberoEnv  # lazy: LIBERO is an optional extra
         return LiberoEnv.from_task(task, **options)
     raise ConfigError(f"--env.type={env_type!r}: expected one of {list(ENV_TYPES)}")

@@ -273,8 +273,8 @@ def load_libero() -> SimpleNamespace:
     ensure_libero_config(paths)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            from libero.libero import benchmark, get_libero_path
-            from libero.libero.envs import OffScreenRenderEnv
+            from libero.libero import benchmark, get_libero_path  # lazy: an optional extra
+            from libero.libero.envs import OffScreenRenderEnv  # lazy: an optional extra
     except ImportError as exc:
         raise LiberoUnavailableError(f"--env.type=libero: importing LIBERO failed ({exc}); {INSTALL_HINT}") from exc
     return SimpleNamespace(benchmark=benchmark, get_libero_path=get_libero_path, OffScreenRenderEnv=OffScreenRenderEnv)

@@ -26,11 +26,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from pirecon.checkpoint.layout import require_ema, resolve_checkpoint, training_dataset
+from pirecon.configs.data import DatasetConfig
 from pirecon.configs.eval import OfflineConfig, OfflineDatasetFlags
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.configs.policy import check_device_flag
+from pirecon.data.layout import dataset_root
+from pirecon.data.lerobot import open_dataset
+from pirecon.data.transforms import select_dims
 from pirecon.errors import ConfigError
+from pirecon.inference import PolicyRunner
+from pirecon.model.placement import resolve_device
 
 SPLITS = ("all", "train", "val")
 
@@ -107,8 +115,6 @@ class _Samples(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        from pirecon.data.transforms import select_dims
-
         raw = self.dataset[self.indices[i]]
         processed = self.preprocessor(raw)
         target = select_dims(torch.as_tensor(raw["action"]).float(), self.preprocessor.action_dims,
@@ -122,8 +128,6 @@ def offline_errors(policy, preprocessor, dataset, indices: list[int], batch_size
                    names: list[str] | None = None) -> dict:
     """Action errors of `policy` (a Pi0Policy, or anything with `.config` and `.sample_actions`) on
     `dataset[indices]`, in robot units. See `ActionErrors.result` for the returned dict."""
-    from tqdm import tqdm
-
     samples = _Samples(dataset, preprocessor, indices)
 
     def collate(items):
@@ -201,11 +205,7 @@ def check_offline_config(cfg: OfflineConfig) -> None:
 
 def open_eval_dataset(cfg: OfflineDatasetFlags, folder: Path, horizon: int):
     """The dataset `--dataset.*` selects, defaulting to the checkpoint's training dataset and split."""
-    from pirecon.configs.data import DatasetConfig
-    from pirecon.data.lerobot import dataset_root, open_dataset
-    from pirecon.train.checkpoint import read_checkpoint_config
-
-    trained = (read_checkpoint_config(folder).get("train") or {}).get("dataset") or {}
+    trained = training_dataset(folder, follow_export=False)
     if cfg.root or cfg.repo_id:
         root = dataset_root(DatasetConfig(root=cfg.root, repo_id=cfg.repo_id))
         episodes = cfg.episodes
@@ -225,18 +225,11 @@ def open_eval_dataset(cfg: OfflineDatasetFlags, folder: Path, horizon: int):
 
 
 def run_offline(cfg: OfflineConfig) -> dict:
-    from pirecon.eval.command import resolve_checkpoint
-    from pirecon.inference import PolicyRunner
-    from pirecon.model.placement import resolve_device
-    from pirecon.train.checkpoint import EMA_FILE
-    from pirecon.errors import CheckpointError
-
     check_offline_config(cfg)
     device = resolve_device(cfg.policy.device)
     folder = resolve_checkpoint(cfg.policy.path)
-    if cfg.use_ema and not (folder / EMA_FILE).is_file():
-        raise CheckpointError(f"--use_ema=true but {folder} holds no {EMA_FILE}; train with --ema_decay=... to "
-                              f"keep EMA weights, or evaluate the raw weights with --use_ema=false")
+    if cfg.use_ema:
+        require_ema(folder)
     runner = PolicyRunner.from_checkpoint(folder, use_ema=cfg.use_ema, device=device,
                                           tokenizer_path=cfg.policy.tokenizer_path)
     policy, pre = runner.policy, runner.preprocessor

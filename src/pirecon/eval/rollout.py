@@ -22,6 +22,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from pirecon.errors import ConfigError
+from pirecon.eval.metrics import summarize
+from pirecon.sim import RandomPolicy, ScriptedExpert
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class _Video:
         self.encoder = None
 
     def add(self, frame: np.ndarray) -> None:
-        from pirecon.data.video import VideoEncoder
+        from pirecon.data.video import VideoEncoder  # lazy: pirecon.data pulls in torch
 
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
@@ -103,7 +105,7 @@ def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, 
     With `video_dir`, every rendered frame (reset + one per step) goes into
     `video_dir/episode_{index:03d}_{success|failure}.mp4`.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: 0.1 s, not needed for --help
 
     if n_action_steps < 1:
         raise ConfigError(f"n_action_steps={n_action_steps}: expected a positive integer")
@@ -175,9 +177,6 @@ def run_baselines(env, seeds: list[int], random_seed: int | None = None) -> dict
 
     `random_seed` seeds the random policy (None: the first seed).
     """
-    from pirecon.eval.metrics import summarize
-    from pirecon.sim import RandomPolicy, ScriptedExpert
-
     seeds = [int(s) for s in seeds]
     random = RandomPolicy(env.action_dim, seed=seeds[0] if random_seed is None else random_seed)
     return {name: summarize(r.to_json() for r in evaluate(env, policy, seeds, n_action_steps=1))

@@ -20,6 +20,7 @@ from pirecon.batch import Batch
 from pirecon.configs.policy import PolicyConfig
 from pirecon.model.backbone import Backbone, KVCache, make_attention_mask, position_ids
 from pirecon.model.gemma import AdaRMSNorm, RMSNorm
+from pirecon.model.recon import ReconHead
 from pirecon.model.siglip import FP32LayerNorm
 
 TIME_MIN_PERIOD = 4e-3
@@ -82,7 +83,6 @@ class Pi0Policy(nn.Module):
 
     def add_recon_head(self, recon) -> None:
         """Attach a freshly initialised reconstruction head (trains in full, kept in float32)."""
-        from pirecon.model.recon import ReconHead
         device = next(self.backbone.parameters()).device
         self.recon_config = recon
         self.recon_head = ReconHead(recon, self.config).to(device)

@@ -15,7 +15,7 @@ also computes without a model or hardware:
 
 `autocast_dtype` is the autocast of the training forward (accelerate's `mixed_precision`);
 inference runs without autocast. Every command that builds or loads a policy for use goes
-through `place` (`weights.load_policy`, `PolicyRunner.from_checkpoint`, the Trainer);
+through `place` (`pirecon.checkpoint.weights.read_policy`, `PolicyRunner.from_checkpoint`, the Trainer);
 `resolve_device` turns a `--policy.device` value into a device or a `ConfigError`.
 """
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from pirecon.errors import ConfigError
 
@@ -155,7 +157,7 @@ def load_vae(path: str | None):
         raise ConfigError(f"--recon.vae_path={path}: folder not found (expected a local diffusers AutoencoderKL "
                           f"folder with config.json and diffusion_pytorch_model.safetensors)")
     try:
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL  # lazy: diffusers is optional and slow to import
     except ImportError:
         raise ConfigError("--recon.target=vae needs the optional `diffusers` package: pip install diffusers "
                           "(or use --recon.target=pixels)") from None
@@ -182,8 +184,6 @@ def load_vae(path: str | None):
 def reconstruction_grid(result: dict, path, min_cell: int = 128, gap: int = 2) -> Path:
     """Write a PNG: one row per frame; per view the columns input | target | reconstruction, each
     cell `R * ceil(min_cell / R)` pixels (nearest-neighbour up-scaling). Missing views are black."""
-    import numpy as np
-    from PIL import Image
 
     inputs, target, recon, valid = result["input"], result["target"], result["reconstruction"], result["valid"]
     b, nv = valid.shape

@@ -36,15 +36,15 @@ import sys
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.configs.serve import ServeConfig
 from pirecon.errors import ConfigError
+from pirecon.serve.obs_map import (ObsMapper, checkpoint_camera_keys, checkpoint_state_dim, presets_help,
+                                   resolve_obs_map)
+from pirecon.serve.server import PolicyServer, build_metadata
 
 
 def build_server(cfg: ServeConfig):
     """Load the checkpoint and wire runner, obs map and metadata into a PolicyServer."""
-    from pirecon.inference import PolicyRunner
-    from pirecon.model.placement import resolve_device
-    from pirecon.serve.obs_map import (ObsMapper, checkpoint_camera_keys, checkpoint_state_dim,
-                                       resolve_obs_map)
-    from pirecon.serve.server import PolicyServer, build_metadata
+    from pirecon.inference import PolicyRunner  # lazy: torch, not needed for --help
+    from pirecon.model.placement import resolve_device  # lazy: torch, not needed for --help
 
     if not cfg.policy.path:
         raise ConfigError("--policy.path: expected a checkpoint folder (e.g. OUT/checkpoints/last)")
@@ -78,7 +78,6 @@ def build_server(cfg: ServeConfig):
 
 def run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        from pirecon.serve.obs_map import presets_help
         print(format_help("serve", __doc__, ServeConfig, extra=presets_help()), end="")
         return 0
     cfg = parse_flags(argv, ServeConfig)

@@ -14,10 +14,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.configs.sim import PreviewFlags, RecordFlags, SimEvalFlags
 from pirecon.errors import ConfigError
+from pirecon.sim.env import SimConfig, SimEnv
+from pirecon.sim.expert import RandomPolicy, ScriptedExpert, evaluate, run_episode
+from pirecon.sim.record import record
 
 
 SUBCOMMANDS = {"record": RecordFlags, "eval": SimEvalFlags, "preview": PreviewFlags}
@@ -47,9 +51,6 @@ def run(argv: list[str]) -> int:
 
 
 def _record(flags: RecordFlags) -> int:
-    from pirecon.sim.env import SimConfig
-    from pirecon.sim.record import record
-
     if not flags.output:
         raise ConfigError("--output: required, e.g. --output=data/sim_demos")
 
@@ -67,9 +68,6 @@ def _record(flags: RecordFlags) -> int:
 
 
 def _eval(flags: SimEvalFlags) -> int:
-    from pirecon.sim.env import SimConfig
-    from pirecon.sim.expert import RandomPolicy, ScriptedExpert, evaluate
-
     makers = {"expert": ScriptedExpert, "random": lambda env: RandomPolicy(env.action_dim, seed=flags.seed)}
     if flags.policy not in makers:
         raise ConfigError(f"--policy={flags.policy!r}: expected one of {list(makers)}")
@@ -83,11 +81,6 @@ def _eval(flags: SimEvalFlags) -> int:
 
 
 def _preview(flags: PreviewFlags) -> int:
-    from PIL import Image
-
-    from pirecon.sim.env import SimConfig, SimEnv
-    from pirecon.sim.expert import ScriptedExpert, run_episode
-
     if not flags.output:
         raise ConfigError("--output: required, e.g. --output=sim_preview.png")
     env = SimEnv(SimConfig(image_size=flags.image_size))

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from pirecon.configs.parse import load_json
 from pirecon.errors import ConfigError, DatasetError
 from pirecon.sim.env import SimConfig, SimEnv
 from pirecon.sim.expert import ScriptedExpert, run_episode
@@ -70,7 +71,7 @@ def record(output: str | Path, episodes: int, seed: int = 0, image_size: int = 9
     `action_noise`: std of the noise added to the executed velocities (see the module docstring).
     `progress(done, total)` is called after each written episode.
     """
-    from pirecon.data.writer import LeRobotWriter  # imported here: it pulls in torch, the simulator does not
+    from pirecon.data.writer import LeRobotWriter  # lazy: pulls in torch, the simulator does not
 
     if episodes <= 0:
         raise ConfigError(f"--episodes={episodes}: expected a positive integer")
@@ -158,8 +159,6 @@ def recorded_sim_config(dataset_root: str | Path) -> SimConfig | None:
     path = Path(dataset_root) / SIM_CONFIG_FILE
     if not path.is_file():
         return None
-    from pirecon.configs.parse import load_json
-
     fields = {f.name for f in dataclasses.fields(SimConfig)}
     values = load_json(path, DatasetError)
     unknown = sorted(set(values) - fields)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pirecon.checkpoint.layout import last_checkpoint, read_config
 from pirecon.configs.parse import Parsed, format_help, load_json, parse_command, wants_help
 from pirecon.configs.train import TrainConfig
 from pirecon.errors import ConfigError
@@ -34,14 +35,13 @@ def parse_train_command(argv: list[str]) -> Parsed:
     cfg = parsed.config
     if not cfg.resume:
         return parsed
-    from pirecon.train.checkpoint import last_checkpoint, read_checkpoint_config
     if not cfg.output_dir:
         raise ConfigError("--resume=true needs --output_dir: the folder of the run to continue")
     last = last_checkpoint(cfg.output_dir)
     if last is None:
         raise ConfigError(f"--resume=true but {Path(cfg.output_dir) / 'checkpoints'} holds no checkpoint")
     # The saved config is the base; only the flags typed now override it.
-    return parse_command(argv, TrainConfig, base=read_checkpoint_config(last)["train"], config_path_flag=True,
+    return parse_command(argv, TrainConfig, base=read_config(last)["train"], config_path_flag=True,
                          read_config_file=read_config_file)
 
 
@@ -54,7 +54,7 @@ def run(argv: list[str]) -> int:
         print(format_help("train", __doc__, TrainConfig), end="")
         return 0
     parsed = parse_train_command(argv)
-    from pirecon.train.loop import train
+    from pirecon.train.loop import train  # lazy: torch and accelerate, not needed for --help
     result = train(parsed.config, typed=parsed.typed)
     if result.checkpoint is not None:
         print(f"pirecon train: {result.steps} steps, final loss {result.final_loss:.4f}; "

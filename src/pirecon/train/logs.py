@@ -29,13 +29,13 @@ class RunLogger:
             self.path.unlink()
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # lazy: only with --tensorboard=true
             except ImportError:
                 raise ConfigError("--tensorboard=true needs the tensorboard package: pip install tensorboard") from None
             self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
         if wandb_cfg.enable:
             try:
-                import wandb
+                import wandb  # lazy: an optional extra, only with --wandb.enable=true
             except ImportError:
                 raise ConfigError("--wandb.enable=true needs the wandb package: pip install 'pirecon[wandb]'") from None
             mode = wandb_cfg.mode or os.environ.get("WANDB_MODE") or "online"
@@ -78,9 +78,9 @@ def plot_losses(log_path: Path, output: Path) -> Path | None:
     records = read_log(log_path)
     if not records:
         return None
-    import matplotlib
+    import matplotlib  # lazy: slow to import, used once at the end
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: slow to import, used once at the end
 
     keys = [k for k in ("loss", "action_loss", "recon_loss") if any(k in r for r in records)]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)

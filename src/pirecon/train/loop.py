@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -16,26 +17,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from safetensors.torch import load_file
+from tqdm import tqdm
 
-from pirecon import hub
+from pirecon import hubcache
+from pirecon.checkpoint import training, upload
+from pirecon.checkpoint.folder_info import (folder_camera_map, folder_normalizer, local_tokenizer, read_folder_info,
+                                           resolve_tokenizer)
+from pirecon.checkpoint.layout import CHECKPOINTS, EMA_FILE, TRAINING_STATE, folder_format, last_checkpoint, read_config
+from pirecon.checkpoint.load import load_model, load_policy
+from pirecon.checkpoint.folder_config import policy_config
+from pirecon.checkpoint.weights import overrides_for
+from pirecon.checkpoint.write_pirecon import save_policy
 from pirecon.configs.policy import PolicyConfig, merge_with_folder
 from pirecon.configs.recon import merge_recon_with_folder
 from pirecon.configs.parse import to_dict
-from pirecon.data.lerobot import dataset_root, open_dataset
+from pirecon.data.layout import dataset_root
+from pirecon.data.lerobot import open_dataset
 from pirecon.data.loader import make_dataloader
-from pirecon.data.normalize import save_norm_stats_json
+from pirecon.data.normalize import (Normalizer, default_norm_mode, fit_to_dataset, normalizer_from_dataset,
+                                    save_norm_stats_json)
 from pirecon.data.task_tokenizer import tokenizer_for_model
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
 from pirecon.errors import ConfigError, TrainingError
-from pirecon.model import foreign, placement, weights
+from pirecon.model import lora, placement
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.train import checkpoint as ckpt
-from pirecon.train import lora
 from pirecon.configs.train import TrainConfig
 from pirecon.train.ema import EMA
 from pirecon.train.summary import summary_block
 from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainResult:
@@ -81,14 +98,14 @@ def resolve_policy_config(cfg: PolicyConfig, typed: frozenset[str] | None = None
     if typed is None:
         typed = typed_by_value(cfg, "policy.")
     mine = {name[len("policy."):] for name in typed if name.startswith("policy.")}
-    cfg = dataclasses.replace(cfg, pretrained_path=str(hub.resolve_pretrained(cfg.pretrained_path)))
-    saved = weights.peek_config(cfg.pretrained_path)
+    cfg = dataclasses.replace(cfg, pretrained_path=str(hubcache.resolve_pretrained(cfg.pretrained_path)))
+    saved = policy_config(cfg.pretrained_path)
     resolved, adapted = merge_with_folder(cfg, saved, mine, cfg.pretrained_path)
     if notes is not None:
         notes += adapted
     if "tokenizer_path" not in mine:  # the tokenizer the folder names or holds, when it is a local one
-        info = foreign.read_folder_info(cfg.pretrained_path, asset_id=resolved.asset_id, with_stats=False)
-        resolved = dataclasses.replace(resolved, tokenizer_path=foreign.local_tokenizer(info) or saved.tokenizer_path)
+        info = read_folder_info(cfg.pretrained_path, asset_id=resolved.asset_id, with_stats=False)
+        resolved = dataclasses.replace(resolved, tokenizer_path=local_tokenizer(info) or saved.tokenizer_path)
     return resolved
 
 
@@ -118,28 +135,43 @@ def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset, verb
     into the output folder, see `data.task_tokenizer`; the preprocessor's `config.tokenizer_path` names
     the one used), normaliser (the pretrained folder's statistics unless --policy.use_dataset_stats) and
     camera map (--dataset.camera_map, else the pretrained folder's when it fits the data)."""
-    info = foreign.read_folder_info(policy_cfg.pretrained_path, with_stats=False) \
+    info = read_folder_info(policy_cfg.pretrained_path, with_stats=False) \
         if policy_cfg.pretrained_path else None
     if not policy_cfg.tokenizer_path:
         if info is not None and info.tokenizer_name:
-            foreign.resolve_tokenizer(info)  # raises, naming what the folder refers to
+            resolve_tokenizer(info)  # raises, naming what the folder refers to
         built = tokenizer_for_model(dataset_root(cfg.dataset), cfg.output_dir, policy_cfg.vlm.vocab_size)
         if verbose:
             print(built.summary(), flush=True)
         policy_cfg = dataclasses.replace(policy_cfg, tokenizer_path=str(built.path))
     tokenizer = load_tokenizer(policy_cfg.tokenizer_path)
-    normalizer = foreign.training_normalizer(policy_cfg, dataset)
-    camera_map = cfg.dataset.camera_map or (foreign.folder_camera_map(info, dataset.camera_keys) if info else None)
+    normalizer = training_normalizer(policy_cfg, dataset)
+    camera_map = cfg.dataset.camera_map or (folder_camera_map(info, dataset.camera_keys) if info else None)
     return Preprocessor(policy_cfg, tokenizer, normalizer, camera_map=camera_map,
                         action_dims=cfg.dataset.action_dims, state_dims=cfg.dataset.state_dims,
                         camera_keys=dataset.camera_keys)
 
 
+def training_normalizer(policy_cfg, dataset) -> Normalizer:
+    """The normaliser for fine-tuning: the pretrained folder's statistics unless
+    --policy.use_dataset_stats=true or the folder has none; otherwise the dataset's."""
+    if policy_cfg.pretrained_path and not policy_cfg.use_dataset_stats:
+        info = read_folder_info(policy_cfg.pretrained_path, asset_id=policy_cfg.asset_id)
+        mode = policy_cfg.normalization_mode or info.normalization_mode
+        if mode is None and not info.mode_problem:
+            mode = default_norm_mode(policy_cfg.type)
+        normalizer = folder_normalizer(info, mode)
+        if normalizer is not None:
+            log.info("normalising with the statistics of %s", info.stats_source)
+            padded = {"state": policy_cfg.max_state_dim, "actions": policy_cfg.max_action_dim}
+            return fit_to_dataset(normalizer, dataset, padded, info.stats_source,
+                                  f"--policy.pretrained_path={info.folder}")
+        log.info("%s holds no statistics; normalising with the dataset's", policy_cfg.pretrained_path)
+    return normalizer_from_dataset(dataset, policy_cfg.type, policy_cfg.normalization_mode)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
         if not cfg.output_dir:
             raise ConfigError("--output_dir: expected a folder for checkpoints and logs")
         self.cfg = cfg
@@ -166,10 +198,10 @@ class Trainer:
             raise ConfigError(f"--policy.device={policy_cfg.device}: one device for {acc.num_processes} processes; "
                               f"under accelerate each process takes its own: use --policy.device=auto (or cuda)")
         self.is_main = acc.is_main_process
-        resume_from = ckpt.last_checkpoint(self.output_dir) if cfg.resume else None
+        resume_from = last_checkpoint(self.output_dir) if cfg.resume else None
         if cfg.resume and resume_from is None:
-            raise ConfigError(f"--resume=true but {self.output_dir / ckpt.CHECKPOINTS} holds no checkpoint")
-        if not cfg.resume and ckpt.last_checkpoint(self.output_dir) is not None:
+            raise ConfigError(f"--resume=true but {self.output_dir / CHECKPOINTS} holds no checkpoint")
+        if not cfg.resume and last_checkpoint(self.output_dir) is not None:
             raise ConfigError(f"--output_dir={self.output_dir} already holds checkpoints; pass --resume=true to "
                               f"continue that run or choose a new --output_dir")
 
@@ -186,14 +218,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.base_path = policy_cfg.pretrained_path
         if resume_from is not None:
-            model = ckpt.load_checkpoint_model(resume_from, trainable=True)
-            saved = ckpt.read_checkpoint_config(resume_from)
+            model = load_model(resume_from, trainable=True)
+            saved = read_config(resume_from)
             lora.base_policy(model).config = resumed_policy_config(lora.base_policy(model).config, policy_cfg,
                                                                    typed, resume_from)
             self.base_path = saved.get("base_path") or self.base_path
         else:
-            policy = weights.load_policy(policy_cfg.pretrained_path, **weights.overrides_for(policy_cfg)) \
-                if policy_cfg.pretrained_path else weights.load_policy(policy_cfg)
+            policy = load_policy(policy_cfg.pretrained_path, **overrides_for(policy_cfg)) \
+                if policy_cfg.pretrained_path else load_policy(policy_cfg)
             held = policy.recon_head  # a reconstruction head that came with the folder's weights
             recon = merge_recon_with_folder(cfg.recon, policy.recon_config if held is not None else None, typed,
                                             str(policy_cfg.pretrained_path))
@@ -227,16 +259,15 @@ class Trainer:
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
         self.step = 0
         if resume_from is not None:
-            state = torch.load(resume_from / ckpt.TRAINING_STATE, weights_only=False)
+            state = torch.load(resume_from / TRAINING_STATE, weights_only=False)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.loader.load_state_dict(state["loader"][acc.process_index] if isinstance(state["loader"], list)
                                         else state["loader"])
             if self.ema is not None:
-                from safetensors.torch import load_file
-                self.ema.load_state_dict(load_file(str(resume_from / ckpt.EMA_FILE)))
+                self.ema.load_state_dict(load_file(str(resume_from / EMA_FILE)))
             self.step = state["step"]
-            ckpt.set_rng_state(state["rng"][acc.process_index] if isinstance(state["rng"], list) else state["rng"])
+            training.set_rng_state(state["rng"][acc.process_index] if isinstance(state["rng"], list) else state["rng"])
         else:
             torch.manual_seed(cfg.seed + acc.process_index)
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
@@ -247,8 +278,6 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        from tqdm import tqdm
-
         cfg, acc = self.cfg, self.accelerator
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -288,7 +317,7 @@ class Trainer:
     def summary(self) -> str:
         policy_cfg, acc = self.cfg.policy, self.accelerator
         path = policy_cfg.pretrained_path
-        weights_from = f"{path} ({weights.folder_layout(path)} layout)" if path else "random initialisation"
+        weights_from = f"{path} ({folder_format(path)} layout)" if path else "random initialisation"
         dataset = self.dataset
         cameras = ", ".join(f"{k} -> {v}" for k, v in (self.preprocessor.camera_map or {}).items()) or \
             ", ".join(dataset.camera_keys)
@@ -335,15 +364,14 @@ class Trainer:
             where = f" for samples (dataset index) {index.tolist()}" if index is not None else ""
             raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()}{where} on rank "
                                 f"{self.accelerator.process_index}; stopped without writing a checkpoint (the last "
-                                f"good one stays in {self.output_dir / ckpt.CHECKPOINTS})")
+                                f"good one stays in {self.output_dir / CHECKPOINTS})")
 
     def save(self) -> Path | None:
         acc = self.accelerator
         # Each rank's data position and RNG are gathered so every rank resumes exactly.
-        local = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
+        local = {"loader": self.loader.state_dict(), "rng": training.rng_state()}
         gathered = [local]
         if acc.num_processes > 1:
-            import torch.distributed as dist
             gathered = [None] * acc.num_processes
             dist.all_gather_object(gathered, local)
         path = None
@@ -352,7 +380,7 @@ class Trainer:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(),
                      "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered]}
-            path = ckpt.save_checkpoint(
+            path = training.save_checkpoint(
                 self.output_dir, self.step, model, to_dict(self.cfg), state,
                 self.ema.state_dict() if self.ema else None,
                 lambda p: save_norm_stats_json(self.preprocessor.dataset_normalizer, p),
@@ -366,7 +394,7 @@ class Trainer:
         head, recon = policy.recon_head, policy.recon_config
         policy.recon_head, policy.recon_config = None, None
         try:
-            weights.save_policy(policy, self.base_path)
+            save_policy(policy, self.base_path)
         finally:
             policy.recon_head, policy.recon_config = head, recon
 
@@ -383,11 +411,11 @@ class Trainer:
 def train(cfg: TrainConfig, typed: frozenset[str] | None = None) -> TrainResult:
     """Train; with --policy.push_to_hub the main process then uploads the final checkpoint. A failed
     upload raises HubError after the run is complete on disk, saying how to push it later."""
-    hub.check_push_flags(cfg.policy.push_to_hub, cfg.policy.repo_id)
+    upload.check_push_flags(cfg.policy.push_to_hub, cfg.policy.repo_id)
     trainer = Trainer(cfg, typed)
     result = trainer.run()
     push = cfg.policy.push_to_hub and trainer.is_main and result.checkpoint is not None
     del trainer  # the export for the upload loads the model again
     if push:
-        hub.push(result.checkpoint, cfg.policy.repo_id)
+        upload.push(result.checkpoint, cfg.policy.repo_id)
     return result

@@ -12,9 +12,10 @@ from pirecon import load_policy
 from pirecon.batch import synthetic_batch
 from pirecon.errors import CheckpointError, ConfigError
 from pirecon.inference import preprocessor_from_checkpoint
-from pirecon.model import foreign
-from pirecon.model.weights import peek_config
-from tests.model.foreign_helpers import lerobot_folder, openpi_folder, stats_arrays, tiny_policy
+from pirecon.checkpoint import folder_info
+from pirecon.train.loop import training_normalizer
+from pirecon.checkpoint.folder_config import policy_config
+from tests.checkpoint.foreign_helpers import lerobot_folder, openpi_folder, stats_arrays, tiny_policy
 
 RENAME = {"observation.images.image": "observation.images.base_0_rgb",
           "observation.images.wrist_image": "observation.images.left_wrist_0_rgb"}
@@ -29,7 +30,7 @@ def pi05_folder(tmp_path):
 
 def test_lerobot_config_maps_onto_policy_config(pi05_folder):
     folder, policy, _ = pi05_folder
-    cfg = peek_config(folder)
+    cfg = policy_config(folder)
     assert cfg.type == "pi05" and cfg.vision_variant == "siglip_tiny"
     assert (cfg.paligemma_variant, cfg.action_expert_variant) == ("gemma_tiny", "gemma_tiny_expert")
     assert (cfg.chunk_size, cfg.n_action_steps, cfg.num_inference_steps) == (4, 2, 5)
@@ -47,14 +48,14 @@ def test_lerobot_empty_cameras_and_mean_std(tmp_path):
     policy = tiny_policy("pi0", camera_names=("top",))
     folder = lerobot_folder(tmp_path / "f", policy, stats_arrays(8, 7), mode="MEAN_STD",
                             config_overrides={"empty_cameras": 2})
-    cfg = peek_config(folder)
+    cfg = policy_config(folder)
     assert cfg.camera_names == ("top", "empty_camera_0", "empty_camera_1")
     assert cfg.normalization_mode == "mean_std" and cfg.type == "pi0"
 
 
 def test_lerobot_statistics_rename_map_and_tokenizer_are_read(pi05_folder):
     folder, _, stats = pi05_folder
-    info = foreign.read_folder_info(folder)
+    info = folder_info.read_folder_info(folder)
     assert info.layout == "lerobot" and info.normalization_mode == "quantile"
     assert sorted(info.stats) == ["actions", "state"]  # image statistics and the count are left out
     for key in ("state", "actions"):
@@ -72,18 +73,18 @@ def test_hub_tokenizer_name_needs_tokenizer_path(pi05_folder, sim_tokenizer, tmp
     folder, policy, _ = pi05_folder
     with pytest.raises(CheckpointError, match=r"policy_preprocessor.json names the tokenizer "
                                               r"'google/paligemma-3b-pt-224'.*--policy.tokenizer_path"):
-        preprocessor_from_checkpoint(folder, peek_config(folder))
-    pre = preprocessor_from_checkpoint(folder, peek_config(folder), tokenizer_path=str(sim_tokenizer))
+        preprocessor_from_checkpoint(folder, policy_config(folder))
+    pre = preprocessor_from_checkpoint(folder, policy_config(folder), tokenizer_path=str(sim_tokenizer))
     assert pre.tokenizer.vocab_size > 0
     # A tokenizer_name that is a local path needs no flag; the flag still wins over it.
     local = lerobot_folder(tmp_path / "local", policy, stats_arrays(8, 7), tokenizer_name=str(sim_tokenizer))
-    assert foreign.resolve_tokenizer(foreign.read_folder_info(local)) == str(sim_tokenizer)
-    assert foreign.resolve_tokenizer(foreign.read_folder_info(local), "other.model") == "other.model"
+    assert folder_info.resolve_tokenizer(folder_info.read_folder_info(local)) == str(sim_tokenizer)
+    assert folder_info.resolve_tokenizer(folder_info.read_folder_info(local), "other.model") == "other.model"
 
 
 def test_preprocessor_normalises_with_the_folder_statistics(pi05_folder, sim_tokenizer):
     folder, _, stats = pi05_folder
-    cfg = peek_config(folder)
+    cfg = policy_config(folder)
     pre = preprocessor_from_checkpoint(folder, cfg, tokenizer_path=str(sim_tokenizer))
     state = np.linspace(-1, 1, 8).astype(np.float32)
     obs = {"observation.images.image": np.full((32, 32, 3), 255, np.uint8), "observation.state": state,
@@ -103,7 +104,7 @@ def test_preprocessor_normalises_with_the_folder_statistics(pi05_folder, sim_tok
 
 def test_unsupported_normalization_mapping_names_the_file_and_flag(tmp_path, sim_tokenizer):
     folder = lerobot_folder(tmp_path / "f", tiny_policy("pi05"), stats_arrays(8, 7), mode="MIN_MAX")
-    cfg = peek_config(folder)
+    cfg = policy_config(folder)
     assert cfg.normalization_mode is None
     with pytest.raises(ConfigError, match=r"config.json: normalization_mapping STATE=MIN_MAX.*"
                                           r"--policy.normalization_mode"):
@@ -119,7 +120,7 @@ def test_pre_and_postprocessor_statistics_must_agree(tmp_path):
     with pytest.raises(CheckpointError, match=r"policy_preprocessor_step_2_normalizer_processor.safetensors and "
                                               r".*policy_postprocessor_step_0_unnormalizer_processor.safetensors "
                                               r"hold different 'actions'"):
-        foreign.read_folder_info(folder)
+        folder_info.read_folder_info(folder)
 
 
 def test_missing_statistics_file_is_named(tmp_path):
@@ -127,45 +128,45 @@ def test_missing_statistics_file_is_named(tmp_path):
     (folder / "policy_preprocessor_step_2_normalizer_processor.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"policy_preprocessor.json names the statistics file "
                                               r"policy_preprocessor_step_2_normalizer_processor.safetensors"):
-        foreign.read_folder_info(folder)
+        folder_info.read_folder_info(folder)
 
 
 def test_lerobot_config_disagreeing_with_the_weights(tmp_path):
     policy = tiny_policy("pi0")
     folder = lerobot_folder(tmp_path / "a", policy, config_overrides={"type": "pi05"})
     with pytest.raises(CheckpointError, match=r"config.json: type=pi05 but .*holds a pi0 model"):
-        peek_config(folder)
+        policy_config(folder)
     folder = lerobot_folder(tmp_path / "b", policy, config_overrides={"max_action_dim": 32})
     with pytest.raises(CheckpointError, match=r"config.json: max_action_dim=32 but model.action_in_proj.weight"):
-        peek_config(folder)
+        policy_config(folder)
     folder = lerobot_folder(tmp_path / "c", policy, config_overrides={"type": "smolvla"})
     with pytest.raises(CheckpointError, match=r"type='smolvla'.*pi0 and pi05"):
-        peek_config(folder)
+        policy_config(folder)
     folder = lerobot_folder(tmp_path / "d", policy, config_overrides={"max_period": 2.0})
     with pytest.raises(CheckpointError, match=r"max_period=2.0"):
-        peek_config(folder)
+        policy_config(folder)
 
 
 def test_openpi_nested_assets(tmp_path, sim_tokenizer):
     policy = tiny_policy("pi0")
     libero, other = stats_arrays(8, 7), stats_arrays(5, 5, seed=3)
     one = openpi_folder(tmp_path / "one", policy, {"physical-intelligence/libero": libero})
-    info = foreign.read_folder_info(one)
+    info = folder_info.read_folder_info(one)
     assert info.layout == "openpi" and info.asset_id == "physical-intelligence/libero"
     np.testing.assert_array_equal(info.stats["actions"]["q99"], libero["actions"]["q99"])
     assert info.stats_source.endswith("assets/physical-intelligence/libero/norm_stats.json")
     two = openpi_folder(tmp_path / "two", policy, {"physical-intelligence/libero": libero, "trossen": other})
     with pytest.raises(ConfigError, match=r"several assets \['physical-intelligence/libero', 'trossen'\].*"
                                           r"--policy.asset_id"):
-        foreign.read_folder_info(two)
-    assert foreign.read_folder_info(two, asset_id="trossen").action_dim == 5
+        folder_info.read_folder_info(two)
+    assert folder_info.read_folder_info(two, asset_id="trossen").action_dim == 5
     with pytest.raises(ConfigError, match=r"--policy.asset_id=droid: .*does not exist"):
-        foreign.read_folder_info(two, asset_id="droid")
-    cfg = peek_config(one)
+        folder_info.read_folder_info(two, asset_id="droid")
+    cfg = policy_config(one)
     pre = preprocessor_from_checkpoint(one, cfg, tokenizer_path=str(sim_tokenizer))
     assert pre.normalizer.mode == "mean_std" and pre.action_dim == 7  # openpi pi0: mean/std
     none = openpi_folder(tmp_path / "none", policy)
-    assert foreign.read_folder_info(none).stats is None
+    assert folder_info.read_folder_info(none).stats is None
 
 
 def _dataset(state: int, action: int, stats_seed: int = 5):
@@ -177,25 +178,25 @@ def _dataset(state: int, action: int, stats_seed: int = 5):
 
 def test_training_uses_folder_statistics_unless_told_otherwise(pi05_folder):
     folder, _, stats = pi05_folder
-    cfg = dataclasses.replace(peek_config(folder), pretrained_path=str(folder))
-    normalizer = foreign.training_normalizer(cfg, _dataset(8, 7))
+    cfg = dataclasses.replace(policy_config(folder), pretrained_path=str(folder))
+    normalizer = training_normalizer(cfg, _dataset(8, 7))
     np.testing.assert_array_equal(normalizer.stats["actions"]["q01"], stats["actions"]["q01"])
     assert normalizer.mode == "quantile"
-    chosen = foreign.training_normalizer(dataclasses.replace(cfg, use_dataset_stats=True),
+    chosen = training_normalizer(dataclasses.replace(cfg, use_dataset_stats=True),
                                          _dataset(8, 7))
     np.testing.assert_array_equal(chosen.stats["actions"]["q01"], _dataset(8, 7).stats["action"]["q01"])
 
 
 def test_folder_statistics_that_do_not_fit_the_dataset(pi05_folder):
     folder, _, _ = pi05_folder
-    cfg = dataclasses.replace(peek_config(folder), pretrained_path=str(folder))
+    cfg = dataclasses.replace(policy_config(folder), pretrained_path=str(folder))
     with pytest.raises(ConfigError) as err:
-        foreign.training_normalizer(cfg, _dataset(3, 3))
+        training_normalizer(cfg, _dataset(3, 3))
     text = str(err.value)
     assert str(folder) in text and "policy_preprocessor_step_2_normalizer_processor.safetensors" in text
     assert "/data/mine" in text and "action statistics of 7 dims, but the dataset's action has 3" in text
     assert "observation.state statistics of 8 dims" in text and "--policy.use_dataset_stats=true" in text
-    assert foreign.training_normalizer(dataclasses.replace(cfg, use_dataset_stats=True), _dataset(3, 3)).dim(
+    assert training_normalizer(dataclasses.replace(cfg, use_dataset_stats=True), _dataset(3, 3)).dim(
         "actions") == 3
 
 
@@ -203,45 +204,45 @@ def test_missing_state_statistics_and_padded_statistics(tmp_path):
     policy = tiny_policy("pi0")
     only_actions = {"actions": stats_arrays(8, 7)["actions"]}
     folder = openpi_folder(tmp_path / "a", policy, {"x": only_actions})
-    cfg = dataclasses.replace(peek_config(folder), pretrained_path=str(folder))
+    cfg = dataclasses.replace(policy_config(folder), pretrained_path=str(folder))
     with pytest.raises(ConfigError, match=r"no 'observation.state' statistics, but the dataset has "
                                           r"observation.state \(8 dims\)"):
-        foreign.training_normalizer(cfg, _dataset(8, 7))
+        training_normalizer(cfg, _dataset(8, 7))
     # openpi computes statistics after padding to the model width: they are cut to the data's width.
     padded = stats_arrays(8, 8)
     for key, width in (("state", 3), ("actions", 2)):  # padding dims are zero in every statistic
         padded[key] = {stat: np.where(np.arange(8) < width, value, 0) for stat, value in padded[key].items()}
     folder = openpi_folder(tmp_path / "b", policy, {"x": padded})
-    cfg = dataclasses.replace(peek_config(folder), pretrained_path=str(folder))
-    normalizer = foreign.training_normalizer(cfg, _dataset(3, 2))
+    cfg = dataclasses.replace(policy_config(folder), pretrained_path=str(folder))
+    normalizer = training_normalizer(cfg, _dataset(3, 2))
     assert (normalizer.dim("state"), normalizer.dim("actions")) == (3, 2)
     np.testing.assert_array_equal(normalizer.stats["actions"]["mean"], padded["actions"]["mean"][:2])
 
 
 def test_folder_camera_map_applies_only_when_the_cameras_exist(pi05_folder):
-    info = foreign.read_folder_info(pi05_folder[0])
+    info = folder_info.read_folder_info(pi05_folder[0])
     keys = ["observation.images.image", "observation.images.wrist_image"]
-    assert foreign.folder_camera_map(info, keys) == {"observation.images.image": "base_0_rgb",
+    assert folder_info.folder_camera_map(info, keys) == {"observation.images.image": "base_0_rgb",
                                                      "observation.images.wrist_image": "left_wrist_0_rgb"}
-    assert foreign.folder_camera_map(info, ["observation.images.top"]) is None
+    assert folder_info.folder_camera_map(info, ["observation.images.top"]) is None
 
 
 def test_processor_json_without_steps_is_named(pi05_folder):
     folder = pi05_folder[0]
     (folder / "policy_postprocessor.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(CheckpointError, match=r"policy_postprocessor.json: expected .*steps"):
-        foreign.read_folder_info(folder)
+        folder_info.read_folder_info(folder)
 
 
 def test_dataset_statistics_need_no_asset_choice(tmp_path):
     policy = tiny_policy("pi0")
     folder = openpi_folder(tmp_path / "two", policy, {"a": stats_arrays(8, 7), "b/c": stats_arrays(8, 7)})
-    cfg = dataclasses.replace(peek_config(folder), pretrained_path=str(folder))
+    cfg = dataclasses.replace(policy_config(folder), pretrained_path=str(folder))
     with pytest.raises(ConfigError, match=r"several assets \['a', 'b/c'\]"):
-        foreign.training_normalizer(cfg, _dataset(3, 3))
-    chosen = foreign.training_normalizer(dataclasses.replace(cfg, use_dataset_stats=True), _dataset(3, 3))
+        training_normalizer(cfg, _dataset(3, 3))
+    chosen = training_normalizer(dataclasses.replace(cfg, use_dataset_stats=True), _dataset(3, 3))
     assert chosen.dim("actions") == 3
-    assert foreign.read_folder_info(folder, with_stats=False).stats is None
+    assert folder_info.read_folder_info(folder, with_stats=False).stats is None
 
 
 def test_policy_runner_acts_from_a_lerobot_folder(pi05_folder, sim_tokenizer):

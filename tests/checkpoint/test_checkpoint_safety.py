@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from pirecon.train import checkpoint as ckpt
-from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
+from pirecon.checkpoint import training as ckpt
+from pirecon.checkpoint.layout import last_checkpoint
+from pirecon.checkpoint.load import load_model
 from pirecon.train.command import parse_train_flags
 from pirecon.train.loop import Trainer, train
 from tests.train.helpers import tiny_train_flags
@@ -33,7 +34,7 @@ def test_failed_save_leaves_last_intact(sim_dataset, sim_tokenizer, tmp_path, mo
         trainer.run()
     assert last_checkpoint(out).name == "000002"
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")) == ["000002", "last"]
-    load_checkpoint_model(last_checkpoint(out))
+    load_model(last_checkpoint(out))
 
 
 @pytest.mark.slow
@@ -57,7 +58,7 @@ def test_kill_9_during_saves_never_corrupts_last(sim_dataset, sim_tokenizer, tmp
         proc.wait()
         last = last_checkpoint(out)
         assert last is not None and last.is_dir()
-        model = load_checkpoint_model(last, trainable=True)  # complete and loadable
+        model = load_model(last, trainable=True)  # complete and loadable
         state = torch.load(last / ckpt.TRAINING_STATE, weights_only=False)
         assert state["step"] == int(last.name) and model is not None
     # The run still resumes and finishes after the kills.

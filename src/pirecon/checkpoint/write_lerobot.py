@@ -1,25 +1,26 @@
-"""Write LeRobot and openpi folders' side files: config.json, processor pipelines, statistics.
+"""Write a LeRobot folder: weights under `model.paligemma_with_expert.*`, config.json, both
+processor pipelines and their statistics files.
 
-The weights themselves are written by `pirecon.model.weights.save_foreign_weights`; the layouts
-are described in `pirecon.model.foreign`. Files are shaped like the ones LeRobot's
-`PolicyProcessorPipeline.save_pretrained` and openpi's PyTorch conversion write, so that both
-projects (and `pirecon.model.foreign`) read them.
+Files are shaped like the ones LeRobot's `PolicyProcessorPipeline.save_pretrained` writes, so that
+LeRobot (and `pirecon.checkpoint.folder_info`) read them.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from pirecon.checkpoint import keys
+from pirecon.checkpoint.folder_config import (ACTION_FEATURE, DEFAULT_TOKENIZER_NAME, FIXED_LEROBOT_FIELDS,
+                                               IMAGE_PREFIX, LEROBOT_MODES, STATE_FEATURE, STATS_FEATURES)
+from pirecon.checkpoint.layout import CONFIG_FILE, POSTPROCESSOR_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE
+from pirecon.checkpoint.write_pirecon import write_json
 from pirecon.configs.policy import PolicyConfig
-from pirecon.data.normalize import EPS, Stats, save_norm_stats_json
-from pirecon.model.foreign import (ACTION_FEATURE, ASSETS_DIR, CONFIG_FILE, DEFAULT_TOKENIZER_NAME,
-                                   FIXED_LEROBOT_FIELDS, IMAGE_PREFIX, LEROBOT_MODES, NORM_STATS_FILE,
-                                   POSTPROCESSOR_FILE, PREPROCESSOR_FILE, STATE_FEATURE, STATS_FEATURES)
+from pirecon.data.normalize import EPS, Stats
+from pirecon.model.pi0 import Pi0Policy
 
 PRE_NAME, POST_NAME = "policy_preprocessor", "policy_postprocessor"
 
@@ -108,50 +109,30 @@ def lerobot_processors(cfg: PolicyConfig, stats: Stats | None, mode: str, tokeni
     post_steps = [unnormalizer, _step("device_processor", {"device": "cpu", "float_dtype": None})]
     state_files = {}
     if stats:
-        for pipeline, steps, step, keys in ((PRE_NAME, pre_steps, normalizer, ("state", "actions")),
-                                            (POST_NAME, post_steps, unnormalizer, ("actions",))):
+        for pipeline, steps, step, features in ((PRE_NAME, pre_steps, normalizer, ("state", "actions")),
+                                                (POST_NAME, post_steps, unnormalizer, ("actions",))):
             name = f"{pipeline}_step_{steps.index(step)}_{step['registry_name']}.safetensors"
             step["state_file"] = name
-            state_files[name] = _flat_stats(stats, keys)
+            state_files[name] = _flat_stats(stats, features)
     return ({"name": PRE_NAME, "steps": pre_steps}, {"name": POST_NAME, "steps": post_steps}, state_files)
 
 
-def write_lerobot_files(folder: Path, cfg: PolicyConfig, stats: Stats | None, mode: str,
-                        tokenizer_name: str | None = None, camera_map: dict[str, str] | None = None,
-                        camera_keys: list[str] | None = None, state_dim: int | None = None,
-                        action_dim: int | None = None) -> list[Path]:
-    """config.json + both processor pipelines + their statistics files, beside model.safetensors."""
-    folder = Path(folder)
-    written = [folder / CONFIG_FILE, folder / PREPROCESSOR_FILE, folder / POSTPROCESSOR_FILE]
-    _write_json(written[0], lerobot_config(cfg, mode, state_dim, action_dim))
+def write_lerobot(policy: Pi0Policy, folder: Path, stats: Stats | None, mode: str,
+                  tokenizer_name: str | None = None, camera_map: dict[str, str] | None = None,
+                  camera_keys: list[str] | None = None, state_dim: int | None = None,
+                  action_dim: int | None = None) -> list[Path]:
+    """model.safetensors (LeRobot's tensor names) + config.json + both processor pipelines + their
+    statistics files."""
+    folder, cfg = Path(folder), policy.config
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(keys.foreign_state_dict(policy, "lerobot"), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    written = [folder / WEIGHTS_FILE, folder / CONFIG_FILE, folder / PREPROCESSOR_FILE, folder / POSTPROCESSOR_FILE]
+    write_json(written[1], lerobot_config(cfg, mode, state_dim, action_dim))
     pre, post, state_files = lerobot_processors(cfg, stats, mode, tokenizer_name or DEFAULT_TOKENIZER_NAME,
                                                 rename_map(cfg, camera_map, camera_keys), state_dim, action_dim)
-    _write_json(written[1], pre)
-    _write_json(written[2], post)
+    write_json(written[2], pre)
+    write_json(written[3], post)
     for name, tensors in state_files.items():
         save_file(tensors, str(folder / name))
         written.append(folder / name)
     return written
-
-
-def openpi_config(cfg: PolicyConfig) -> dict:
-    """openpi's PyTorch config.json (the type is told by the tensor names)."""
-    return {"action_dim": cfg.max_action_dim, "action_horizon": cfg.chunk_size,
-            "paligemma_variant": cfg.paligemma_variant, "action_expert_variant": cfg.action_expert_variant,
-            "precision": cfg.dtype}
-
-
-def write_openpi_files(folder: Path, cfg: PolicyConfig, stats: Stats | None, asset_id: str | None) -> list[Path]:
-    """config.json + assets/<asset_id>/norm_stats.json (statistics need an asset id)."""
-    folder = Path(folder)
-    _write_json(folder / CONFIG_FILE, openpi_config(cfg))
-    written = [folder / CONFIG_FILE]
-    if stats:
-        if not asset_id:
-            raise ValueError("openpi statistics need an asset id")
-        written.append(save_norm_stats_json(stats, folder / ASSETS_DIR / asset_id / NORM_STATS_FILE))
-    return written
-
-
-def _write_json(path: Path, body: dict) -> None:
-    path.write_text(json.dumps(body, indent=2) + "\n")

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from pirecon import PolicyConfig, load_policy, save_policy
 from pirecon.batch import synthetic_batch
 from pirecon.errors import CheckpointError
-from pirecon.model.weights import openpi_key
+from pirecon.checkpoint.keys import openpi_key
 
 
 def _policy(kind):
@@ -71,7 +71,7 @@ def test_openpi_and_lerobot_layouts_give_identical_outputs(kind, tmp_path, caplo
     unused = {"paligemma_with_expert.gemma_expert.lm_head.weight": torch.zeros(expert_vocab, policy.config.expert.width)}
     _write_foreign(policy, tmp_path / "openpi", "openpi", extra=unused)
     _write_foreign(policy, tmp_path / "lerobot", "lerobot")
-    with caplog.at_level(logging.INFO, logger="pirecon.model.weights"):
+    with caplog.at_level(logging.INFO, logger="pirecon.checkpoint.weights"):
         from_openpi = load_policy(tmp_path / "openpi").eval()
     assert "gemma_expert.lm_head.weight" in caplog.text
     from_lerobot = load_policy(tmp_path / "lerobot").eval()

@@ -16,11 +16,11 @@ from pirecon.batch import synthetic_batch
 from pirecon.data.normalize import save_norm_stats_json
 from pirecon.errors import ConfigError
 from pirecon.inference import preprocessor_from_checkpoint
-from pirecon.model import foreign
-from pirecon.model.weights import peek_config
-from pirecon.train import export as export_cmd
-from pirecon.train.export import export
-from tests.model.foreign_helpers import lerobot_folder, stats_arrays, tiny_policy
+from pirecon.checkpoint import folder_info
+from pirecon.checkpoint.folder_config import policy_config
+from pirecon import export as export_cmd
+from pirecon.checkpoint.export import export
+from tests.checkpoint.foreign_helpers import lerobot_folder, stats_arrays, tiny_policy
 
 CAMERA_MAP = {"observation.images.top": "base_0_rgb", "observation.images.wrist": "left_wrist_0_rgb"}
 
@@ -124,12 +124,12 @@ def test_lerobot_export_round_trip(kind, tmp_path, sim_tokenizer):
     assert set(load_file(str(out / post["steps"][0]["state_file"]))) == {f"action.{s}" for s in stats["actions"]}
 
     # pirecon's reader gets the same preprocessing back; the tokenizer copy sits beside the weights.
-    info = foreign.read_folder_info(out)
+    info = folder_info.read_folder_info(out)
     assert info.layout == "lerobot" and info.camera_map == CAMERA_MAP and info.action_dim == 3
     for key in stats:
         for stat, value in stats[key].items():
             np.testing.assert_allclose(info.stats[key][stat], value)
-    assert foreign.resolve_tokenizer(info) == str(out / "tokenizer.model")
+    assert folder_info.resolve_tokenizer(info) == str(out / "tokenizer.model")
     a = preprocessor_from_checkpoint(tmp_path / "src", policy.config)
     b = preprocessor_from_checkpoint(out, loaded.config)
     obs = {"observation.images.top": np.full((32, 32, 3), 200, np.uint8),
@@ -154,7 +154,7 @@ def test_openpi_export_round_trip(kind, tmp_path, sim_tokenizer):
     np.testing.assert_allclose(norm_stats["state"]["q01"], stats["state"]["q01"], rtol=1e-6)
     loaded = load_policy(out)
     assert loaded.config.type == kind and _same_actions(loaded, policy, policy.config)
-    info = foreign.read_folder_info(out)
+    info = folder_info.read_folder_info(out)
     assert info.asset_id == "physical-intelligence/sim" and info.action_dim == 3
 
 
@@ -164,12 +164,12 @@ def test_lerobot_folder_converts_to_openpi_and_pirecon(tmp_path, sim_tokenizer):
     src = lerobot_folder(tmp_path / "lerobot", policy, stats, rename_map={
         "observation.images.image": "observation.images.base_0_rgb"})
     op = export(src, tmp_path / "openpi", format="openpi", asset_id="libero")
-    assert _same_actions(load_policy(op), load_policy(src), peek_config(src))
-    np.testing.assert_allclose(foreign.read_folder_info(op).stats["actions"]["q99"], stats["actions"]["q99"])
+    assert _same_actions(load_policy(op), load_policy(src), policy_config(src))
+    np.testing.assert_allclose(folder_info.read_folder_info(op).stats["actions"]["q99"], stats["actions"]["q99"])
     ours = export(src, tmp_path / "pirecon", tokenizer_path=str(sim_tokenizer))
     loaded = load_policy(ours)
-    assert loaded.config == peek_config(src)
-    info = foreign.read_folder_info(ours)
+    assert loaded.config == policy_config(src)
+    info = folder_info.read_folder_info(ours)
     assert info.layout == "pirecon" and info.camera_map == {"observation.images.image": "base_0_rgb"}
     assert info.normalization_mode == "quantile" and info.action_dim == 7
     assert json.loads((ours / "config.json").read_text())["tokenizer"] == "tokenizer.model"
@@ -205,7 +205,7 @@ def test_selected_dims_are_exported_as_cut_statistics(tmp_path, sim_tokenizer):
     config = json.loads((out / "config.json").read_text())
     assert config["output_features"]["action"]["shape"] == [3]
     assert config["input_features"]["observation.state"]["shape"] == [2]
-    read = foreign.read_folder_info(out).stats
+    read = folder_info.read_folder_info(out).stats
     np.testing.assert_allclose(read["actions"]["mean"], stats["actions"]["mean"][[0, 2, 4]])
     np.testing.assert_allclose(read["state"]["std"], stats["state"]["std"][[1, 3]])
 

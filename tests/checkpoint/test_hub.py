@@ -18,13 +18,17 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 
-from pirecon import cli, hub
+from pirecon import cli, hubcache
+from pirecon.checkpoint import upload
+from pirecon.checkpoint.load import load, load_policy
+from pirecon.checkpoint.write_pirecon import save_policy
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.data import DatasetConfig
-from pirecon.data.lerobot import dataset_root, open_from_config
+from pirecon.data.layout import dataset_root
+from pirecon.data.lerobot import open_from_config
 from pirecon.errors import CheckpointError, ConfigError, HubError
-from pirecon.model import weights
-from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
+from pirecon.checkpoint.layout import last_checkpoint
+from pirecon.checkpoint.load import load_model
 from pirecon.train.command import parse_train_flags
 from pirecon.train.loop import resolve_policy_config, train
 from tests.train.helpers import tiny_train_flags
@@ -108,7 +112,7 @@ def fake_cache_entry(cache: Path, repo_type: str, repo_id: str, source: Path, re
 
 
 def tiny_checkpoint(folder: Path, **fields) -> Path:
-    return weights.save_policy(weights.load_policy(PolicyConfig(**{**TINY, **fields})), folder)
+    return save_policy(load_policy(PolicyConfig(**{**TINY, **fields})), folder)
 
 
 def cache(tmp_path: Path) -> Path:
@@ -133,16 +137,16 @@ def tree(folder: Path) -> dict[str, str]:
     ("org/-bad", None), ("org--x/name", None), ("org/na..me", None), ("org/name@", None), ("org/", None),
 ])
 def test_parse_hub_id(value, expected):
-    parsed = hub.parse_hub_id(value)
+    parsed = hubcache.parse_hub_id(value)
     assert (None if parsed is None else (parsed.repo_id, parsed.revision)) == expected
 
 
 def test_offline_and_cache_are_read_at_call_time(monkeypatch, tmp_path):
-    assert hub.is_offline() and hub.cache_dir() == cache(tmp_path)
+    assert hubcache.is_offline() and hubcache.cache_dir() == cache(tmp_path)
     go_online(monkeypatch)
-    assert not hub.is_offline()
+    assert not hubcache.is_offline()
     monkeypatch.delenv("HF_HUB_CACHE")
-    assert hub.cache_dir() == tmp_path / "hf-home" / "hub"
+    assert hubcache.cache_dir() == tmp_path / "hf-home" / "hub"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,10 +164,20 @@ def test_pretrained_hub_id_resolves_offline_from_the_cache(tmp_path):
 
     resolved = resolve_policy_config(PolicyConfig(pretrained_path="org/tiny-pi0"))
     assert Path(resolved.pretrained_path) == main and resolved.chunk_size == 4
-    policy = weights.load_policy(resolved.pretrained_path)
+    policy = load_policy(resolved.pretrained_path)
     assert policy.config.max_state_dim == 8
     resolved = resolve_policy_config(PolicyConfig(pretrained_path="org/tiny-pi0@v1"))
     assert Path(resolved.pretrained_path) == tagged and resolved.chunk_size == 6
+
+
+def test_loading_a_hub_id_reads_the_cache_and_never_downloads(tmp_path, monkeypatch):
+    go_online(monkeypatch)  # even online, `load` itself never fetches: only --policy.pretrained_path does
+    snap = fake_cache_entry(cache(tmp_path), "model", "org/tiny-pi0", tiny_checkpoint(tmp_path / "src", chunk_size=6))
+    loaded = load("org/tiny-pi0", with_weights=False)
+    assert loaded.folder == snap and loaded.layout == "pirecon" and loaded.config.chunk_size == 6
+    assert load("org/tiny-pi0").policy.config.chunk_size == 6
+    with pytest.raises(CheckpointError, match="org/missing: checkpoint folder not found"):
+        load("org/missing")
 
 
 def test_dataset_hub_id_resolves_offline_from_the_cache(tmp_path, sim_dataset, monkeypatch):
@@ -262,7 +276,7 @@ def test_existing_folder_that_looks_like_a_hub_id_is_a_folder(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     tiny_checkpoint(tmp_path / "org" / "name")
     shutil.copytree(sim_dataset, tmp_path / "org" / "data")
-    assert hub.parse_hub_id("org/name") is not None
+    assert hubcache.parse_hub_id("org/name") is not None
     resolved = resolve_policy_config(PolicyConfig(pretrained_path="org/name"))
     assert resolved.pretrained_path == "org/name" and resolved.chunk_size == 4
     assert dataset_root(DatasetConfig(repo_id="org/data")) == Path("org/data")
@@ -326,7 +340,7 @@ def test_push_to_hub_failure_at_the_end_of_training_keeps_the_run(failed_push_ru
     assert not list(ckpt.parent.glob(".pirecon-push-*"))
     # ... and the run is whole: log, checkpoint with its training state, loadable and resumable.
     assert ckpt.name == "000002" and (ckpt / "training_state.pt").is_file() and (out / "log.jsonl").is_file()
-    assert load_checkpoint_model(ckpt, merge_lora=True).config.chunk_size == 4
+    assert load_model(ckpt, merge_lora=True).config.chunk_size == 4
     saved = json.loads((ckpt / "config.json").read_text())
     assert saved["train"]["policy"]["push_to_hub"] is True
 
@@ -356,8 +370,8 @@ def test_push_uploads_an_export_of_a_training_checkpoint(failed_push_run, monkey
                      ("upload_folder", "org/tiny", {"revision": "dev"})]
     assert "training_state.pt" not in tree(uploaded) and "model.safetensors" in tree(uploaded)
     # What was uploaded is the merged policy of the checkpoint, tensor for tensor.
-    merged = load_checkpoint_model(ckpt, merge_lora=True).state_dict()
-    hub_policy = weights.load_policy(uploaded).state_dict()
+    merged = load_model(ckpt, merge_lora=True).state_dict()
+    hub_policy = load_policy(uploaded).state_dict()
     assert hub_policy.keys() <= merged.keys() and len(hub_policy) > 10
     assert all(torch.equal(hub_policy[k], merged[k]) for k in hub_policy)
     assert tree(ckpt) == before and not list(ckpt.parent.glob(".pirecon-push-*"))
@@ -371,14 +385,14 @@ def test_push_uploads_a_standalone_folder_as_it_is(tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "create_branch", lambda self, repo_id, *, branch, **kw: seen.append(("branch", branch)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, repo_id, folder_path, **kw: seen.append(
         (folder_path, kw["revision"])))
-    assert hub.push(folder, "org/tiny@v1") == "https://huggingface.co/org/tiny"
+    assert upload.push(folder, "org/tiny@v1") == "https://huggingface.co/org/tiny"
     assert seen == [("branch", "v1"), (str(folder), "v1")]
     with pytest.raises(ConfigError, match="--use_ema=true"):
-        hub.push(folder, "org/tiny", use_ema=True)
+        upload.push(folder, "org/tiny", use_ema=True)
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.json").write_text("{}")
-        hub.push(tmp_path / "empty", "org/tiny")
+        upload.push(tmp_path / "empty", "org/tiny")
 
 
 @pytest.mark.timeout(30)

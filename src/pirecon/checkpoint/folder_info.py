@@ -1,6 +1,6 @@
 """LeRobot and openpi pretrained folders: config fields, processor pipelines, statistics, tokenizer.
 
-Tensor key names live in `pirecon.model.weights`; this module knows the files around them.
+Tensor key names live in `pirecon.checkpoint.keys`; this module knows the files around them.
 
 LeRobot (`lerobot/pi0_base`, `lerobot/pi05_base`, `lerobot/pi05_libero`):
   config.json                  {"type": "pi0"|"pi05", chunk_size, n_action_steps, max_state_dim,
@@ -16,8 +16,9 @@ openpi PyTorch: config.json {action_dim, action_horizon, paligemma_variant, acti
   `physical-intelligence/libero`).
 pirecon: norm_stats.json, data_info.json and a tokenizer copy beside the weights.
 
-`read_folder_info` gives one `FolderInfo` for any of the three; `pirecon.model.foreign_write`
-writes the LeRobot and openpi files back.
+`read_folder_info` gives one `FolderInfo` for any of the three; `pirecon.checkpoint.write_lerobot`
+and `write_openpi` write the LeRobot and openpi files back; `folder_config` turns their
+config.json into a PolicyConfig.
 """
 
 from __future__ import annotations
@@ -25,37 +26,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
+from pirecon.checkpoint.folder_config import (ACTION_FEATURE, IMAGE_PREFIX, STATE_FEATURE, STATS_FEATURES,
+                                               feature_width, lerobot_cameras, lerobot_mode)
+from pirecon.checkpoint.layout import (ASSETS_DIR, CONFIG_FILE, DATA_INFO, NORM_STATS, POSTPROCESSOR_FILE,
+                                       PREPROCESSOR_FILE, TOKENIZER_FILES, folder_format)
 from pirecon.configs.parse import load_json
-from pirecon.data.normalize import Normalizer, Stats
+from pirecon.data.normalize import Normalizer, Stats, load_norm_stats_json
 from pirecon.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-PREPROCESSOR_FILE = "policy_preprocessor.json"
-POSTPROCESSOR_FILE = "policy_postprocessor.json"
-ASSETS_DIR = "assets"
-NORM_STATS_FILE = "norm_stats.json"
-DATA_INFO_FILE = "data_info.json"
-DEFAULT_TOKENIZER_NAME = "google/paligemma-3b-pt-224"  # LeRobot's default tokenizer_name
-IMAGE_PREFIX = "observation.images."
-STATE_FEATURE, ACTION_FEATURE = "observation.state", "action"
-# Our statistics names (openpi's) <-> LeRobot feature names.
-STATS_FEATURES = {"state": STATE_FEATURE, "actions": ACTION_FEATURE}
-# Normalisation modes: ours <-> LeRobot's NormalizationMode values.
-LEROBOT_MODES = {"mean_std": "MEAN_STD", "quantile": "QUANTILES"}
 # LeRobot registry names of the processor steps read here (older files name the class instead).
 STEP_CLASSES = {"normalizer_processor": "NormalizerProcessorStep",
                 "unnormalizer_processor": "UnnormalizerProcessorStep",
                 "tokenizer_processor": "TokenizerProcessorStep",
                 "rename_observations_processor": "RenameObservationsProcessorStep"}
-# Numbers LeRobot keeps in config.json that pirecon hard-wires (REFERENCE.md §1).
-FIXED_LEROBOT_FIELDS = {"time_sampling_scale": 0.999, "time_sampling_offset": 0.001, "min_period": 4e-3,
-                        "max_period": 4.0, "n_obs_steps": 1}
 
 
 @dataclass
@@ -80,79 +70,6 @@ class FolderInfo:
 
 
 # ---------------------------------------------------------------------------------------------
-# config.json -> PolicyConfig fields
-
-
-def policy_fields(cfg: dict, layout: str, where: Path) -> dict[str, Any]:
-    """PolicyConfig fields named by an openpi / LeRobot config.json (shape-derived ones excluded)."""
-    if layout == "openpi":
-        fields = {"chunk_size": cfg.get("action_horizon"), "max_action_dim": cfg.get("action_dim"),
-                  "max_state_dim": cfg.get("action_dim"),  # openpi pads the state to the action width
-                  "tokenizer_max_length": cfg.get("max_token_len"),
-                  "paligemma_variant": cfg.get("paligemma_variant"),
-                  "action_expert_variant": cfg.get("action_expert_variant"),
-                  "dtype": cfg.get("precision") or cfg.get("dtype")}
-        if "pi05" in cfg:
-            fields["type"] = "pi05" if cfg["pi05"] else "pi0"
-        return {k: v for k, v in fields.items() if v is not None}
-    typ = cfg.get("type")
-    if typ is not None and typ not in ("pi0", "pi05"):
-        raise CheckpointError(f"{where}: type={typ!r} is a LeRobot {typ} policy; pirecon reads pi0 and pi05")
-    for name, value in FIXED_LEROBOT_FIELDS.items():
-        if cfg.get(name) is not None and not np.isclose(cfg[name], value):
-            raise CheckpointError(f"{where}: {name}={cfg[name]} but pirecon's Pi0/Pi0.5 use {value} "
-                                  f"(REFERENCE.md §1); this folder is not a standard {typ or 'pi0'} policy")
-    names = {"type": "type", "chunk_size": "chunk_size", "n_action_steps": "n_action_steps",
-             "max_state_dim": "max_state_dim", "max_action_dim": "max_action_dim",
-             "num_inference_steps": "num_inference_steps", "tokenizer_max_length": "tokenizer_max_length",
-             "paligemma_variant": "paligemma_variant", "action_expert_variant": "action_expert_variant",
-             "dtype": "dtype", "time_sampling_beta_alpha": "time_beta_alpha",
-             "time_sampling_beta_beta": "time_beta_beta", "freeze_vision_encoder": "freeze_vision_encoder",
-             "train_expert_only": "train_expert_only"}
-    fields = {ours: cfg[theirs] for theirs, ours in names.items() if cfg.get(theirs) is not None}
-    cameras = lerobot_cameras(cfg)
-    if cameras:
-        fields["camera_names"] = tuple(cameras)
-    mode, problem = lerobot_mode(cfg.get("normalization_mapping"), where)
-    if mode is not None:
-        fields["normalization_mode"] = mode
-    elif problem:
-        log.warning("%s", problem)
-    return fields
-
-
-def lerobot_cameras(cfg: dict) -> list[str]:
-    """Model views of a LeRobot config: its VISUAL input features (prefix dropped), then empty cameras."""
-    features = cfg.get("input_features") or {}
-    views = [key[len(IMAGE_PREFIX):] if key.startswith(IMAGE_PREFIX) else key
-             for key, ft in features.items() if isinstance(ft, dict) and ft.get("type") == "VISUAL"]
-    views += [f"empty_camera_{i}" for i in range(int(cfg.get("empty_cameras") or 0))
-              if f"empty_camera_{i}" not in views]
-    return views
-
-
-def lerobot_mode(mapping: dict | None, where: Path | str) -> tuple[str | None, str | None]:
-    """LeRobot normalization_mapping -> (our mode, None) or (None, why it cannot be reproduced)."""
-    if not mapping:
-        return None, None
-    state, action = mapping.get("STATE"), mapping.get("ACTION")
-    theirs = {v: k for k, v in LEROBOT_MODES.items()}
-    if state in theirs and (action == state or action is None):
-        return theirs[state], None
-    if state is None and action in theirs:
-        return theirs[action], None
-    return None, (f"{where}: normalization_mapping STATE={state} ACTION={action}; pirecon normalises state and "
-                  f"actions together with MEAN_STD or QUANTILES: pass --policy.normalization_mode=mean_std|quantile "
-                  f"(the folder's statistics must hold mean/std or q01/q99)")
-
-
-def feature_width(cfg: dict, group: str, key: str) -> int | None:
-    ft = (cfg.get(group) or {}).get(key)
-    shape = ft.get("shape") if isinstance(ft, dict) else None
-    return int(shape[-1]) if shape else None
-
-
-# ---------------------------------------------------------------------------------------------
 # Reading a folder
 
 
@@ -162,8 +79,7 @@ def read_folder_info(folder: str | Path, asset_id: str | None = None, layout: st
     reading the statistics, e.g. when --policy.use_dataset_stats=true makes them irrelevant)."""
     folder = Path(folder)
     if layout is None:
-        from pirecon.model import weights  # weights imports this module
-        layout = weights.folder_layout(folder)
+        layout = folder_format(folder)
     info = FolderInfo(folder=folder, layout=layout)
     if layout == "lerobot":
         _read_lerobot(info, with_stats)
@@ -192,8 +108,8 @@ def _read_pirecon(info: FolderInfo, with_stats: bool) -> None:
     config = load_json(folder / CONFIG_FILE, CheckpointError)
     if config.get("tokenizer"):
         info.tokenizer_name, info.tokenizer_source = config["tokenizer"], str(folder / CONFIG_FILE)
-    if (folder / DATA_INFO_FILE).is_file():
-        data = load_json(folder / DATA_INFO_FILE, CheckpointError)
+    if (folder / DATA_INFO).is_file():
+        data = load_json(folder / DATA_INFO, CheckpointError)
         info.camera_map = data.get("camera_map") or None
         info.camera_keys = data.get("camera_keys") or None
         info.action_dims, info.state_dims = data.get("action_dims"), data.get("state_dims")
@@ -201,16 +117,14 @@ def _read_pirecon(info: FolderInfo, with_stats: bool) -> None:
         info.normalization_mode = data.get("normalization_mode")
     if info.normalization_mode is None:
         info.normalization_mode = (config.get("policy") or {}).get("normalization_mode")
-    if with_stats and (folder / NORM_STATS_FILE).is_file():
-        from pirecon.data.normalize import load_norm_stats_json
-        info.stats = load_norm_stats_json(folder / NORM_STATS_FILE)
-        info.stats_source = str(folder / NORM_STATS_FILE)
+    if with_stats and (folder / NORM_STATS).is_file():
+        info.stats = load_norm_stats_json(folder / NORM_STATS)
+        info.stats_source = str(folder / NORM_STATS)
     if info.action_dims is not None:
         info.action_dim = len(info.action_dims)
 
 
 def _read_openpi(info: FolderInfo, asset_id: str | None, with_stats: bool) -> None:
-    from pirecon.data.normalize import load_norm_stats_json
     path, info.asset_id = find_openpi_stats(info.folder, asset_id) if with_stats else (None, asset_id)
     if path is not None:
         try:
@@ -218,7 +132,7 @@ def _read_openpi(info: FolderInfo, asset_id: str | None, with_stats: bool) -> No
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from None
         info.stats_source = str(path)
-    for candidate in ("tokenizer.model", "tokenizer.json"):
+    for candidate in TOKENIZER_FILES:
         if (info.folder / candidate).is_file():
             info.tokenizer_name, info.tokenizer_source = candidate, str(info.folder)
             break
@@ -227,10 +141,10 @@ def _read_openpi(info: FolderInfo, asset_id: str | None, with_stats: bool) -> No
 def find_openpi_stats(folder: Path, asset_id: str | None) -> tuple[Path | None, str | None]:
     """(assets/<asset_id>/norm_stats.json, asset_id); several candidates need --policy.asset_id."""
     assets = folder / ASSETS_DIR
-    found = sorted(p.parent.relative_to(assets).as_posix() for p in assets.rglob(NORM_STATS_FILE)) \
+    found = sorted(p.parent.relative_to(assets).as_posix() for p in assets.rglob(NORM_STATS)) \
         if assets.is_dir() else []
     if asset_id:
-        path = assets / asset_id / NORM_STATS_FILE
+        path = assets / asset_id / NORM_STATS
         if not path.is_file():
             raise ConfigError(f"--policy.asset_id={asset_id}: {path} does not exist; {assets} holds statistics for "
                               f"{found or 'no asset'}")
@@ -240,7 +154,7 @@ def find_openpi_stats(folder: Path, asset_id: str | None) -> tuple[Path | None, 
     if len(found) > 1:
         raise ConfigError(f"{assets} holds statistics for several assets {found}; choose one with "
                           f"--policy.asset_id={found[0]} (or another of them)")
-    return assets / found[0] / NORM_STATS_FILE, found[0]
+    return assets / found[0] / NORM_STATS, found[0]
 
 
 def _read_lerobot(info: FolderInfo, with_stats: bool) -> None:
@@ -319,8 +233,6 @@ def read_stats_file(path: Path, named_in: Path) -> Stats:
     """A processor state file {"<feature>.<stat>": tensor} -> {"state"|"actions": {stat: array}}.
 
     Statistics of other features (cameras, ...) and the sample `count` are left out."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     if not path.is_file():
         raise CheckpointError(f"{named_in} names the statistics file {path.name}, which is not in {path.parent}")
     try:
@@ -353,7 +265,7 @@ def local_tokenizer(info: FolderInfo) -> str | None:
         for candidate in (info.folder / Path(info.tokenizer_name).expanduser(), Path(info.tokenizer_name)):
             if candidate.exists():
                 return str(candidate)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer"):
+    for name in (*TOKENIZER_FILES, "tokenizer"):
         if (info.folder / name).exists():
             return str(info.folder / name)
     return None
@@ -401,23 +313,3 @@ def folder_camera_map(info: FolderInfo, camera_keys) -> dict[str, str] | None:
                  info.folder, info.camera_map, sorted(keys))
         return None
     return dict(info.camera_map)
-
-
-def training_normalizer(policy_cfg, dataset) -> Normalizer:
-    """The normaliser for fine-tuning: the pretrained folder's statistics unless
-    --policy.use_dataset_stats=true or the folder has none; otherwise the dataset's."""
-    from pirecon.data.normalize import default_norm_mode, fit_to_dataset, normalizer_from_dataset
-    if policy_cfg.pretrained_path and not policy_cfg.use_dataset_stats:
-        info = read_folder_info(policy_cfg.pretrained_path, asset_id=policy_cfg.asset_id)
-        mode = policy_cfg.normalization_mode or info.normalization_mode
-        if mode is None and not info.mode_problem:
-            mode = default_norm_mode(policy_cfg.type)
-        normalizer = folder_normalizer(info, mode)
-        if normalizer is not None:
-            log.info("normalising with the statistics of %s", info.stats_source)
-            padded = {"state": policy_cfg.max_state_dim, "actions": policy_cfg.max_action_dim}
-            return fit_to_dataset(normalizer, dataset, padded, info.stats_source,
-                                  f"--policy.pretrained_path={info.folder}")
-        log.info("%s holds no statistics; normalising with the dataset's", policy_cfg.pretrained_path)
-    return normalizer_from_dataset(dataset, policy_cfg.type, policy_cfg.normalization_mode)
-

@@ -1,5 +1,6 @@
 """Training checkpoints: `output_dir/checkpoints/{step:06d}/` and a `last` link, written atomically.
 
+Read back by `pirecon.checkpoint.load` (the model) and the trainer (training_state.pt, EMA, RNG).
 A checkpoint folder holds:
   config.json            {"format": "pirecon", "policy": ..., "train": ..., "step": N, "peft": bool,
                           "base_path": frozen base weights (PEFT only), "tokenizer": file name}
@@ -18,7 +19,6 @@ swapped with an atomic rename, so a kill at any moment leaves the previous check
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -26,21 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from pirecon.configs.policy import PolicyConfig
-from pirecon.configs.parse import from_dict, to_dict
-from pirecon.errors import CheckpointError
-from pirecon.model import weights
-from pirecon.train import lora
-
-CHECKPOINTS = "checkpoints"
-LAST = "last"
-TRAINING_STATE = "training_state.pt"
-EMA_FILE = "ema.safetensors"
-TRAINABLE_FILE = "trainable.safetensors"
-ADAPTER_DIR = "adapter"
-NORM_STATS = "norm_stats.json"
+from pirecon.checkpoint.layout import (ADAPTER_DIR, CHECKPOINTS, CONFIG_FILE, EMA_FILE, LAST, NORM_STATS,
+                                       TRAINABLE_FILE, TRAINING_STATE)
+from pirecon.checkpoint.write_pirecon import copy_tokenizer, pirecon_config, write_json, write_weights
+from pirecon.model import lora
 
 
 def rng_state() -> dict:
@@ -70,21 +61,6 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
-def copy_tokenizer(tokenizer_path: str | None, folder: Path) -> str | None:
-    """Copy a SentencePiece model (or tokenizer.json) beside the weights; returns the file name."""
-    if not tokenizer_path:
-        return None
-    src = Path(tokenizer_path)
-    if src.is_dir():
-        candidates = [src / "tokenizer.model", src / "tokenizer.json"]
-        src = next((c for c in candidates if c.is_file()), None)
-        if src is None:
-            return None
-    name = "tokenizer.json" if src.suffix == ".json" else "tokenizer.model"
-    shutil.copyfile(src, folder / name)
-    return name
-
-
 def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, train_config: dict,
                     training_state: dict, ema_state: dict | None, norm_stats_writer, tokenizer_path: str | None,
                     base_path: str | None, keep_last: int, extra_json: dict[str, dict] | None = None) -> Path:
@@ -105,21 +81,17 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, train_c
         save_file({k: v.contiguous().cpu() for k, v in lora.trainable_non_lora_state(model).items()},
                   str(tmp / TRAINABLE_FILE))
     else:
-        save_file({k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()},
-                  str(tmp / weights.WEIGHTS_FILE), metadata={"format": weights.FORMAT_NAME})
+        write_weights(policy, tmp)
     if ema_state is not None:
         save_file({k: v.contiguous().cpu() for k, v in ema_state.items()}, str(tmp / EMA_FILE))
     if norm_stats_writer is not None:
         norm_stats_writer(tmp / NORM_STATS)
     tokenizer_file = copy_tokenizer(tokenizer_path, tmp)
-    config = {"format": weights.FORMAT_NAME, "policy": to_dict(policy.config), "train": train_config,
-              "step": step, "peft": is_peft, "base_path": base_path if is_peft else None,
-              "tokenizer": tokenizer_file}
-    if policy.recon_head is not None:
-        config["recon"] = to_dict(policy.recon_config)
-    (tmp / weights.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    write_json(tmp / CONFIG_FILE, pirecon_config(policy, {
+        "train": train_config, "step": step, "peft": is_peft, "base_path": base_path if is_peft else None,
+        "tokenizer": tokenizer_file}))
     for name, body in (extra_json or {}).items():
-        (tmp / name).write_text(json.dumps(body, indent=2) + "\n")
+        write_json(tmp / name, body)
     torch.save(training_state, tmp / TRAINING_STATE)
     _fsync_tree(tmp)
     if final.exists():  # re-saving the same step: move the old one out of the way first
@@ -152,58 +124,3 @@ def _prune(root: Path, keep_last: int) -> None:
     for leftover in root.glob(".tmp-*"):  # from a run killed mid-save
         if leftover.is_dir() and not leftover.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def last_checkpoint(output_dir: str | Path) -> Path | None:
-    link = Path(output_dir) / CHECKPOINTS / LAST
-    return link.resolve() if link.exists() else None
-
-
-def read_checkpoint_config(folder: Path) -> dict:
-    path = Path(folder) / weights.CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no {weights.CONFIG_FILE}; expected a pirecon checkpoint folder")
-    return json.loads(path.read_text())
-
-
-def load_checkpoint_model(folder: str | Path, trainable: bool = False, use_ema: bool = False,
-                          merge_lora: bool = False, dtype: str | None = None) -> torch.nn.Module:
-    """The model of a training checkpoint: a Pi0Policy, or a PeftModel around it (PEFT runs).
-
-    `use_ema` copies the EMA weights in; `merge_lora` folds the adapters into the base weights and
-    returns a plain Pi0Policy.
-    """
-    folder = Path(folder)
-    config = read_checkpoint_config(folder)
-    if not config.get("peft"):
-        model = weights.load_policy(folder, dtype=dtype)
-        if trainable:
-            model.apply_freeze()
-    else:
-        from pirecon.configs.train import PeftConfig
-        base_path = config.get("base_path")
-        if not base_path or not Path(base_path).is_dir():
-            raise CheckpointError(f"{folder / weights.CONFIG_FILE}: the frozen base {base_path!r} this adapter was "
-                                  f"trained on is not there; expected the folder named by base_path")
-        policy_cfg = from_dict(PolicyConfig, config["policy"], where=f"{folder / weights.CONFIG_FILE}:policy")
-        overrides = {k: getattr(policy_cfg, k) for k in ("freeze_vision_encoder", "train_expert_only",
-                                                          "num_inference_steps", "n_action_steps")}
-        base = weights.load_policy(base_path, dtype=dtype or policy_cfg.dtype, **overrides)
-        if config.get("recon", {}).get("enable"):
-            from pirecon.configs.recon import ReconConfig
-            base.add_recon_head(from_dict(ReconConfig, config["recon"], where=f"{folder / weights.CONFIG_FILE}:recon"))
-        peft_cfg = from_dict(PeftConfig, config.get("train", {}).get("peft", {}), where="peft")
-        model = lora.load_lora(base, folder / ADAPTER_DIR, peft_cfg, trainable=trainable)
-        lora.load_trainable_non_lora(model, load_file(str(folder / TRAINABLE_FILE)), folder / TRAINABLE_FILE)
-    if use_ema:
-        ema_path = folder / EMA_FILE
-        if not ema_path.is_file():
-            raise CheckpointError(f"{folder}: --use_ema=true but the checkpoint has no {EMA_FILE} (train with --ema_decay)")
-        ema = load_file(str(ema_path))
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in ema.items():
-                params[name].copy_(value.to(params[name].dtype))
-    if merge_lora and model is not lora.base_policy(model):
-        model = model.merge_and_unload()
-    return model

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from pirecon import PolicyConfig, load_policy
-from pirecon.model.weights import openpi_key
+from pirecon.checkpoint.keys import openpi_key
 
 EXPERT_LM_HEAD = "paligemma_with_expert.gemma_expert.lm_head.weight"
 

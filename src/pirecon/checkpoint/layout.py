@@ -1,0 +1,127 @@
+"""File names inside checkpoint folders, and telling a folder's kind without reading tensors.
+
+A pirecon folder:
+  config.json            {"format": "pirecon", "policy": {...}, ["recon": {...}], ...}
+  model.safetensors      the weights under our key names (absent in a LoRA training checkpoint)
+  norm_stats.json        openpi-format normalisation statistics
+  data_info.json         cameras, dims and normalisation mode, to rebuild the preprocessing
+  tokenizer.model|.json  a copy of the tokenizer
+A training checkpoint adds (see `pirecon.checkpoint.training`):
+  adapter/               PEFT adapter (adapter_config.json, adapter_model.safetensors)   (LoRA)
+  trainable.safetensors  the non-LoRA trainable weights (heads, vision, ...)             (LoRA)
+  ema.safetensors        EMA of the trainable weights                                 (optional)
+  training_state.pt      optimizer, scheduler, RNG states, data position, step
+LeRobot and openpi folders: see `pirecon.checkpoint.folder_info`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from pirecon.checkpoint import keys
+from pirecon.configs.parse import load_json
+from pirecon.errors import CheckpointError
+
+FORMAT_NAME = "pirecon"
+FORMATS = ("pirecon", "lerobot", "openpi")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NORM_STATS = "norm_stats.json"
+DATA_INFO = "data_info.json"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+# Training checkpoints
+CHECKPOINTS = "checkpoints"
+LAST = "last"
+TRAINING_STATE = "training_state.pt"
+EMA_FILE = "ema.safetensors"
+TRAINABLE_FILE = "trainable.safetensors"
+ADAPTER_DIR = "adapter"
+TRAINING_MARKERS = (TRAINING_STATE, ADAPTER_DIR, TRAINABLE_FILE)  # "export before uploading"
+# LeRobot and openpi side files
+PREPROCESSOR_FILE = "policy_preprocessor.json"
+POSTPROCESSOR_FILE = "policy_postprocessor.json"
+ASSETS_DIR = "assets"
+
+
+def read_config(folder: Path) -> dict:
+    """A folder's config.json; its absence is a CheckpointError naming the folder."""
+    return load_json(Path(folder) / CONFIG_FILE, CheckpointError,
+                     missing=f"no {CONFIG_FILE}; expected the config written beside {WEIGHTS_FILE}")
+
+
+def is_lora(folder: Path) -> bool:
+    """A training checkpoint holding an adapter over a frozen base (no model.safetensors)."""
+    return (Path(folder) / ADAPTER_DIR).is_dir() and (Path(folder) / CONFIG_FILE).is_file()
+
+
+def is_training_checkpoint(folder: Path) -> bool:
+    return any((Path(folder) / name).exists() for name in TRAINING_MARKERS)
+
+
+def folder_format(folder: str | Path) -> str:
+    """"pirecon", "openpi" or "lerobot", from config.json and the tensor names (no tensor is read)."""
+    folder = Path(folder)
+    config_json = read_config(folder)
+    if config_json.get("format") == FORMAT_NAME:
+        return FORMAT_NAME  # also LoRA checkpoints, which hold no model.safetensors
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}; expected a pirecon, openpi or LeRobot checkpoint folder")
+    with safe_open(str(weights), framework="pt") as f:
+        return detect_format(config_json, list(f.keys()), f.metadata() or {})
+
+
+def detect_format(config_json: dict, tensor_names: list[str], metadata: dict) -> str:
+    if config_json.get("format") == FORMAT_NAME or metadata.get("format") == FORMAT_NAME:
+        return FORMAT_NAME
+    found = keys.foreign_layout(tensor_names)
+    if found is None:
+        raise CheckpointError(f"cannot tell the checkpoint layout: keys such as {tensor_names[:3]} are neither "
+                              f"pirecon, {keys.LAYOUT_HINT}")
+    return found
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    link = Path(output_dir) / CHECKPOINTS / LAST
+    return link.resolve() if link.exists() else None
+
+
+def resolve_checkpoint(path: str | Path, flag: str = "--policy.path") -> Path:
+    """A checkpoint folder, or a training output folder's `checkpoints/last`."""
+    folder = Path(path).expanduser()
+    if (folder / CONFIG_FILE).is_file():
+        return folder.resolve()
+    last = folder / CHECKPOINTS / LAST
+    if (last / CONFIG_FILE).is_file():
+        return last.resolve()
+    if not folder.exists():
+        raise CheckpointError(f"{flag}={path}: folder not found")
+    raise CheckpointError(f"{flag}={path}: no {CONFIG_FILE} there (nor in {CHECKPOINTS}/{LAST}); expected a "
+                          f"pirecon checkpoint folder such as OUT/{CHECKPOINTS}/{LAST}")
+
+
+def require_ema(folder: Path) -> Path:
+    """The EMA weights of a checkpoint, or the error `--use_ema=true` gets without them."""
+    path = Path(folder) / EMA_FILE
+    if not path.is_file():
+        raise CheckpointError(f"--use_ema=true but {folder} holds no {EMA_FILE}; train with --ema_decay=... to "
+                              f"keep EMA weights, or use the raw weights with --use_ema=false")
+    return path
+
+
+def training_dataset(folder: Path, follow_export: bool = True) -> dict:
+    """The `dataset` settings of the run that wrote a checkpoint ({} when unknown); with
+    `follow_export`, an exported folder is followed back to the checkpoint it came from."""
+    for _ in range(4):
+        try:
+            data = json.loads((Path(folder) / CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        dataset = (data.get("train") or {}).get("dataset") or {}
+        if dataset or not follow_export or not data.get("exported_from"):
+            return dataset
+        folder = Path(data["exported_from"])
+    return {}
