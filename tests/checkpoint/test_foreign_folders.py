@@ -131,19 +131,15 @@ def test_missing_statistics_file_is_named(tmp_path):
         folder_info.read_folder_info(folder)
 
 
-def test_lerobot_config_disagreeing_with_the_weights(tmp_path):
-    policy = tiny_policy("pi0")
-    folder = lerobot_folder(tmp_path / "a", policy, config_overrides={"type": "pi05"})
-    with pytest.raises(CheckpointError, match=r"config.json: type=pi05 but .*holds a pi0 model"):
-        policy_config(folder)
-    folder = lerobot_folder(tmp_path / "b", policy, config_overrides={"max_action_dim": 32})
-    with pytest.raises(CheckpointError, match=r"config.json: max_action_dim=32 but model.action_in_proj.weight"):
-        policy_config(folder)
-    folder = lerobot_folder(tmp_path / "c", policy, config_overrides={"type": "smolvla"})
-    with pytest.raises(CheckpointError, match=r"type='smolvla'.*pi0 and pi05"):
-        policy_config(folder)
-    folder = lerobot_folder(tmp_path / "d", policy, config_overrides={"max_period": 2.0})
-    with pytest.raises(CheckpointError, match=r"max_period=2.0"):
+@pytest.mark.parametrize("overrides, message", [
+    ({"type": "pi05"}, r"config.json: type=pi05 but .*holds a pi0 model"),
+    ({"max_action_dim": 32}, r"config.json: max_action_dim=32 but model.action_in_proj.weight"),
+    ({"type": "smolvla"}, r"type='smolvla'.*pi0 and pi05"),
+    ({"max_period": 2.0}, r"max_period=2.0"),
+])
+def test_lerobot_config_disagreeing_with_the_weights(tmp_path, overrides, message):
+    folder = lerobot_folder(tmp_path / "f", tiny_policy("pi0"), config_overrides=overrides)
+    with pytest.raises(CheckpointError, match=message):
         policy_config(folder)
 
 
