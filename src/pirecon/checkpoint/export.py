@@ -11,16 +11,15 @@ import logging
 import shutil
 from pathlib import Path
 
-from pirecon.checkpoint.folder_info import FolderInfo, local_tokenizer, read_folder_info, stats_width
+from pirecon.checkpoint.folder_info import FolderInfo, local_tokenizer, stats_width
 from pirecon.checkpoint.layout import (DATA_INFO, FORMAT_NAME, FORMATS, NORM_STATS, TOKENIZER_FILES,
                                        read_config, resolve_checkpoint)
-from pirecon.checkpoint.load import load_model
+from pirecon.checkpoint.load import load
 from pirecon.checkpoint.write_lerobot import write_lerobot
 from pirecon.checkpoint.write_openpi import write_openpi
 from pirecon.checkpoint.write_pirecon import copy_tokenizer, save_policy, write_json
 from pirecon.data.normalize import default_norm_mode, save_norm_stats_json
 from pirecon.errors import ConfigError
-from pirecon.model import lora
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +45,8 @@ def export(source: str | Path, output: str | Path, merge_lora: bool = True, use_
         if not overwrite:
             raise ConfigError(f"--output={output} is not empty; pass --overwrite=true or choose another folder")
         shutil.rmtree(output)
-    info = read_folder_info(source, asset_id=source_asset_id)
-    model = load_model(source, use_ema=use_ema, merge_lora=True)
-    policy = lora.base_policy(model)
+    loaded = load(source, use_ema=use_ema, asset_id=source_asset_id)
+    info, policy = loaded.info, loaded.policy
     if not keep_recon_head:
         policy.recon_head, policy.recon_config = None, None
     tmp = output.with_name(output.name + ".partial")

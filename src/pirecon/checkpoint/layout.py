@@ -54,7 +54,7 @@ def read_config(folder: Path) -> dict:
 
 def is_lora(folder: Path) -> bool:
     """A training checkpoint holding an adapter over a frozen base (no model.safetensors)."""
-    return (Path(folder) / ADAPTER_DIR).is_dir() and (Path(folder) / CONFIG_FILE).is_file()
+    return (Path(folder) / CONFIG_FILE).is_file() and bool(read_config(folder).get("peft"))
 
 
 def is_training_checkpoint(folder: Path) -> bool:

@@ -133,13 +133,12 @@ def load_model(folder: Path, trainable: bool = False, use_ema: bool = False, mer
     `use_ema` copies the EMA weights in; `merge_lora` folds the adapters into the base weights and
     returns a plain Pi0Policy."""
     folder = Path(folder)
-    config = read_config(folder) if (folder / CONFIG_FILE).is_file() else {}
-    if not config.get("peft"):
+    if is_lora(folder):
+        model = _lora_model(folder, read_config(folder), trainable, dtype)
+    else:
         model = weights.read_policy(folder, dtype=dtype)
         if trainable:
             model.apply_freeze()
-    else:
-        model = _lora_model(folder, config, trainable, dtype)
     if use_ema:
         _copy_ema(model, folder)
     if merge_lora and model is not lora.base_policy(model):
