@@ -249,7 +249,7 @@ def test_eval_libero_defaults_are_the_standard_protocol(recorder):
 def test_serve_defaults_match_the_libero_fine_tune(recorder):
     (call,) = recorded("serve_robot.sh", recorder)
     (cfg,), _ = parse_only(call["argv"])
-    assert (cfg.serve.preset, cfg.policy.device, cfg.port, cfg.host) == ("libero", "cuda", 8000, "0.0.0.0")
+    assert (cfg.serve.preset, cfg.policy.device, cfg.port, cfg.host) == ("libero", "cuda", 8000, "127.0.0.1")
     assert cfg.serve.obs_map == {"observation/wrist_image": "observation.images.image2"}
     (call,) = recorded("serve_robot.sh", recorder, PRESET="aloha", NUM_STEPS="5")
     (cfg,), _ = parse_only(call["argv"])

@@ -274,3 +274,10 @@ def test_preprocessor_pickles(tiny_tok):
     again = pickle.loads(pickle.dumps(pre))
     a, b = pre(raw_sample()), again(raw_sample())
     assert all(torch.equal(a[k], b[k]) for k in ("images", "tokens", "state", "actions"))
+
+
+def test_an_image_too_thin_to_resize_is_named():
+    assert prepare_image(np.zeros((8, 1792, 3), np.uint8), 224, name="cam").shape == (3, 224, 224)  # 1 row left
+    with pytest.raises(InputError, match=r"^cam: an image of 7x1792 pixels is too thin to resize to 224x224 "
+                                         r"\(it would be 0x224\); expected an aspect ratio of at most 224:1"):
+        prepare_image(np.zeros((7, 1792, 3), np.uint8), 224, name="cam")

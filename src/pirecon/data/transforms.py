@@ -36,6 +36,7 @@ from pirecon.errors import ConfigError, InputError
 
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
+MAX_NORMALIZED_STATE = 1e4  # an observation's state beyond this many normalised units is refused
 ACTION_KEY = "action"
 CAMERA_FLAG = "--dataset.camera_map"
 STATE_BINS = 256
@@ -83,6 +84,9 @@ def resize_with_pad(images: torch.Tensor, height: int, width: int, pad_value: fl
     if (h, w) != (height, width):
         ratio = max(w / width, h / height)
         new_h, new_w = int(h / ratio), int(w / ratio)
+        if min(new_h, new_w) < 1:
+            raise InputError(f"an image of {h}x{w} pixels is too thin to resize to {height}x{width} (it would be "
+                             f"{new_h}x{new_w}); expected an aspect ratio of at most {min(height, width)}:1")
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp(0.0, 1.0)
         pad_top, extra_h = divmod(height - new_h, 2)
@@ -93,7 +97,10 @@ def resize_with_pad(images: torch.Tensor, height: int, width: int, pad_value: fl
 
 def prepare_image(image: Any, resolution: int, name: str = "image") -> torch.Tensor:
     """Any accepted image -> (3, resolution, resolution) in [-1, 1]; padding is exactly -1."""
-    x = resize_with_pad(to_chw_float(image, name), resolution, resolution, pad_value=0.0)
+    try:
+        x = resize_with_pad(to_chw_float(image, name), resolution, resolution, pad_value=0.0)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
     return x * 2.0 - 1.0
 
 
@@ -401,7 +408,22 @@ class Preprocessor:
         (3, H, W) tensors, `observation.state`) and `task` or `prompt` for the instruction.
         """
         sample = {k: v for k, v in obs.items() if k not in (ACTION_KEY, "action_is_pad")}
+        self._check_state_range(sample)
         return self.collate([self(sample)])
+
+    def _check_state_range(self, obs: Mapping[str, Any]) -> None:
+        """Refuse a state the model was never meant to see: non-finite, or (normalised) beyond
+        MAX_NORMALIZED_STATE — its output would be meaningless or non-finite."""
+        state = self._state(obs)
+        bad = ~torch.isfinite(state) | (state.abs() > MAX_NORMALIZED_STATE)
+        if bad.any():
+            dims = bad.nonzero().flatten().tolist()
+            raw = np.asarray(obs[STATE_KEY], dtype=np.float64).reshape(-1)
+            unit = "normalised units (standard deviations for mean_std, half-ranges for quantile)" \
+                if self.normalizer is not None else "units (the checkpoint has no statistics)"
+            shown = ", ".join(f"{raw[i]:.3g}" for i in dims[:5]) if raw.shape[0] == state.shape[0] else "?"
+            raise InputError(f"{STATE_KEY} dims {dims[:5]} ({shown}) lie beyond {MAX_NORMALIZED_STATE:g} {unit}; "
+                             f"expected the units the checkpoint was trained on")
 
     def postprocess_actions(self, actions: Any, action_dim: int | None = None) -> np.ndarray:
         """Model output (B, H, A) (or (H, A)), normalised and padded -> robot units (B, H, d) numpy."""
