@@ -40,3 +40,33 @@ def test_a_summary_is_printed_and_the_resolved_config_saved(sim_dataset, sim_tok
     cfg = parse_train_flags([f"--config_path={out / 'train_config.json'}", "--steps=7",
                              f"--output_dir={tmp_path / 'again'}"])
     assert cfg.steps == 7 and cfg.policy.chunk_size == 4
+
+
+def test_a_resumed_run_logs_every_step_once_and_skips_a_torn_line(sim_dataset, sim_tokenizer, tmp_path, capsys):
+    import os
+    import shutil
+
+    out = tmp_path / "run"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=3", "--save_freq=2")))
+    # As after a kill during step 4: step 3 was logged but never saved, and a line is half written.
+    shutil.rmtree(out / "checkpoints" / "000003")
+    os.remove(out / "checkpoints" / "last")
+    os.symlink("000002", out / "checkpoints" / "last")
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.1')
+    capsys.readouterr()
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=4", "--save_freq=2",
+                                             "--resume=true")))
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+    assert f"warning: {out / 'log.jsonl'}: skipped 1 line(s) that are not log records (line 4;" in capsys.readouterr().err
+
+
+def test_the_loss_plot_survives_a_bad_line(tmp_path, capsys):
+    from pirecon.train.logs import plot_losses
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\nnot json\n{"step": 3, "lo')
+    assert plot_losses(log, tmp_path / "curves.png") == tmp_path / "curves.png"
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert "skipped 2 line(s) that are not log records (line 3, 4;" in capsys.readouterr().err

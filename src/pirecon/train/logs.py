@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from pirecon.errors import ConfigError
@@ -17,16 +18,21 @@ PLOT_FILE = "loss_curves.png"
 
 
 class RunLogger:
+    """resume_step: the step of the checkpoint a resumed run starts from (None: a new run). Lines
+    logged after it by the interrupted run are dropped, so every step appears once in log.jsonl."""
+
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, wandb_cfg, run_config: dict,
-                 resume: bool):
+                 resume_step: int | None = None):
         self.enabled = enabled
         self.path = Path(output_dir) / LOG_FILE
         self.tb = None
         self.wandb = None
         if not enabled:
             return
-        if not resume and self.path.exists():
+        if resume_step is None and self.path.exists():
             self.path.unlink()
+        elif resume_step is not None:
+            truncate_log(self.path, resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -67,10 +73,38 @@ class RunLogger:
             self.wandb.finish()
 
 
-def read_log(path: Path) -> list[dict]:
+def read_log(path: Path, warn: bool = True) -> list[dict]:
+    """The records of a log.jsonl; a line that is not a JSON record (e.g. torn by a kill) is skipped,
+    with one warning naming the file and the line numbers."""
     if not Path(path).is_file():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    records, bad = [], []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            bad.append(number)
+    if bad and warn:
+        print(f"warning: {path}: skipped {len(bad)} line(s) that are not log records (line {', '.join(map(str, bad[:5]))}"
+              f"{', ...' if len(bad) > 5 else ''}; a torn last line comes from an interrupted run)", file=sys.stderr)
+    return records
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step` (and drop unreadable lines), rewritten atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_log(path) if r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
 
 
 def plot_losses(log_path: Path, output: Path) -> Path | None:

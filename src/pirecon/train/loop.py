@@ -243,7 +243,7 @@ class Trainer:
         self.forward = torch.compile(self.model) if policy_cfg.compile_model else self.model
         self.resumed_from = resume_from
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
-                                resume=resume_from is not None)
+                                resume_step=self.step if resume_from is not None else None)
 
     # -------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
