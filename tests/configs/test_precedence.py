@@ -21,7 +21,8 @@ from pirecon.train.loop import resolve_policy_config
 FOLDER_VALUES = dict(type="pi0", variant="tiny", chunk_size=4, n_action_steps=3, image_resolution=28,
                      max_state_dim=8, max_action_dim=8, num_inference_steps=5, tokenizer_max_length=20,
                      camera_names=("cam_a", "cam_b"), dtype="bfloat16", freeze_vision_encoder=True,
-                     gradient_checkpointing=True, time_beta_alpha=2.0, normalization_mode="quantile")
+                     gradient_checkpointing=True, time_beta_alpha=2.0, normalization_mode="quantile",
+                     optimizer_lr=1e-3, scheduler_decay_steps=500)
 
 # field: (typed text, expected resolved value, or "error" / "adapt")
 TYPED = {
@@ -54,6 +55,14 @@ TYPED = {
     "asset_id": ("some/asset", "some/asset"),
     "push_to_hub": ("true", True),
     "repo_id": ("me/model", "me/model"),
+    "optimizer_lr": ("2.5e-5", 2.5e-5),  # the default; the folder holds 1e-3
+    "optimizer_betas": ("[0.9,0.99]", (0.9, 0.99)),
+    "optimizer_eps": ("1e-6", 1e-6),
+    "optimizer_weight_decay": ("0.0", 0.0),
+    "optimizer_grad_clip_norm": ("10", 10.0),
+    "scheduler_warmup_steps": ("10", 10),
+    "scheduler_decay_steps": ("30000", 30000),  # the default; the folder holds 500
+    "scheduler_decay_lr": ("1e-6", 1e-6),
 }
 
 

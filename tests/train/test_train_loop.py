@@ -47,7 +47,9 @@ def test_full_finetune_writes_checkpoints_logs_and_plot(sim_dataset, sim_tokeniz
 def test_exact_resume_in_a_fresh_process(sim_dataset, sim_tokenizer, tmp_path):
     """8 steps straight == 4 steps, then a new process resuming for 4 more (losses to 1e-6)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = ("--policy.use_peft", "--ema_decay=0.9", "--save_freq=4")
+    # Decay steps <= both runs' --steps: the schedule is not scaled to the run length (it would be
+    # for the 4-step run alone, as in LeRobot), so both runs follow the same learning rates.
+    common = ("--policy.use_peft", "--ema_decay=0.9", "--save_freq=4", "--policy.scheduler_decay_steps=4")
     res = run_cli(tiny_train_flags(sim_dataset, sim_tokenizer, straight, "--steps=8", *common))
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli(tiny_train_flags(sim_dataset, sim_tokenizer, split, "--steps=4", *common))

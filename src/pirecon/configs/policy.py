@@ -49,6 +49,15 @@ class PolicyConfig:
     use_dataset_stats: bool = False  # normalise with the dataset's statistics even when pretrained_path holds its own
     asset_id: str | None = None  # openpi folders: which assets/<asset_id>/norm_stats.json to use
     push_to_hub: bool = False  # upload the final checkpoint of `pirecon train` to the Hub repo repo_id
+    # The training preset (LeRobot's PI0Config / PI05Config values; used with --use_policy_training_preset=true).
+    optimizer_lr: float = 2.5e-5  # AdamW peak learning rate
+    optimizer_betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    optimizer_eps: float = 1e-8  # AdamW epsilon
+    optimizer_weight_decay: float = 0.01  # AdamW weight decay
+    optimizer_grad_clip_norm: float = 1.0  # clip the global gradient norm to this value (<= 0: no clipping)
+    scheduler_warmup_steps: int = 1000  # linear warm-up steps (scaled down when --steps < scheduler_decay_steps)
+    scheduler_decay_steps: int = 30000  # cosine decay steps (scaled down to --steps when fewer)
+    scheduler_decay_lr: float = 2.5e-6  # learning rate at the end of the decay
     repo_id: str | None = None  # the Hub repo ("org/name") push_to_hub uploads to
 
     def __post_init__(self) -> None:
@@ -65,6 +74,7 @@ class PolicyConfig:
                 raise ConfigError(f"--policy.image_resolution={list(self.image_resolution)}: only square images are supported")
             object.__setattr__(self, "image_resolution", int(h))
         object.__setattr__(self, "camera_names", tuple(self.camera_names))
+        object.__setattr__(self, "optimizer_betas", tuple(self.optimizer_betas))
         vision = siglip_spec(self.vision_variant)
         vlm = gemma_spec(self.paligemma_variant, "--policy.paligemma_variant")
         expert = gemma_spec(self.action_expert_variant, "--policy.action_expert_variant")
@@ -145,7 +155,9 @@ FOLDER_RULES: dict[str, str] = {
     "camera_names": RUN, "dtype": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
     "gradient_checkpointing": RUN, "compile_model": RUN, "time_beta_alpha": RUN, "time_beta_beta": RUN,
     "tokenizer_path": RUN, "use_peft": RUN, "normalization_mode": RUN, "use_dataset_stats": RUN,
-    "asset_id": RUN,
+    "asset_id": RUN, "optimizer_lr": RUN, "optimizer_betas": RUN, "optimizer_eps": RUN,
+    "optimizer_weight_decay": RUN, "optimizer_grad_clip_norm": RUN, "scheduler_warmup_steps": RUN,
+    "scheduler_decay_steps": RUN, "scheduler_decay_lr": RUN,
     "pretrained_path": THIS_RUN, "device": THIS_RUN, "push_to_hub": THIS_RUN, "repo_id": THIS_RUN,
 }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from pirecon.model import foreign, placement, weights
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train import checkpoint as ckpt
 from pirecon.train import lora
-from pirecon.configs.train import TrainConfig
+from pirecon.configs.train import TrainConfig, resolve_optimization
 from pirecon.train.ema import EMA
+from pirecon.train.schedule import lr_factor
 from pirecon.train.summary import summary_block
 from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
 
@@ -43,19 +43,6 @@ class TrainResult:
     checkpoint: Path | None
     steps: int
     final_loss: float
-
-
-def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up to lr, then cosine decay to decay_lr at decay_steps (as a factor of lr)."""
-    sched, base = cfg.scheduler, cfg.optimizer.lr
-    floor = sched.decay_lr / base if base > 0 else 0.0
-
-    def factor(step: int) -> float:
-        if step < sched.warmup_steps:
-            return (step + 1) / (sched.warmup_steps + 1)
-        progress = min(1.0, (step - sched.warmup_steps) / max(1, sched.decay_steps - sched.warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
 
 
 def typed_by_value(cfg, prefix: str = "") -> frozenset[str]:
@@ -154,6 +141,8 @@ class Trainer:
                               "(add --policy.use_peft=true for LoRA)")
             print(f"pirecon train: warning: {self.peft_note}", file=sys.stderr)
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
+        optimizer_cfg, scheduler_cfg = resolve_optimization(cfg, typed)
+        self.cfg = cfg = dataclasses.replace(cfg, optimizer=optimizer_cfg, scheduler=scheduler_cfg)
         device = placement.resolve_device(policy_cfg.device)
         autocast = placement.decide_placement(device, policy_cfg.torch_dtype).autocast_dtype
         if device.index is not None:
@@ -221,9 +210,10 @@ class Trainer:
             raise ConfigError("nothing to train: every weight is frozen (check --policy.train_expert_only, "
                               "--policy.freeze_vision_encoder and --policy.use_peft)")
         opt = cfg.optimizer
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                           weight_decay=opt.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt.type]
+        self.optimizer = optimizer_class(self.trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+                                         weight_decay=opt.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg.scheduler, cfg.steps))
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
         self.step = 0
         if resume_from is not None:
@@ -317,7 +307,8 @@ class Trainer:
             for key, value in out.items():
                 if key.endswith("loss"):
                     totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum_steps
-        grad_norm = acc.clip_grad_norm_(self.trainable, cfg.optimizer.grad_clip_norm)
+        clip = cfg.optimizer.grad_clip_norm
+        grad_norm = acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:

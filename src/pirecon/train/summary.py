@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pirecon.configs.train import TrainConfig
+from pirecon.train.schedule import scaled_steps
 
 # Parts of a Pi0Policy as the summary names them (first matching prefix wins).
 PARTS = (("backbone.vision.", "vision"), ("backbone.projector.", "projector"), ("backbone.vlm.", "vlm"),
@@ -77,9 +78,15 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
     lines.append(f"  device      {device} x {processes} process(es)")
     lines.append(f"  batch       {cfg.batch_size} per process x {processes} process(es) x {cfg.grad_accum_steps} "
                  f"accumulation step(s) = {cfg.batch_size * processes * cfg.grad_accum_steps} samples per step")
-    sched = cfg.scheduler
-    lines.append(f"  schedule    {cfg.steps} steps, lr {cfg.optimizer.lr:g} (warm-up {sched.warmup_steps}, cosine to "
-                 f"{sched.decay_lr:g} at step {sched.decay_steps})" + (f", EMA {cfg.ema_decay}" if cfg.ema_decay else ""))
+    opt, sched = cfg.optimizer, cfg.scheduler
+    warmup, decay, scaled = scaled_steps(sched, cfg.steps)
+    source = "the policy's preset" if cfg.use_policy_training_preset else "--optimizer.* / --scheduler.*"
+    lines.append(f"  optimizer   {opt.type}, lr {opt.lr:g}, betas {tuple(opt.betas)}, weight decay {opt.weight_decay:g}, "
+                 f"clip {opt.grad_clip_norm:g} ({source})")
+    lines.append(f"  schedule    {cfg.steps} steps, warm-up {warmup}, cosine to {sched.decay_lr:g} at step {decay}"
+                 + (f", EMA {cfg.ema_decay}" if cfg.ema_decay else ""))
+    if scaled:
+        lines.append(f"  note        {scaled}")
     if cfg.recon.enable:
         lines.append(f"  recon       λ={cfg.recon.weight} on {list(cfg.recon.views)}, target {cfg.recon.target}, "
                      f"region {cfg.recon.region}")
