@@ -70,3 +70,18 @@ def test_the_loss_plot_survives_a_bad_line(tmp_path, capsys):
     assert plot_losses(log, tmp_path / "curves.png") == tmp_path / "curves.png"
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert "skipped 2 line(s) that are not log records (line 3, 4;" in capsys.readouterr().err
+
+
+def test_log_freq_logs_the_means_over_the_interval(sim_dataset, sim_tokenizer, tmp_path):
+    from tests.train.helpers import logged
+
+    every, pairs = tmp_path / "every", tmp_path / "pairs"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, every, "--steps=5")))
+    flags = [f for f in tiny_train_flags(sim_dataset, sim_tokenizer, pairs, "--steps=5") if f != "--log_freq=1"]
+    train(parse_train_flags(flags + ["--log_freq=2"]))
+    one, two = logged(every), logged(pairs)
+    assert sorted(two) == [2, 4, 5]  # every 2 steps, and the last step
+    assert two[2] == pytest.approx((one[1] + one[2]) / 2, rel=1e-6)
+    assert two[4] == pytest.approx((one[3] + one[4]) / 2, rel=1e-6)
+    assert two[5] == pytest.approx(one[5], rel=1e-6)
+    assert [r["steps_averaged"] for r in map(json.loads, (pairs / "log.jsonl").read_text().splitlines())] == [2, 2, 1]

@@ -184,7 +184,7 @@ class TrainConfig:
     seed: int = 1000  # seed of weights, data order, noise and time sampling
     ema_decay: float | None = None  # EMA of the trainable weights, e.g. 0.999 (openpi's Pi0.5 value); none: no EMA
     save_freq: int = 1000  # write a checkpoint every N steps (and at the end)
-    log_freq: int = 100  # log every N steps
+    log_freq: int = 100  # log every N steps: the means over those steps (as LeRobot)
     keep_last_checkpoints: int = 3  # keep the newest N checkpoints
     resume: bool = False  # continue the run in output_dir from its last checkpoint
     tensorboard: bool = False  # also write TensorBoard event files

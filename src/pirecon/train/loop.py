@@ -35,7 +35,7 @@ from pirecon.configs.train import TrainConfig, resolve_optimization
 from pirecon.train.ema import EMA
 from pirecon.train.schedule import lr_factor
 from pirecon.train.summary import summary_block
-from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
+from pirecon.train.logs import LOG_FILE, PLOT_FILE, IntervalMeans, RunLogger, plot_losses
 
 @dataclass
 class TrainResult:
@@ -249,20 +249,23 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.is_main and cfg.progress_bar),
                    desc="train", dynamic_ncols=True)
         last_saved, loss_value = None, float("nan")
+        interval = IntervalMeans()
         self.model.train()
         try:
             while self.step < cfg.steps:
                 start = time.perf_counter()
                 sums = self._train_step(data)
                 self.step += 1
-                elapsed = time.perf_counter() - start
+                interval.add(sums, time.perf_counter() - start)
                 loss_value = sums["loss"]
                 if self.step % cfg.log_freq == 0 or self.step == cfg.steps:
-                    record = {"step": self.step, **sums, "lr": self.scheduler.get_last_lr()[0],
-                              "samples_per_s": samples_per_step / max(elapsed, 1e-9),
+                    # As LeRobot: the means over the steps since the last log line.
+                    means, steps, seconds = interval.pop()
+                    record = {"step": self.step, **means, "lr": self.scheduler.get_last_lr()[0],
+                              "samples_per_s": samples_per_step * steps / max(seconds, 1e-9), "steps_averaged": steps,
                               "world_size": acc.num_processes, "effective_batch_size": samples_per_step}
                     self.logger.log(record)
-                    bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     sps=f"{record['samples_per_s']:.1f}")
                 bar.update(1)
                 if self.step % cfg.save_freq == 0 or self.step == cfg.steps:
