@@ -63,7 +63,19 @@ TYPED = {
     "scheduler_warmup_steps": ("10", 10),
     "scheduler_decay_steps": ("30000", 30000),  # the default; the folder holds 500
     "scheduler_decay_lr": ("1e-6", 1e-6),
+    "empty_cameras": ("1", 1),
+    "compile_mode": ("default", "default"),
+    "normalization_mapping": ('{"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}',
+                              {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}),
+    "n_obs_steps": ("2", "refused"),
+    "input_features": ("null", None),
+    "output_features": ("{}", {}),
+    "use_amp": ("true", True),
+    "path": (None, None),  # checked below
 }
+# Fields that move with a typed one (LeRobot's spellings of ours).
+ALSO = {"empty_cameras": {"camera_names": ("cam_a", "cam_b", "empty_camera_0")},
+        "normalization_mapping": {"normalization_mode": "mean_std"}}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +104,7 @@ def test_untyped_fields_come_from_the_folder(folder):
     assert resolved.pretrained_path == str(folder)
 
 
-@pytest.mark.parametrize("name", [n for n in TYPED if n != "pretrained_path"])
+@pytest.mark.parametrize("name", [n for n in TYPED if n not in ("pretrained_path", "path")])
 def test_a_typed_field_lands_or_fails_naming_flag_folder_and_values(folder, name):
     text, expected = TYPED[name]
     argv = [f"--policy.pretrained_path={folder}", f"--policy.{name}={text}"]
@@ -104,12 +116,31 @@ def test_a_typed_field_lands_or_fails_naming_flag_folder_and_values(folder, name
         if name != "variant":
             assert f"{name}={FOLDER_VALUES.get(name, getattr(PolicyConfig(**FOLDER_VALUES), name))}" in message
         return
+    if expected == "refused":  # a value no Pi0 / Pi0.5 can take, folder or not
+        with pytest.raises(ConfigError, match=f"--policy.{name}={text}: "):
+            resolve(argv)
+        return
     resolved = resolve(argv)
     assert getattr(resolved, name) == expected
+    also = ALSO.get(name, {})
+    for other, value in also.items():
+        assert getattr(resolved, other) == value
     # ... and only that field moved away from the folder's values.
     for other, value in FOLDER_VALUES.items():
-        if other not in (name, "variant"):
+        if other not in (name, "variant", *also):
             assert getattr(resolved, other) == value, f"typing --policy.{name} changed {other}"
+
+
+def test_policy_path_is_pretrained_path_as_in_lerobot(folder):
+    assert resolve([f"--policy.path={folder}"]) == resolve([f"--policy.pretrained_path={folder}"])
+    with pytest.raises(ConfigError, match="--policy.path=.* and --policy.pretrained_path=elsewhere: give one"):
+        resolve([f"--policy.path={folder}", "--policy.pretrained_path=elsewhere"])
+    with pytest.raises(ConfigError, match="--policy.input_features: pirecon reads the features from the dataset"):
+        resolve([f"--policy.path={folder}", '--policy.input_features={"observation.state": {}}'])
+    with pytest.raises(ConfigError, match=r"normalization_mapping=\{'ACTION': 'MEAN_STD'\}: no STATE \(LeRobot would"):
+        resolve(['--policy.normalization_mapping={"ACTION": "MEAN_STD"}'])
+    with pytest.raises(ConfigError, match="STATE=QUANTILES, ACTION=MEAN_STD; pirecon normalises both alike"):
+        resolve(['--policy.normalization_mapping={"STATE": "QUANTILES", "ACTION": "MEAN_STD"}'])
 
 
 def test_narrower_padding_is_refused(folder):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pirecon.batch import Batch
-from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.policy import EMPTY_CAMERA, PolicyConfig
 from pirecon.data.normalize import Normalizer
 from pirecon.data.tokenizer import Tokenizer, check_vocab, pad_tokens
 from pirecon.errors import ConfigError, InputError
@@ -111,12 +111,14 @@ def camera_sources(camera_names: Sequence[str], camera_map: Mapping[str, str] | 
     camera_map: dataset key -> model view. A key may omit the `observation.images.` prefix, and
     may name any key in `present` (all keys of the sample, e.g. a robot's `observation/image`).
     Without a map, `available` keys (the dataset's camera keys, in order) go onto the model's
-    views in order; extra dataset cameras are left out.
+    views in order; extra dataset cameras are left out. Views of --policy.empty_cameras
+    (`empty_camera_<i>`) never get a source.
     """
     present = available if present is None else present
     sources: dict[str, str | None] = {view: None for view in camera_names}
     if camera_map is None:
-        for view, key in zip(camera_names, available):
+        fed = [view for view in camera_names if not view.startswith(EMPTY_CAMERA)]
+        for view, key in zip(fed, available):
             sources[view] = key
         return sources
     for key, view in camera_map.items():
@@ -134,6 +136,9 @@ def check_camera_map(camera_map: Mapping[str, str], camera_names: Sequence[str])
     """Each target must be a model view, and no view may get two sources."""
     seen: dict[str, str] = {}
     for key, view in camera_map.items():
+        if view.startswith(EMPTY_CAMERA) and view in camera_names:
+            raise ConfigError(f"{CAMERA_FLAG}: {key!r} maps to {view!r}, a view of --policy.empty_cameras, which "
+                              f"stays empty; map it to one of {[v for v in camera_names if not v.startswith(EMPTY_CAMERA)]}")
         if view not in camera_names:
             raise ConfigError(
                 f"{CAMERA_FLAG}: {key!r} maps to {view!r}, which is not a model view; expected one of "

@@ -230,7 +230,7 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + acc.process_index)
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
-        self.forward = torch.compile(self.model) if policy_cfg.compile_model else self.model
+        self.forward = torch.compile(self.model, mode=policy_cfg.compile_mode) if policy_cfg.compile_model else self.model
         self.resumed_from = resume_from
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
                                 resume_step=self.step if resume_from is not None else None)
