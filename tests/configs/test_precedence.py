@@ -236,3 +236,18 @@ def test_a_folder_reconstruction_head_follows_the_same_precedence(tmp_path):
         merge_recon_with_folder(ReconConfig(depth=3), held, {"recon.depth"}, "F")
     # A folder without a head: the typed config as it is.
     assert merge_recon_with_folder(ReconConfig(enable=True), None, {"recon.enable"}, "F") == ReconConfig(enable=True)
+
+
+def test_rename_map_joins_the_camera_map_as_lerobot_means_it():
+    cfg = parse_train_command(['--rename_map={"observation.images.image": "observation.images.base_0_rgb", '
+                               '"observation.images.image2": "observation.images.left_wrist_0_rgb"}',
+                               '--dataset.camera_map={"observation.images.top": "right_wrist_0_rgb"}']).config
+    assert cfg.dataset.camera_map == {"observation.images.top": "right_wrist_0_rgb",
+                                      "observation.images.image": "base_0_rgb",
+                                      "observation.images.image2": "left_wrist_0_rgb"}
+    with pytest.raises(ConfigError, match="--rename_map sends 'a' to 'base_0_rgb' but --dataset.camera_map sends it "
+                                          "to 'left_wrist_0_rgb'; give one"):
+        parse_train_command(['--rename_map={"a": "observation.images.base_0_rgb"}',
+                             '--dataset.camera_map={"a": "left_wrist_0_rgb"}'])
+    with pytest.raises(ConfigError, match="--rename_map: 'observation.state' -> 'state'; pirecon renames cameras only"):
+        parse_train_command(['--rename_map={"observation.state": "state"}'])

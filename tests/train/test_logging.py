@@ -14,9 +14,21 @@ def test_wandb_offline_run_is_written_locally(sim_dataset, sim_tokenizer, tmp_pa
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
     train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=2", "--wandb.enable=true",
-                                             "--wandb.project=pirecon-test")))
+                                             "--wandb.project=pirecon-test", "--job_name=wb_job",
+                                             "--wandb.notes=first try", "--save_freq=1")))
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    run_id = runs[0].name.rsplit("-", 1)[-1]
+    from pirecon.train.logs import previous_wandb_run
+    assert previous_wandb_run(out) == run_id
+    # A resumed run continues the same W&B run (LeRobot reads it from output_dir/wandb/latest-run).
+    import shutil
+    shutil.rmtree(out / "checkpoints" / "000002")
+    (out / "checkpoints" / "last").unlink()
+    (out / "checkpoints" / "last").symlink_to("000001")
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=2", "--wandb.enable=true",
+                                             "--wandb.project=pirecon-test", "--save_freq=1", "--resume=true")))
+    assert previous_wandb_run(out) == run_id
 
 
 def test_bad_wandb_mode_is_named(sim_dataset, sim_tokenizer, tmp_path):

@@ -51,6 +51,27 @@ class PeftConfig:
         return self.lora_alpha if self.lora_alpha is not None else self.r
 
 
+IMAGE_PREFIX = "observation.images."
+
+
+def cameras_from_rename_map(rename_map: dict[str, str], camera_map: dict[str, str]) -> dict[str, str]:
+    """LeRobot's --rename_map ({dataset key: policy key}) joined into --dataset.camera_map
+    ({dataset key: model view}): `observation.images.base_0_rgb` names the view base_0_rgb."""
+    merged = dict(camera_map)
+    for source, target in rename_map.items():
+        if not target.startswith(IMAGE_PREFIX):
+            if source == target:
+                continue
+            raise ConfigError(f"--rename_map: {source!r} -> {target!r}; pirecon renames cameras only "
+                              f"({IMAGE_PREFIX}<name>), other keys keep the dataset's names")
+        view = target[len(IMAGE_PREFIX):]
+        if merged.get(source, view) != view:
+            raise ConfigError(f"--rename_map sends {source!r} to {view!r} but --dataset.camera_map sends it to "
+                              f"{merged[source]!r}; give one")
+        merged[source] = view
+    return merged
+
+
 OPTIMIZER_TYPES = ("adam", "adamw")
 # LeRobot's AdamConfig / AdamWConfig differ only in their default weight decay.
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 1e-2}
@@ -157,11 +178,14 @@ PRESET_FLAGS = {
 class WandbConfig:
     """Weights & Biases logging (pip install 'pirecon[wandb]')."""
 
-    enable: bool = False  # log to Weights & Biases
-    project: str = "pirecon"  # W&B project
+    enable: bool = False  # log to Weights & Biases (the run is named --job_name)
+    project: str = "pirecon"  # W&B project (LeRobot's default: lerobot)
     entity: str | None = None  # W&B entity (team or user)
+    notes: str | None = None  # W&B run notes
+    run_id: str | None = None  # resume this W&B run (none: a new run; with --resume, the run in output_dir/wandb)
     mode: str | None = None  # online | offline | disabled; none: $WANDB_MODE or online
-    run_name: str | None = None  # W&B run name (none: W&B's choice)
+    disable_artifact: bool = False  # LeRobot: do not upload checkpoints as W&B artifacts (pirecon never uploads them)
+    add_tags: bool = True  # tag the W&B run with the policy type and the dataset
 
 
 @dataclass(frozen=True)
@@ -176,25 +200,38 @@ class TrainConfig:
     use_policy_training_preset: bool = True  # optimizer and scheduler from --policy.optimizer_* / scheduler_* (LeRobot's presets)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
-    output_dir: str | None = None  # folder for checkpoints, logs and the resolved config
-    steps: int = 30000  # optimizer steps
+    output_dir: str | None = None  # folder for checkpoints, logs and the resolved config (none: outputs/train/<date>/<time>_<job_name>)
+    job_name: str | None = None  # the run's name (W&B run name, default folder); none: the policy type
+    rename_map: dict[str, str] = field(default_factory=dict)  # LeRobot's {dataset key: policy key}, for cameras (joins --dataset.camera_map)
+    steps: int = 100_000  # optimizer steps (LeRobot's default)
     batch_size: int = 8  # samples per process and micro-step
     grad_accum_steps: int = 1  # micro-steps per optimizer step
-    num_workers: int = 2  # data loader worker processes
+    num_workers: int = 4  # data loader worker processes
+    prefetch_factor: int = 4  # batches each worker prepares ahead (with num_workers > 0)
+    persistent_workers: bool = True  # keep the loader's workers between epochs (with num_workers > 0)
+    tolerance_s: float | None = None  # how far a video frame may be from its timestamp (none: half a frame; LeRobot's default is 1e-4)
     seed: int = 1000  # seed of weights, data order, noise and time sampling
+    cudnn_deterministic: bool = False  # deterministic cuDNN kernels (slower); false lets cuDNN benchmark
     ema_decay: float | None = None  # EMA of the trainable weights, e.g. 0.999 (openpi's Pi0.5 value); none: no EMA
-    save_freq: int = 1000  # write a checkpoint every N steps (and at the end)
-    log_freq: int = 100  # log every N steps: the means over those steps (as LeRobot)
+    save_checkpoint: bool = True  # write checkpoints (false: none at all, as LeRobot)
+    save_freq: int = 20_000  # write a checkpoint every N steps (and at the end); LeRobot's default
+    log_freq: int = 200  # log every N steps: the means over those steps (as LeRobot)
     keep_last_checkpoints: int = 3  # keep the newest N checkpoints
     resume: bool = False  # continue the run in output_dir from its last checkpoint
     tensorboard: bool = False  # also write TensorBoard event files
     progress_bar: bool = True  # show a tqdm progress bar
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum_steps", "save_freq", "log_freq", "keep_last_checkpoints"):
+        for name in ("steps", "batch_size", "grad_accum_steps", "save_freq", "log_freq", "keep_last_checkpoints",
+                     "prefetch_factor"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")
         if self.num_workers < 0:
             raise ConfigError(f"--num_workers={self.num_workers}: expected >= 0")
+        if self.tolerance_s is not None and self.tolerance_s <= 0:
+            raise ConfigError(f"--tolerance_s={self.tolerance_s}: expected a positive number of seconds")
+        if self.rename_map:
+            object.__setattr__(self, "dataset", dataclasses.replace(
+                self.dataset, camera_map=cameras_from_rename_map(self.rename_map, self.dataset.camera_map)))
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"--ema_decay={self.ema_decay}: expected a value in (0, 1)")

@@ -43,7 +43,7 @@ class RunLogger:
     logged after it by the interrupted run are dropped, so every step appears once in log.jsonl."""
 
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, wandb_cfg, run_config: dict,
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, name: str | None = None, tags: list[str] | None = None):
         self.enabled = enabled
         self.path = Path(output_dir) / LOG_FILE
         self.tb = None
@@ -68,8 +68,11 @@ class RunLogger:
             mode = wandb_cfg.mode or os.environ.get("WANDB_MODE") or "online"
             if mode not in ("online", "offline", "disabled"):
                 raise ConfigError(f"--wandb.mode={mode!r}: expected online, offline or disabled")
+            run_id = wandb_cfg.run_id or (previous_wandb_run(output_dir) if resume_step is not None else None)
             # Never block on the network: short init timeout; offline mode works with no network.
-            self.wandb = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.run_name,
+            self.wandb = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=name,
+                                    notes=wandb_cfg.notes, id=run_id, resume="allow" if run_id else None,
+                                    tags=tags if wandb_cfg.add_tags else None, job_type="train_eval",
                                     mode=mode, dir=str(output_dir), config=run_config,
                                     settings=wandb.Settings(init_timeout=30, silent=True))
 
@@ -92,6 +95,12 @@ class RunLogger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def previous_wandb_run(output_dir: Path) -> str | None:
+    """The id of the W&B run a resumed run continues: output_dir/wandb/latest-run/run-<id>.wandb."""
+    found = sorted((Path(output_dir) / "wandb" / "latest-run").glob("run-*.wandb"))
+    return found[-1].stem[len("run-"):] if found else None
 
 
 def read_log(path: Path, warn: bool = True) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import sys
 import time
@@ -122,15 +123,38 @@ def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset, verb
                         camera_keys=dataset.camera_keys)
 
 
+def name_run(cfg: TrainConfig, accelerator) -> TrainConfig:
+    """--job_name (default: the policy type) and --output_dir (default, as LeRobot:
+    outputs/train/<date>/<time>_<job_name>, chosen once on the main process)."""
+    job_name = cfg.job_name or cfg.policy.type
+    output_dir = cfg.output_dir
+    if not output_dir:
+        from accelerate.utils import broadcast_object_list
+
+        now = datetime.datetime.now()
+        chosen = [f"outputs/train/{now:%Y-%m-%d}/{now:%H-%M-%S}_{job_name}"]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(chosen)
+        output_dir = chosen[0]
+    return dataclasses.replace(cfg, job_name=job_name, output_dir=output_dir)
+
+
+def check_new_output_dir(folder: Path) -> None:
+    """A new run writes into a missing or empty folder, never over another run's files."""
+    if folder.is_file():
+        raise ConfigError(f"--output_dir={folder} is a file; expected a folder for checkpoints and logs")
+    if folder.is_dir() and any(folder.iterdir()):
+        what = "checkpoints" if ckpt.last_checkpoint(folder) is not None else "files"
+        raise ConfigError(f"--output_dir={folder} already holds {what} and --resume=false (LeRobot refuses an "
+                          f"existing folder too): pass --resume=true to continue that run, or choose a new --output_dir")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
-        if not cfg.output_dir:
-            raise ConfigError("--output_dir: expected a folder for checkpoints and logs")
         self.cfg = cfg
-        self.output_dir = Path(cfg.output_dir)
         self.adapted: list[str] = []
         typed = typed_by_value(cfg) if typed is None else typed
         policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
@@ -155,21 +179,25 @@ class Trainer:
             raise ConfigError(f"--policy.device={policy_cfg.device}: one device for {acc.num_processes} processes; "
                               f"under accelerate each process takes its own: use --policy.device=auto (or cuda)")
         self.is_main = acc.is_main_process
+        self.cfg = cfg = name_run(cfg, acc)
+        self.output_dir = Path(cfg.output_dir)
         resume_from = ckpt.last_checkpoint(self.output_dir) if cfg.resume else None
         if cfg.resume and resume_from is None:
             raise ConfigError(f"--resume=true but {self.output_dir / ckpt.CHECKPOINTS} holds no checkpoint")
-        if not cfg.resume and ckpt.last_checkpoint(self.output_dir) is not None:
-            raise ConfigError(f"--output_dir={self.output_dir} already holds checkpoints; pass --resume=true to "
-                              f"continue that run or choose a new --output_dir")
+        if not cfg.resume:
+            check_new_output_dir(self.output_dir)
+        torch.backends.cudnn.deterministic = cfg.cudnn_deterministic
+        torch.backends.cudnn.benchmark = not cfg.cudnn_deterministic
 
         # Data: each rank reads its own share of every epoch.
         self.dataset = open_dataset(dataset_root(cfg.dataset), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
-                                    split="train", val_episodes=cfg.dataset.val_episodes)
+                                    split="train", val_episodes=cfg.dataset.val_episodes, tolerance_s=cfg.tolerance_s)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset, verbose=self.is_main)
         self.cfg = cfg = dataclasses.replace(cfg, policy=self.preprocessor.config)  # with the tokenizer it uses
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
-                                      cache_in_memory=cfg.dataset.cache_in_memory)
+                                      cache_in_memory=cfg.dataset.cache_in_memory, prefetch_factor=cfg.prefetch_factor,
+                                      persistent_workers=cfg.persistent_workers)
 
         # Model: the same initial weights on every rank, then per-rank randomness for noise/time.
         torch.manual_seed(cfg.seed)
@@ -232,7 +260,9 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
         self.forward = torch.compile(self.model, mode=policy_cfg.compile_mode) if policy_cfg.compile_model else self.model
         self.resumed_from = resume_from
+        tags = [cfg.policy.type, cfg.dataset.repo_id or Path(dataset_root(cfg.dataset)).name]
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
+                                name=cfg.job_name, tags=tags,
                                 resume_step=self.step if resume_from is not None else None)
 
     # -------------------------------------------------------------------------------------------
@@ -268,7 +298,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     sps=f"{record['samples_per_s']:.1f}")
                 bar.update(1)
-                if self.step % cfg.save_freq == 0 or self.step == cfg.steps:
+                if cfg.save_checkpoint and (self.step % cfg.save_freq == 0 or self.step == cfg.steps):
                     last_saved = self.save()
         finally:
             bar.close()

@@ -75,6 +75,8 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         kinds = ", ".join(f"{_count(n)} {k}" for k, n in sorted(row.items()) if " " in k)
         lines.append(f"    {part:<11} {kinds}")
     lines.append(f"  precision   policy.dtype={policy.dtype}, autocast {autocast or 'off'}")
+    if policy.use_amp:
+        lines.append("  note        --policy.use_amp=true is not used by training (as in LeRobot): --policy.dtype decides")
     lines.append(f"  device      {device} x {processes} process(es)")
     lines.append(f"  batch       {cfg.batch_size} per process x {processes} process(es) x {cfg.grad_accum_steps} "
                  f"accumulation step(s) = {cfg.batch_size * processes * cfg.grad_accum_steps} samples per step")
@@ -90,5 +92,6 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
     if cfg.recon.enable:
         lines.append(f"  recon       λ={cfg.recon.weight} on {list(cfg.recon.views)}, target {cfg.recon.target}, "
                      f"region {cfg.recon.region}")
-    lines.append(f"  output      {cfg.output_dir} (full config: train_config.json)")
+    lines.append(f"  output      {cfg.output_dir}, run {cfg.job_name} (full config: train_config.json)"
+                 + ("; no checkpoints (--save_checkpoint=false)" if not cfg.save_checkpoint else ""))
     return "\n".join(lines)
