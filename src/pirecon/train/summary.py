@@ -75,6 +75,9 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         kinds = ", ".join(f"{_count(n)} {k}" for k, n in sorted(row.items()) if " " in k)
         lines.append(f"    {part:<11} {kinds}")
     lines.append(f"  precision   policy.dtype={policy.dtype}, autocast {autocast or 'off'}")
+    if cfg.wandb.enable and not cfg.wandb.disable_artifact:
+        lines.append("  note        W&B gets the logs, not the checkpoints (LeRobot uploads them as artifacts unless "
+                     "--wandb.disable_artifact=true)")
     if policy.use_amp:
         lines.append("  note        --policy.use_amp=true is not used by training (as in LeRobot): --policy.dtype decides")
     lines.append(f"  device      {device} x {processes} process(es)")
