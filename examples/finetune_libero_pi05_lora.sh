@@ -76,7 +76,7 @@ fi
   --policy.use_dataset_stats=true \
   --dataset.root="$DATASET" \
   --dataset.camera_map="{\"$IMAGE_KEY\": \"base_0_rgb\", \"$WRIST_KEY\": \"left_wrist_0_rgb\"}" \
-  --steps="$STEPS" --scheduler.decay_steps="$STEPS" --batch_size="$BATCH_SIZE" \
+  --steps="$STEPS" --batch_size="$BATCH_SIZE" \
   --num_workers="$NUM_WORKERS" --save_freq="$SAVE_FREQ" --log_freq="$LOG_FREQ" \
   --output_dir="$OUTPUT" \
   ${extra[@]+"${extra[@]}"}

@@ -1,6 +1,7 @@
 """A minimal robot-side client for `pirecon serve` (examples/serve_robot.sh) or openpi's serve_policy.py.
 
     python examples/robot_client.py --host localhost --port 8000 --prompt "put the bowl on the plate"
+    [--api_key KEY]   (default $PIRECON_SERVE_API_KEY: the key of a server started with one)
 
 Uses openpi_client's WebsocketClientPolicy when it is installed (`pip install openpi-client`), else
 pirecon's own PolicyClient; both speak the same protocol. The request is built from the server's
@@ -13,20 +14,21 @@ states and print what the robot would execute, so the script also checks a serve
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 
 
-def connect(host: str, port: int):
+def connect(host: str, port: int, api_key: str | None = None):
     """(policy, metadata, name): anything with .infer(obs) -> {"actions": (H, action_dim), ...}."""
     try:
         from openpi_client.websocket_client_policy import WebsocketClientPolicy
     except ImportError:
         from pirecon.serve.client import PolicyClient
-        client = PolicyClient(f"ws://{host}:{port}")
+        client = PolicyClient(f"ws://{host}:{port}", api_key=api_key)
         return client, client.metadata, "pirecon.serve.client.PolicyClient"
-    policy = WebsocketClientPolicy(host=host, port=port)
+    policy = WebsocketClientPolicy(host=host, port=port, api_key=api_key)
     return policy, policy.get_server_metadata(), "openpi_client.WebsocketClientPolicy"
 
 
@@ -61,11 +63,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api_key", default=os.environ.get("PIRECON_SERVE_API_KEY"),
+                        help="the server's API key (default: $PIRECON_SERVE_API_KEY)")
     parser.add_argument("--prompt", default="put the bowl on the plate")
     parser.add_argument("--requests", type=int, default=3, help="action chunks to request")
     args = parser.parse_args()
 
-    policy, metadata, client = connect(args.host, args.port)
+    policy, metadata, client = connect(args.host, args.port, args.api_key)
     images, states, prompt_key = request_layout(metadata)
     state_dim = int(metadata.get("state_dim") or 8)
     n_action_steps = int(metadata.get("n_action_steps") or 5)  # openpi's LIBERO client replans every 5

@@ -18,7 +18,9 @@
 #               LeRobot's LIBERO datasets (what finetune_libero_pi05_lora.sh trains on); the default
 #               here spells that out. For a checkpoint trained on openpi's naming use
 #               OBS_MAP='{"observation/wrist_image": "observation.images.wrist_image"}'.
-#   HOST, PORT  where to listen (openpi's clients default to port 8000)
+#   HOST, PORT  where to listen (openpi's clients default to port 8000). HOST=0.0.0.0 makes the
+#               server reachable from the robot's computer: set PIRECON_SERVE_API_KEY too, and give
+#               clients the key (examples/robot_client.py --api_key, openpi: WebsocketClientPolicy(api_key=...))
 #   DEVICE      cuda (default) | cpu | cuda:1 ...
 #   NUM_STEPS   flow-matching denoising steps per request (empty: the checkpoint's, 10)
 #   N_ACTION_STEPS  actions per chunk the metadata tells clients to execute (empty: the checkpoint's)
@@ -34,7 +36,7 @@ if [[ "$PRESET" == libero ]]; then
 else
   OBS_MAP=${OBS_MAP:-'{}'}
 fi
-HOST=${HOST:-0.0.0.0}
+HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 DEVICE=${DEVICE:-cuda}
 NUM_STEPS=${NUM_STEPS:-}

@@ -203,7 +203,7 @@ def test_finetune_libero_defaults_are_a_real_run(recorder):
     cfg = parse_only(calls[1]["argv"])
     assert (cfg.policy.type, cfg.policy.pretrained_path, cfg.policy.dtype) == ("pi05", "/models/pi05_base", "bfloat16")
     assert cfg.policy.use_peft and cfg.policy.gradient_checkpointing and cfg.policy.use_dataset_stats
-    assert (cfg.peft.r, cfg.steps, cfg.scheduler.decay_steps, cfg.batch_size) == (16, 30000, 30000, 32)
+    assert (cfg.peft.r, cfg.steps, cfg.batch_size) == (16, 30000, 32)
     assert cfg.dataset.camera_map == {"observation.images.image": "base_0_rgb",
                                       "observation.images.image2": "left_wrist_0_rgb"}
     assert cfg.output_dir == "outputs/pi05_libero_lora" and cfg.policy.variant is None
@@ -249,7 +249,7 @@ def test_eval_libero_defaults_are_the_standard_protocol(recorder):
 def test_serve_defaults_match_the_libero_fine_tune(recorder):
     (call,) = recorded("serve_robot.sh", recorder)
     (cfg,), _ = parse_only(call["argv"])
-    assert (cfg.serve.preset, cfg.policy.device, cfg.port, cfg.host) == ("libero", "cuda", 8000, "0.0.0.0")
+    assert (cfg.serve.preset, cfg.policy.device, cfg.port, cfg.host) == ("libero", "cuda", 8000, "127.0.0.1")
     assert cfg.serve.obs_map == {"observation/wrist_image": "observation.images.image2"}
     (call,) = recorded("serve_robot.sh", recorder, PRESET="aloha", NUM_STEPS="5")
     (cfg,), _ = parse_only(call["argv"])

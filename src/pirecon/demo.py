@@ -19,11 +19,10 @@ from pirecon.configs.demo import DemoConfig, DemoReconConfig
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.recon import ReconConfig
-from pirecon.configs.train import OptimizerConfig, PeftConfig, SchedulerConfig, TrainConfig
+from pirecon.configs.train import PeftConfig, TrainConfig
 from pirecon.errors import ConfigError
 from pirecon.eval.metrics import summarize
 from pirecon.sim import SimConfig, SimEnv, record_dataset
-
 
 MARKER = ".pirecon-demo"
 
@@ -39,14 +38,15 @@ def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir:
     policy = PolicyConfig(type=cfg.policy_type, variant="tiny", image_resolution=cfg.image_resolution,
                           chunk_size=cfg.chunk_size, n_action_steps=cfg.n_action_steps,
                           camera_names=("base_0_rgb", "left_wrist_0_rgb"), tokenizer_path=str(tokenizer),
-                          use_peft=cfg.use_peft, max_state_dim=8, max_action_dim=8)
+                          use_peft=cfg.use_peft, max_state_dim=8, max_action_dim=8,
+                          optimizer_lr=cfg.lr, optimizer_weight_decay=1e-4, optimizer_grad_clip_norm=1.0,
+                          scheduler_warmup_steps=min(100, cfg.steps // 10), scheduler_decay_steps=cfg.steps,
+                          scheduler_decay_lr=cfg.lr / 20)
     return TrainConfig(
         policy=policy,
         dataset=DatasetConfig(root=str(data_dir), cache_in_memory=True, camera_map={"observation.images.top": "base_0_rgb",
                                                               "observation.images.wrist": "left_wrist_0_rgb"}),
         peft=PeftConfig(r=cfg.lora_r),
-        optimizer=OptimizerConfig(lr=cfg.lr, weight_decay=1e-4, grad_clip_norm=1.0),
-        scheduler=SchedulerConfig(warmup_steps=min(100, cfg.steps // 10), decay_steps=cfg.steps, decay_lr=cfg.lr / 20),
         recon=ReconConfig(enable=weight > 0, weight=weight, views=tuple(cfg.recon.views)),
         output_dir=str(run_dir), steps=cfg.steps, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
         seed=cfg.seed, save_freq=cfg.steps, log_freq=max(1, cfg.steps // 100), keep_last_checkpoints=1,

@@ -23,7 +23,8 @@ from pirecon.train.loop import resolve_policy_config
 FOLDER_VALUES = dict(type="pi0", variant="tiny", chunk_size=4, n_action_steps=3, image_resolution=28,
                      max_state_dim=8, max_action_dim=8, num_inference_steps=5, tokenizer_max_length=20,
                      camera_names=("cam_a", "cam_b"), dtype="bfloat16", freeze_vision_encoder=True,
-                     gradient_checkpointing=True, time_beta_alpha=2.0, normalization_mode="quantile")
+                     gradient_checkpointing=True, time_beta_alpha=2.0, normalization_mode="quantile",
+                     optimizer_lr=1e-3, scheduler_decay_steps=500)
 
 # field: (typed text, expected resolved value, or "error" / "adapt")
 TYPED = {
@@ -56,7 +57,27 @@ TYPED = {
     "asset_id": ("some/asset", "some/asset"),
     "push_to_hub": ("true", True),
     "repo_id": ("me/model", "me/model"),
+    "optimizer_lr": ("2.5e-5", 2.5e-5),  # the default; the folder holds 1e-3
+    "optimizer_betas": ("[0.9,0.99]", (0.9, 0.99)),
+    "optimizer_eps": ("1e-6", 1e-6),
+    "optimizer_weight_decay": ("0.0", 0.0),
+    "optimizer_grad_clip_norm": ("10", 10.0),
+    "scheduler_warmup_steps": ("10", 10),
+    "scheduler_decay_steps": ("30000", 30000),  # the default; the folder holds 500
+    "scheduler_decay_lr": ("1e-6", 1e-6),
+    "empty_cameras": ("1", 1),
+    "compile_mode": ("default", "default"),
+    "normalization_mapping": ('{"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}',
+                              {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}),
+    "n_obs_steps": ("2", "refused"),
+    "input_features": ("null", None),
+    "output_features": ("{}", {}),
+    "use_amp": ("true", True),
+    "path": (None, None),  # checked below
 }
+# Fields that move with a typed one (LeRobot's spellings of ours).
+ALSO = {"empty_cameras": {"camera_names": ("cam_a", "cam_b", "empty_camera_0")},
+        "normalization_mapping": {"normalization_mode": "mean_std"}}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +106,7 @@ def test_untyped_fields_come_from_the_folder(folder):
     assert resolved.pretrained_path == str(folder)
 
 
-@pytest.mark.parametrize("name", [n for n in TYPED if n != "pretrained_path"])
+@pytest.mark.parametrize("name", [n for n in TYPED if n not in ("pretrained_path", "path")])
 def test_a_typed_field_lands_or_fails_naming_flag_folder_and_values(folder, name):
     text, expected = TYPED[name]
     argv = [f"--policy.pretrained_path={folder}", f"--policy.{name}={text}"]
@@ -97,12 +118,31 @@ def test_a_typed_field_lands_or_fails_naming_flag_folder_and_values(folder, name
         if name != "variant":
             assert f"{name}={FOLDER_VALUES.get(name, getattr(PolicyConfig(**FOLDER_VALUES), name))}" in message
         return
+    if expected == "refused":  # a value no Pi0 / Pi0.5 can take, folder or not
+        with pytest.raises(ConfigError, match=f"--policy.{name}={text}: "):
+            resolve(argv)
+        return
     resolved = resolve(argv)
     assert getattr(resolved, name) == expected
+    also = ALSO.get(name, {})
+    for other, value in also.items():
+        assert getattr(resolved, other) == value
     # ... and only that field moved away from the folder's values.
     for other, value in FOLDER_VALUES.items():
-        if other not in (name, "variant"):
+        if other not in (name, "variant", *also):
             assert getattr(resolved, other) == value, f"typing --policy.{name} changed {other}"
+
+
+def test_policy_path_is_pretrained_path_as_in_lerobot(folder):
+    assert resolve([f"--policy.path={folder}"]) == resolve([f"--policy.pretrained_path={folder}"])
+    with pytest.raises(ConfigError, match="--policy.path=.* and --policy.pretrained_path=elsewhere: give one"):
+        resolve([f"--policy.path={folder}", "--policy.pretrained_path=elsewhere"])
+    with pytest.raises(ConfigError, match="--policy.input_features: pirecon reads the features from the dataset"):
+        resolve([f"--policy.path={folder}", '--policy.input_features={"observation.state": {}}'])
+    with pytest.raises(ConfigError, match=r"normalization_mapping=\{'ACTION': 'MEAN_STD'\}: no STATE \(LeRobot would"):
+        resolve(['--policy.normalization_mapping={"ACTION": "MEAN_STD"}'])
+    with pytest.raises(ConfigError, match="STATE=QUANTILES, ACTION=MEAN_STD; pirecon normalises both alike"):
+        resolve(['--policy.normalization_mapping={"STATE": "QUANTILES", "ACTION": "MEAN_STD"}'])
 
 
 def test_narrower_padding_is_refused(folder):
@@ -198,3 +238,18 @@ def test_a_folder_reconstruction_head_follows_the_same_precedence(tmp_path):
         merge_recon_with_folder(ReconConfig(depth=3), held, {"recon.depth"}, "F")
     # A folder without a head: the typed config as it is.
     assert merge_recon_with_folder(ReconConfig(enable=True), None, {"recon.enable"}, "F") == ReconConfig(enable=True)
+
+
+def test_rename_map_joins_the_camera_map_as_lerobot_means_it():
+    cfg = parse_train_command(['--rename_map={"observation.images.image": "observation.images.base_0_rgb", '
+                               '"observation.images.image2": "observation.images.left_wrist_0_rgb"}',
+                               '--dataset.camera_map={"observation.images.top": "right_wrist_0_rgb"}']).config
+    assert cfg.dataset.camera_map == {"observation.images.top": "right_wrist_0_rgb",
+                                      "observation.images.image": "base_0_rgb",
+                                      "observation.images.image2": "left_wrist_0_rgb"}
+    with pytest.raises(ConfigError, match="--rename_map sends 'a' to 'base_0_rgb' but --dataset.camera_map sends it "
+                                          "to 'left_wrist_0_rgb'; give one"):
+        parse_train_command(['--rename_map={"a": "observation.images.base_0_rgb"}',
+                             '--dataset.camera_map={"a": "left_wrist_0_rgb"}'])
+    with pytest.raises(ConfigError, match="--rename_map: 'observation.state' -> 'state'; pirecon renames cameras only"):
+        parse_train_command(['--rename_map={"observation.state": "state"}'])

@@ -274,3 +274,22 @@ def test_preprocessor_pickles(tiny_tok):
     again = pickle.loads(pickle.dumps(pre))
     a, b = pre(raw_sample()), again(raw_sample())
     assert all(torch.equal(a[k], b[k]) for k in ("images", "tokens", "state", "actions"))
+
+
+def test_an_image_too_thin_to_resize_is_named():
+    assert prepare_image(np.zeros((8, 1792, 3), np.uint8), 224, name="cam").shape == (3, 224, 224)  # 1 row left
+    with pytest.raises(InputError, match=r"^cam: an image of 7x1792 pixels is too thin to resize to 224x224 "
+                                         r"\(it would be 0x224\); expected an aspect ratio of at most 224:1"):
+        prepare_image(np.zeros((7, 1792, 3), np.uint8), 224, name="cam")
+
+
+def test_empty_cameras_are_never_fed():
+    from pirecon.data.transforms import camera_sources, check_camera_map
+
+    views = PolicyConfig(camera_names=("base_0_rgb", "left_wrist_0_rgb"), empty_cameras=2).camera_names
+    assert views == ("base_0_rgb", "left_wrist_0_rgb", "empty_camera_0", "empty_camera_1")
+    sources = camera_sources(views, None, ["observation.images.a", "observation.images.b", "observation.images.c"])
+    assert sources == {"base_0_rgb": "observation.images.a", "left_wrist_0_rgb": "observation.images.b",
+                       "empty_camera_0": None, "empty_camera_1": None}
+    with pytest.raises(ConfigError, match="maps to 'empty_camera_0', a view of --policy.empty_cameras"):
+        check_camera_map({"observation.images.c": "empty_camera_0"}, views)

@@ -46,10 +46,10 @@ def make_checkpoint(folder: Path, tokenizer: Path, camera_keys: list[str], state
 
 
 def server_for(checkpoint: Path, preset: str | None = None, obs_map: dict | None = None, seed: int = 0,
-               reseed: bool = False, default_prompt: str | None = None):
+               reseed: bool = False, default_prompt: str | None = None, api_key: str | None = None):
     cfg = ServeConfig(policy=ServePolicyFlags(path=str(checkpoint)), host="127.0.0.1", port=0, seed=seed,
                       serve=ServeOptions(preset=preset, obs_map=obs_map or {}, reseed_each_request=reseed,
-                                         default_prompt=default_prompt))
+                                         default_prompt=default_prompt, api_key=api_key))
     return build_server(cfg)
 
 

@@ -34,3 +34,20 @@ def test_a_taken_port_is_reported(trained_checkpoint, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", f"--policy.path={trained_checkpoint}", "--host", "127.0.0.1", "--port", str(port)]) == 2
     assert f"--host=127.0.0.1 --port={port}: cannot listen" in capsys.readouterr().err
+
+
+def test_listens_on_loopback_unless_told_and_says_so_when_exposed(monkeypatch):
+    from pirecon.configs.parse import parse_flags
+    from pirecon.configs.serve import ServeConfig
+    from pirecon.serve.command import api_key, exposure_note
+
+    monkeypatch.delenv("PIRECON_SERVE_API_KEY", raising=False)
+    local = parse_flags(["--policy.path=x"], ServeConfig)
+    assert local.host == "127.0.0.1" and exposure_note(local) is None and api_key(local) is None
+    exposed = parse_flags(["--policy.path=x", "--host", "0.0.0.0"], ServeConfig)
+    assert "--host=0.0.0.0 listens beyond this machine, WITHOUT authentication" in exposure_note(exposed)
+    keyed = parse_flags(["--policy.path=x", "--host=0.0.0.0", "--serve.api_key=k1"], ServeConfig)
+    assert api_key(keyed) == "k1" and "clients need the API key" in exposure_note(keyed)
+    monkeypatch.setenv("PIRECON_SERVE_API_KEY", "from-env")
+    assert api_key(exposed) == "from-env" and api_key(keyed) == "k1"  # the flag wins
+    assert "clients need the API key" in exposure_note(exposed)

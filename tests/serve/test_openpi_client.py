@@ -29,8 +29,13 @@ CLIENT_SCRIPT = textwrap.dedent("""
     import numpy as np
     from openpi_client import image_tools, websocket_client_policy
 
-    host, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    policy = websocket_client_policy.WebsocketClientPolicy(host=host, port=port)
+    host, port, out, api_key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    try:  # without the server's API key the handshake is refused
+        websocket_client_policy.WebsocketClientPolicy(host=host, port=port)
+        refused = None
+    except Exception as exc:
+        refused = str(exc)
+    policy = websocket_client_policy.WebsocketClientPolicy(host=host, port=port, api_key=api_key)
     rng = np.random.default_rng(0)
     frame = lambda: rng.integers(0, 256, size=(256, 320, 3), dtype=np.uint8)
     obs = {
@@ -48,7 +53,7 @@ CLIENT_SCRIPT = textwrap.dedent("""
     except RuntimeError as exc:  # the client's reaction to the server's error frame
         error = str(exc)
     print(json.dumps({"metadata": policy.get_server_metadata(), "timing": result["server_timing"],
-                      "dtype": str(result["actions"].dtype), "error": error}))
+                      "dtype": str(result["actions"].dtype), "error": error, "refused": refused}))
 """)
 
 
@@ -93,12 +98,12 @@ def test_openpi_websocket_client_policy_unchanged(openpi_python, sim_tokenizer, 
     cameras = ["observation.images.image", "observation.images.image2"]
     checkpoint = make_checkpoint(tmp_path / "libero_like", sim_tokenizer, cameras, state_dim=8, action_dim=7)
     proc, port, lines = _start_server([f"--policy.path={checkpoint}", "--host", "127.0.0.1", "--port", "0",
-                                       "--serve.preset=libero", "--seed=11"])
+                                       "--serve.preset=libero", "--seed=11", "--serve.api_key=k-123"])
     try:
         script = tmp_path / "client.py"
         script.write_text(CLIENT_SCRIPT)
         out = tmp_path / "sent.npz"
-        client = subprocess.run([str(openpi_python), str(script), "127.0.0.1", str(port), str(out)],
+        client = subprocess.run([str(openpi_python), str(script), "127.0.0.1", str(port), str(out), "k-123"],
                                 capture_output=True, text=True, timeout=300)
         assert client.returncode == 0, client.stderr
         report = json.loads(client.stdout.strip().splitlines()[-1])
@@ -115,6 +120,7 @@ def test_openpi_websocket_client_policy_unchanged(openpi_python, sim_tokenizer, 
     assert proc.returncode == 0, "".join(log)
     assert "pirecon serve: stopped after 1 replies and 1 error frames" in "".join(log)
 
+    assert "HTTP 401" in report["refused"], report["refused"]
     meta = report["metadata"]
     assert meta["preset"] == "libero" and meta["action_dim"] == 7 and meta["chunk_size"] == 4
     assert meta["obs_map"]["observation/image"] == "observation.images.image"

@@ -87,6 +87,32 @@ def test_healthz(trained_checkpoint):
         assert info.value.code == 426
 
 
+def test_api_key_is_required_when_set_and_healthz_stays_open(trained_checkpoint):
+    from websockets.exceptions import InvalidStatus
+
+    server = server_for(trained_checkpoint, preset="libero", obs_map=RETARGET, api_key="s3cret key")
+    with serve_in_thread(server) as url:
+        for key in (None, "wrong", "s3cret"):
+            with pytest.raises(InvalidStatus) as refused:
+                PolicyClient(url, api_key=key)
+            assert refused.value.response.status_code == 401
+            assert b"Api-Key" in refused.value.response.body
+        with PolicyClient(url, api_key="s3cret key") as client:
+            assert client.infer(libero_request(0))["actions"].shape == (4, 3)
+        assert healthz(url) == (200, "OK\n")
+    assert server.served == 1
+
+
+def test_a_non_finite_output_becomes_an_error_frame(trained_checkpoint):
+    server = server_for(trained_checkpoint, preset="libero", obs_map=RETARGET)
+    predict = server.runner.predict_chunk
+    server.runner.predict_chunk = lambda obs: predict(obs) * np.array([1.0, np.nan, 1.0], np.float32)
+    with serve_in_thread(server) as url, PolicyClient(url) as client:
+        with pytest.raises(ServerError, match="bad request: the policy produced non-finite actions"):
+            client.infer(libero_request(0))
+    assert (server.served, server.rejected) == (0, 1)
+
+
 def test_event_loop_is_not_blocked_by_inference(trained_checkpoint):
     server = server_for(trained_checkpoint, preset="libero", obs_map=RETARGET)
     entered, release = threading.Event(), threading.Event()
@@ -117,9 +143,9 @@ def test_event_loop_is_not_blocked_by_inference(trained_checkpoint):
 
 
 def _malformed(i: int) -> tuple[object, str]:
-    """(frame to send, text the error must contain) — 7 kinds of bad request, in turn."""
+    """(frame to send, text the error must contain) — 9 kinds of bad request, in turn."""
     good = libero_request(i)
-    kind = i % 7
+    kind = i % 9
     if kind == 0:
         return b"\xc1" + bytes([i % 256]), "not valid msgpack"
     if kind == 1:
@@ -137,6 +163,12 @@ def _malformed(i: int) -> tuple[object, str]:
     if kind == 5:
         good["observation/wrist_image"] = good["observation/wrist_image"].astype(np.float64)
         return packb(good), "'observation/wrist_image' has dtype float64; expected uint8"
+    if kind == 7:  # finite but absurd: the model's answer would be NaN (it was, before the check)
+        good["observation/state"] = np.array([1e38, -1e38, 0.0])
+        return packb(good), "observation.state dims [0, 1] (1e+38, -1e+38) lie beyond 10000 normalised units"
+    if kind == 8:
+        good["observation/image"] = np.zeros((1, 20000, 3), np.uint8)
+        return packb(good), "'observation/image' has shape (1, 20000, 3); expected at most 4096 pixels a side"
     return packb([1, 2, 3]), "a request must be a msgpack map"
 
 

@@ -12,7 +12,8 @@ def tiny_train_flags(dataset: Path, tokenizer: Path | None, output_dir: Path, *e
         "--policy.camera_names=[base_0_rgb,left_wrist_0_rgb]",
         *([f"--policy.tokenizer_path={tokenizer}"] if tokenizer is not None else []),
         f"--dataset.root={dataset}", f"--output_dir={output_dir}", "--batch_size=4", "--num_workers=0",
-        "--log_freq=1", "--optimizer.lr=1e-3", "--scheduler.warmup_steps=2", "--scheduler.decay_steps=20",
+        "--log_freq=1", "--policy.optimizer_lr=1e-3", "--policy.scheduler_warmup_steps=2",
+        "--policy.scheduler_decay_steps=20",
         "--progress_bar=false", *extra,
     ]
 

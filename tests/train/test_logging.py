@@ -14,9 +14,21 @@ def test_wandb_offline_run_is_written_locally(sim_dataset, sim_tokenizer, tmp_pa
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
     train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=2", "--wandb.enable=true",
-                                             "--wandb.project=pirecon-test")))
+                                             "--wandb.project=pirecon-test", "--job_name=wb_job",
+                                             "--wandb.notes=first try", "--save_freq=1")))
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    run_id = runs[0].name.rsplit("-", 1)[-1]
+    from pirecon.train.logs import previous_wandb_run
+    assert previous_wandb_run(out) == run_id
+    # A resumed run continues the same W&B run (LeRobot reads it from output_dir/wandb/latest-run).
+    import shutil
+    shutil.rmtree(out / "checkpoints" / "000002")
+    (out / "checkpoints" / "last").unlink()
+    (out / "checkpoints" / "last").symlink_to("000001")
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=2", "--wandb.enable=true",
+                                             "--wandb.project=pirecon-test", "--save_freq=1", "--resume=true")))
+    assert previous_wandb_run(out) == run_id
 
 
 def test_bad_wandb_mode_is_named(sim_dataset, sim_tokenizer, tmp_path):
@@ -40,3 +52,48 @@ def test_a_summary_is_printed_and_the_resolved_config_saved(sim_dataset, sim_tok
     cfg = parse_train_flags([f"--config_path={out / 'train_config.json'}", "--steps=7",
                              f"--output_dir={tmp_path / 'again'}"])
     assert cfg.steps == 7 and cfg.policy.chunk_size == 4
+
+
+def test_a_resumed_run_logs_every_step_once_and_skips_a_torn_line(sim_dataset, sim_tokenizer, tmp_path, capsys):
+    import os
+    import shutil
+
+    out = tmp_path / "run"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=3", "--save_freq=2")))
+    # As after a kill during step 4: step 3 was logged but never saved, and a line is half written.
+    shutil.rmtree(out / "checkpoints" / "000003")
+    os.remove(out / "checkpoints" / "last")
+    os.symlink("000002", out / "checkpoints" / "last")
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.1')
+    capsys.readouterr()
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=4", "--save_freq=2",
+                                             "--resume=true")))
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+    assert f"warning: {out / 'log.jsonl'}: skipped 1 line(s) that are not log records (line 4;" in capsys.readouterr().err
+
+
+def test_the_loss_plot_survives_a_bad_line(tmp_path, capsys):
+    from pirecon.train.logs import plot_losses
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\nnot json\n{"step": 3, "lo')
+    assert plot_losses(log, tmp_path / "curves.png") == tmp_path / "curves.png"
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert "skipped 2 line(s) that are not log records (line 3, 4;" in capsys.readouterr().err
+
+
+def test_log_freq_logs_the_means_over_the_interval(sim_dataset, sim_tokenizer, tmp_path):
+    from tests.train.helpers import logged
+
+    every, pairs = tmp_path / "every", tmp_path / "pairs"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, every, "--steps=5")))
+    flags = [f for f in tiny_train_flags(sim_dataset, sim_tokenizer, pairs, "--steps=5") if f != "--log_freq=1"]
+    train(parse_train_flags(flags + ["--log_freq=2"]))
+    one, two = logged(every), logged(pairs)
+    assert sorted(two) == [2, 4, 5]  # every 2 steps, and the last step
+    assert two[2] == pytest.approx((one[1] + one[2]) / 2, rel=1e-6)
+    assert two[4] == pytest.approx((one[3] + one[4]) / 2, rel=1e-6)
+    assert two[5] == pytest.approx(one[5], rel=1e-6)
+    assert [r["steps_averaged"] for r in map(json.loads, (pairs / "log.jsonl").read_text().splitlines())] == [2, 2, 1]

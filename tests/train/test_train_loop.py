@@ -3,6 +3,8 @@ import math
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -48,7 +50,9 @@ def test_full_finetune_writes_checkpoints_logs_and_plot(sim_dataset, sim_tokeniz
 def test_exact_resume_in_a_fresh_process(sim_dataset, sim_tokenizer, tmp_path):
     """8 steps straight == 4 steps, then a new process resuming for 4 more (losses to 1e-6)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = ("--policy.use_peft", "--ema_decay=0.9", "--save_freq=4")
+    # Decay steps <= both runs' --steps: the schedule is not scaled to the run length (it would be
+    # for the 4-step run alone, as in LeRobot), so both runs follow the same learning rates.
+    common = ("--policy.use_peft", "--ema_decay=0.9", "--save_freq=4", "--policy.scheduler_decay_steps=4")
     res = run_cli(tiny_train_flags(sim_dataset, sim_tokenizer, straight, "--steps=8", *common))
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli(tiny_train_flags(sim_dataset, sim_tokenizer, split, "--steps=4", *common))
@@ -83,10 +87,34 @@ def test_resume_loads_adapter_weights_trainable(sim_dataset, sim_tokenizer, tmp_
 def test_existing_run_needs_resume_flag(sim_dataset, sim_tokenizer, tmp_path):
     out = tmp_path / "run"
     train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=1")))
-    with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume=true"):
+    with pytest.raises(ConfigError, match="already holds checkpoints and --resume=false .*: pass --resume=true"):
         Trainer(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=1")))
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         parse_train_flags([f"--output_dir={tmp_path / 'empty'}", "--resume=true"])
+    # Another run's files without checkpoints are not overwritten either; a file is not a folder.
+    (tmp_path / "logs_only").mkdir()
+    (tmp_path / "logs_only" / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(ConfigError, match="logs_only already holds files and --resume=false"):
+        Trainer(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "logs_only", "--steps=1")))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match="a_file is a file; expected a folder"):
+        Trainer(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "a_file", "--steps=1")))
+    assert (tmp_path / "logs_only" / "log.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'
+
+
+def test_default_output_dir_job_name_and_no_checkpoints(sim_dataset, sim_tokenizer, tmp_path, monkeypatch, capsys):
+    import datetime
+
+    monkeypatch.chdir(tmp_path)
+    flags = [f for f in tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path, "--steps=2", "--save_checkpoint=false",
+                                         "--job_name=my_job") if not f.startswith("--output_dir")]
+    day = datetime.date.today().isoformat()
+    result = train(parse_train_flags(flags))
+    out = Path(result.output_dir)
+    assert out.parent == Path("outputs/train") / day and out.name.endswith("_my_job")
+    assert result.checkpoint is None and not (out / "checkpoints").exists() and (out / "log.jsonl").is_file()
+    printed = capsys.readouterr().out
+    assert f"  output      {out}, run my_job (full config: train_config.json); no checkpoints" in printed
 
 
 def test_nan_loss_stops_naming_step_and_samples(sim_dataset, sim_tokenizer, tmp_path):

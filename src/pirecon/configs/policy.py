@@ -10,11 +10,38 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from pirecon.configs.variants import gemma_spec, policy_variant, siglip_spec
 from pirecon.errors import ConfigError
 
 DEFAULT_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+EMPTY_CAMERA = "empty_camera_"  # --policy.empty_cameras=N appends views empty_camera_0 .. N-1 (never fed)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# LeRobot's NormalizationMode names for state and actions -> ours.
+NORMALIZATION_MODES = {"MEAN_STD": "mean_std", "QUANTILES": "quantile"}
+
+
+def mode_from_mapping(mapping: dict[str, str]) -> str:
+    """LeRobot's --policy.normalization_mapping -> our normalization_mode (one mode for state and
+    actions; images are never normalised beyond the [-1, 1] scaling)."""
+    flag = "--policy.normalization_mapping"
+    upper = {str(k).upper(): str(v).upper() for k, v in mapping.items()}
+    unknown = set(upper) - {"VISUAL", "STATE", "ACTION"}
+    if unknown:
+        raise ConfigError(f"{flag}: unknown feature types {sorted(unknown)}; expected VISUAL, STATE, ACTION")
+    if upper.get("VISUAL", "IDENTITY") != "IDENTITY":
+        raise ConfigError(f"{flag}: VISUAL={upper['VISUAL']}; Pi0 and Pi0.5 take images as they are (IDENTITY)")
+    missing = [k for k in ("STATE", "ACTION") if k not in upper]
+    if missing:
+        raise ConfigError(f"{flag}={mapping}: no {' or '.join(missing)} (LeRobot would then leave it unnormalised, "
+                          f"which pirecon does not do); give both, e.g. "
+                          f"'{{\"VISUAL\": \"IDENTITY\", \"STATE\": \"MEAN_STD\", \"ACTION\": \"MEAN_STD\"}}'")
+    modes = {upper["STATE"], upper["ACTION"]}
+    if len(modes) != 1 or not modes <= set(NORMALIZATION_MODES):
+        raise ConfigError(f"{flag}: STATE={upper['STATE']}, ACTION={upper['ACTION']}; pirecon normalises both alike "
+                          f"with one of {list(NORMALIZATION_MODES)}")
+    return NORMALIZATION_MODES[modes.pop()]
 
 
 @dataclass(frozen=True)
@@ -34,22 +61,40 @@ class PolicyConfig:
     tokenizer_max_length: int | None = None  # prompt tokens after padding; none: 48 for pi0, 200 for pi05
     image_resolution: int = 224  # square side each camera image is resized (with padding) to
     camera_names: tuple[str, ...] = DEFAULT_CAMERAS  # the model's camera views, in order
+    empty_cameras: int = 0  # LeRobot's: this many extra views empty_camera_0.. appended, always masked (-1 images)
     dtype: str = "float32"  # float32 | bfloat16: frozen weights and compute (trainable weights keep float32 masters)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu; one per rank under accelerate)
     freeze_vision_encoder: bool = False  # keep SigLIP and the projector frozen
     train_expert_only: bool = False  # train only the action expert and the heads around it (VLM frozen)
     gradient_checkpointing: bool = False  # recompute layer activations in the backward pass to save memory
     compile_model: bool = False  # torch.compile the training forward
+    compile_mode: str = "max-autotune"  # torch.compile mode (LeRobot's default)
     time_beta_alpha: float = 1.5  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: alpha
     time_beta_beta: float = 1.0  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: beta
     pretrained_path: str | None = None  # a pirecon, openpi or LeRobot folder, or a hub id in the local cache (none: random init)
+    path: str | None = None  # LeRobot's --policy.path (start from a trained policy): the same as pretrained_path
     tokenizer_path: str | None = None  # SentencePiece .model file or a tokenizer folder (none: the folder's, or built from the dataset for tiny)
     use_peft: bool = False  # train LoRA adapters through PEFT (see --peft.*) instead of every weight
     normalization_mode: str | None = None  # mean_std | quantile; none: the folder's, else mean_std for pi0, quantile for pi05
+    normalization_mapping: dict[str, str] | None = None  # LeRobot's {"VISUAL": "IDENTITY", "STATE": m, "ACTION": m}, m MEAN_STD | QUANTILES: sets normalization_mode
     use_dataset_stats: bool = False  # normalise with the dataset's statistics even when pretrained_path holds its own
     asset_id: str | None = None  # openpi folders: which assets/<asset_id>/norm_stats.json to use
     push_to_hub: bool = False  # upload the final checkpoint of `pirecon train` to the Hub repo repo_id
+    # The training preset (LeRobot's PI0Config / PI05Config values; used with --use_policy_training_preset=true).
+    optimizer_lr: float = 2.5e-5  # AdamW peak learning rate
+    optimizer_betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    optimizer_eps: float = 1e-8  # AdamW epsilon
+    optimizer_weight_decay: float = 0.01  # AdamW weight decay
+    optimizer_grad_clip_norm: float = 1.0  # clip the global gradient norm to this value (<= 0: no clipping)
+    scheduler_warmup_steps: int = 1000  # linear warm-up steps (scaled down when --steps < scheduler_decay_steps)
+    scheduler_decay_steps: int = 30000  # cosine decay steps (scaled down to --steps when fewer)
+    scheduler_decay_lr: float = 2.5e-6  # learning rate at the end of the decay
     repo_id: str | None = None  # the Hub repo ("org/name") push_to_hub uploads to
+    # LeRobot fields with one possible value here, accepted so LeRobot command lines run unchanged.
+    n_obs_steps: int = 1  # observation frames per sample (Pi0 / Pi0.5 read one)
+    input_features: dict[str, Any] | None = None  # none (or {}): read from the dataset, as LeRobot's null does
+    output_features: dict[str, Any] | None = None  # none (or {}): read from the dataset, as LeRobot's null does
+    use_amp: bool = False  # LeRobot's training ignores it; precision is --policy.dtype (a note says so when true)
 
     def __post_init__(self) -> None:
         if self.type not in ("pi0", "pi05"):
@@ -65,6 +110,8 @@ class PolicyConfig:
                 raise ConfigError(f"--policy.image_resolution={list(self.image_resolution)}: only square images are supported")
             object.__setattr__(self, "image_resolution", int(h))
         object.__setattr__(self, "camera_names", tuple(self.camera_names))
+        self._lerobot_fields()
+        object.__setattr__(self, "optimizer_betas", tuple(self.optimizer_betas))
         vision = siglip_spec(self.vision_variant)
         vlm = gemma_spec(self.paligemma_variant, "--policy.paligemma_variant")
         expert = gemma_spec(self.action_expert_variant, "--policy.action_expert_variant")
@@ -89,6 +136,34 @@ class PolicyConfig:
         check_device_flag(self.device)
         if self.normalization_mode not in (None, "mean_std", "quantile"):
             raise ConfigError(f"--policy.normalization_mode={self.normalization_mode!r}: expected mean_std or quantile")
+
+    def _lerobot_fields(self) -> None:
+        """--policy.path, empty_cameras, normalization_mapping and the one-value fields, in our terms."""
+        if self.path is not None:
+            if self.pretrained_path is not None and str(self.pretrained_path) != str(self.path):
+                raise ConfigError(f"--policy.path={self.path} and --policy.pretrained_path={self.pretrained_path}: "
+                                  f"give one (they mean the same here)")
+            object.__setattr__(self, "pretrained_path", str(self.path))
+            object.__setattr__(self, "path", None)  # one home: pretrained_path
+        if self.empty_cameras < 0:
+            raise ConfigError(f"--policy.empty_cameras={self.empty_cameras}: expected >= 0")
+        empties = tuple(f"{EMPTY_CAMERA}{i}" for i in range(self.empty_cameras))
+        real = tuple(name for name in self.camera_names if not name.startswith(EMPTY_CAMERA))
+        object.__setattr__(self, "camera_names", real + empties)
+        if self.normalization_mapping is not None:
+            mode = mode_from_mapping(self.normalization_mapping)
+            if self.normalization_mode is not None and self.normalization_mode != mode:
+                raise ConfigError(f"--policy.normalization_mapping={self.normalization_mapping} means "
+                                  f"normalization_mode={mode}, but --policy.normalization_mode={self.normalization_mode}")
+            object.__setattr__(self, "normalization_mode", mode)
+        if self.n_obs_steps != 1:
+            raise ConfigError(f"--policy.n_obs_steps={self.n_obs_steps}: Pi0 and Pi0.5 read one observation frame (1)")
+        for name in ("input_features", "output_features"):
+            if getattr(self, name):
+                raise ConfigError(f"--policy.{name}: pirecon reads the features from the dataset (as LeRobot's "
+                                  f"null does); map cameras with --rename_map or --dataset.camera_map instead")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"--policy.compile_mode={self.compile_mode!r}: expected one of {list(COMPILE_MODES)}")
 
     # Derived sizes -----------------------------------------------------------------------------
     @property
@@ -142,10 +217,14 @@ FOLDER_RULES: dict[str, str] = {
     "action_expert_variant": FIXED,
     "image_resolution": ADAPT, "max_state_dim": ADAPT, "max_action_dim": ADAPT,
     "chunk_size": RUN, "n_action_steps": RUN, "num_inference_steps": RUN, "tokenizer_max_length": RUN,
-    "camera_names": RUN, "dtype": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
+    "camera_names": RUN, "empty_cameras": RUN, "compile_mode": RUN, "normalization_mapping": RUN,
+    "n_obs_steps": RUN, "input_features": RUN, "output_features": RUN, "use_amp": RUN, "path": THIS_RUN,
+    "dtype": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
     "gradient_checkpointing": RUN, "compile_model": RUN, "time_beta_alpha": RUN, "time_beta_beta": RUN,
     "tokenizer_path": RUN, "use_peft": RUN, "normalization_mode": RUN, "use_dataset_stats": RUN,
-    "asset_id": RUN,
+    "asset_id": RUN, "optimizer_lr": RUN, "optimizer_betas": RUN, "optimizer_eps": RUN,
+    "optimizer_weight_decay": RUN, "optimizer_grad_clip_norm": RUN, "scheduler_warmup_steps": RUN,
+    "scheduler_decay_steps": RUN, "scheduler_decay_lr": RUN,
     "pretrained_path": THIS_RUN, "device": THIS_RUN, "push_to_hub": THIS_RUN, "repo_id": THIS_RUN,
 }
 
@@ -194,4 +273,9 @@ def merge_with_folder(cfg: PolicyConfig, folder_cfg: PolicyConfig, typed: set[st
                 notes.append(f"{name} widened from {theirs} to {mine}: new {layers} initialised to zero")
         values[name] = mine
     values["camera_names"] = tuple(values["camera_names"])
+    # normalization_mapping sets normalization_mode: the typed one of the two wins over the folder's.
+    if "normalization_mapping" in typed and "normalization_mode" not in typed:
+        values["normalization_mode"] = None
+    elif "normalization_mode" in typed and "normalization_mapping" not in typed:
+        values["normalization_mapping"] = None
     return PolicyConfig(**values), notes

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+API_KEY_ENV = "PIRECON_SERVE_API_KEY"  # the API key when --serve.api_key is not given
+
 
 @dataclass(frozen=True)
 class ServePolicyFlags:
@@ -21,13 +23,15 @@ class ServeOptions:
     default_prompt: str | None = None  # used when no request key maps to `task` or a request lacks it
     reseed_each_request: bool = False  # re-seed the noise per request: replies depend on the observation only
     max_message_mb: int = 256  # largest accepted request
+    # Clients must send `Authorization: Api-Key <key>` (openpi's WebsocketClientPolicy(api_key=...)).
+    api_key: str | None = None  # none: $PIRECON_SERVE_API_KEY, else no authentication (/healthz stays open)
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     policy: ServePolicyFlags = field(default_factory=ServePolicyFlags)
     serve: ServeOptions = field(default_factory=ServeOptions)
-    host: str = "0.0.0.0"  # address to listen on
+    host: str = "127.0.0.1"  # address to listen on (0.0.0.0: every interface, reachable from the network)
     port: int = 8000  # TCP port
     use_ema: bool = False  # serve the EMA weights
     seed: int = 0  # seed of the sampling noise

@@ -87,7 +87,7 @@ class ResumableLoader:
 
     def __init__(self, dataset, preprocessor, batch_size: int, num_workers: int = 0, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1,
-                 cache_in_memory: bool = False):
+                 cache_in_memory: bool = False, prefetch_factor: int = 2, persistent_workers: bool = True):
         if batch_size <= 0:
             raise DatasetError(f"--batch_size={batch_size}: expected a positive integer")
         size = len(dataset)
@@ -110,7 +110,8 @@ class ResumableLoader:
             num_workers=num_workers,
             worker_init_fn=_seed_worker if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(seed),
-            persistent_workers=num_workers > 0,
+            persistent_workers=persistent_workers and num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
         )
 
     @property
@@ -152,7 +153,8 @@ class ResumableLoader:
 
 def make_dataloader(dataset, preprocessor, batch_size: int, num_workers: int = 0, seed: int = 0,
                     shuffle: bool = True, drop_last: bool = True, rank: int = 0,
-                    world_size: int = 1, cache_in_memory: bool = False) -> ResumableLoader:
+                    world_size: int = 1, cache_in_memory: bool = False, prefetch_factor: int = 2,
+                    persistent_workers: bool = True) -> ResumableLoader:
     """A resumable loader over a map-style `dataset` (picklable when num_workers > 0) that applies
     `preprocessor` per sample in the workers and `preprocessor.collate` per batch.
 
@@ -161,4 +163,5 @@ def make_dataloader(dataset, preprocessor, batch_size: int, num_workers: int = 0
     `cache_in_memory`: keep every preprocessed sample in RAM after its first use (`InMemoryDataset`)."""
     return ResumableLoader(dataset, preprocessor, batch_size, num_workers=num_workers, seed=seed,
                            shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
-                           cache_in_memory=cache_in_memory)
+                           cache_in_memory=cache_in_memory, prefetch_factor=prefetch_factor,
+                           persistent_workers=persistent_workers)

@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from pirecon.batch import Batch
-from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.policy import EMPTY_CAMERA, PolicyConfig
 from pirecon.data.normalize import Normalizer
 from pirecon.data.tokenizer import Tokenizer, check_vocab, pad_tokens
 from pirecon.errors import ConfigError, InputError
 
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
+MAX_NORMALIZED_STATE = 1e4  # an observation's state beyond this many normalised units is refused
 ACTION_KEY = "action"
 CAMERA_FLAG = "--dataset.camera_map"
 STATE_BINS = 256
@@ -83,6 +84,9 @@ def resize_with_pad(images: torch.Tensor, height: int, width: int, pad_value: fl
     if (h, w) != (height, width):
         ratio = max(w / width, h / height)
         new_h, new_w = int(h / ratio), int(w / ratio)
+        if min(new_h, new_w) < 1:
+            raise InputError(f"an image of {h}x{w} pixels is too thin to resize to {height}x{width} (it would be "
+                             f"{new_h}x{new_w}); expected an aspect ratio of at most {min(height, width)}:1")
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp(0.0, 1.0)
         pad_top, extra_h = divmod(height - new_h, 2)
@@ -93,7 +97,10 @@ def resize_with_pad(images: torch.Tensor, height: int, width: int, pad_value: fl
 
 def prepare_image(image: Any, resolution: int, name: str = "image") -> torch.Tensor:
     """Any accepted image -> (3, resolution, resolution) in [-1, 1]; padding is exactly -1."""
-    x = resize_with_pad(to_chw_float(image, name), resolution, resolution, pad_value=0.0)
+    try:
+        x = resize_with_pad(to_chw_float(image, name), resolution, resolution, pad_value=0.0)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
     return x * 2.0 - 1.0
 
 
@@ -104,12 +111,14 @@ def camera_sources(camera_names: Sequence[str], camera_map: Mapping[str, str] | 
     camera_map: dataset key -> model view. A key may omit the `observation.images.` prefix, and
     may name any key in `present` (all keys of the sample, e.g. a robot's `observation/image`).
     Without a map, `available` keys (the dataset's camera keys, in order) go onto the model's
-    views in order; extra dataset cameras are left out.
+    views in order; extra dataset cameras are left out. Views of --policy.empty_cameras
+    (`empty_camera_<i>`) never get a source.
     """
     present = available if present is None else present
     sources: dict[str, str | None] = {view: None for view in camera_names}
     if camera_map is None:
-        for view, key in zip(camera_names, available):
+        fed = [view for view in camera_names if not view.startswith(EMPTY_CAMERA)]
+        for view, key in zip(fed, available):
             sources[view] = key
         return sources
     for key, view in camera_map.items():
@@ -127,6 +136,9 @@ def check_camera_map(camera_map: Mapping[str, str], camera_names: Sequence[str])
     """Each target must be a model view, and no view may get two sources."""
     seen: dict[str, str] = {}
     for key, view in camera_map.items():
+        if view.startswith(EMPTY_CAMERA) and view in camera_names:
+            raise ConfigError(f"{CAMERA_FLAG}: {key!r} maps to {view!r}, a view of --policy.empty_cameras, which "
+                              f"stays empty; map it to one of {[v for v in camera_names if not v.startswith(EMPTY_CAMERA)]}")
         if view not in camera_names:
             raise ConfigError(
                 f"{CAMERA_FLAG}: {key!r} maps to {view!r}, which is not a model view; expected one of "
@@ -401,7 +413,22 @@ class Preprocessor:
         (3, H, W) tensors, `observation.state`) and `task` or `prompt` for the instruction.
         """
         sample = {k: v for k, v in obs.items() if k not in (ACTION_KEY, "action_is_pad")}
+        self._check_state_range(sample)
         return self.collate([self(sample)])
+
+    def _check_state_range(self, obs: Mapping[str, Any]) -> None:
+        """Refuse a state the model was never meant to see: non-finite, or (normalised) beyond
+        MAX_NORMALIZED_STATE — its output would be meaningless or non-finite."""
+        state = self._state(obs)
+        bad = ~torch.isfinite(state) | (state.abs() > MAX_NORMALIZED_STATE)
+        if bad.any():
+            dims = bad.nonzero().flatten().tolist()
+            raw = np.asarray(obs[STATE_KEY], dtype=np.float64).reshape(-1)
+            unit = "normalised units (standard deviations for mean_std, half-ranges for quantile)" \
+                if self.normalizer is not None else "units (the checkpoint has no statistics)"
+            shown = ", ".join(f"{raw[i]:.3g}" for i in dims[:5]) if raw.shape[0] == state.shape[0] else "?"
+            raise InputError(f"{STATE_KEY} dims {dims[:5]} ({shown}) lie beyond {MAX_NORMALIZED_STATE:g} {unit}; "
+                             f"expected the units the checkpoint was trained on")
 
     def postprocess_actions(self, actions: Any, action_dim: int | None = None) -> np.ndarray:
         """Model output (B, H, A) (or (H, A)), normalised and padded -> robot units (B, H, d) numpy."""

@@ -1,6 +1,6 @@
 """A small synchronous client for `pirecon serve` (or any openpi policy server).
 
-    with PolicyClient("ws://robot-server:8000") as client:
+    with PolicyClient("ws://robot-server:8000", api_key=None) as client:
         client.metadata                      # sent by the server on connect
         reply = client.infer(request)        # reply["actions"]: (chunk_size, action_dim)
 
@@ -22,11 +22,13 @@ class ServerError(RuntimeError):
 
 
 class PolicyClient:
-    def __init__(self, url: str, timeout: float | None = 60.0):
+    def __init__(self, url: str, timeout: float | None = 60.0, api_key: str | None = None):
         self.url = url if url.startswith("ws") else f"ws://{url}"
         self.timeout = timeout
+        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None  # as openpi_client sends it
         # Entering the connection (instead of holding a bare connect()) is what websockets 17.1+ expects.
-        self._ws = connect(self.url, compression=None, max_size=None, open_timeout=timeout).__enter__()
+        self._ws = connect(self.url, compression=None, max_size=None, open_timeout=timeout,
+                           additional_headers=headers).__enter__()
         self.metadata: dict[str, Any] = unpackb(self._ws.recv(timeout))
 
     def infer(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`pirecon serve --policy.path=CKPT [--host 0.0.0.0] [--port 8000] [--serve.preset=libero] [--serve.obs_map=JSON]`
+"""`pirecon serve --policy.path=CKPT [--host 127.0.0.1] [--port 8000] [--serve.preset=libero] [--serve.obs_map=JSON]`
 
 Serves a checkpoint to robot clients over openpi's websocket protocol, so openpi_client's
 WebsocketClientPolicy (and the LIBERO / ALOHA / DROID example clients) work unchanged:
@@ -22,6 +22,12 @@ Several request keys mapped to observation.state are joined in order (DROID's jo
 gripper_position). Images are uint8 (H, W, 3) or (3, H, W), any size (resized with padding).
 The server checks the map against the checkpoint's cameras at start-up and names what is missing.
 
+Listening: 127.0.0.1 (this machine) unless --host says otherwise (--host=0.0.0.0: every interface).
+--serve.api_key (or $PIRECON_SERVE_API_KEY) makes every client send `Authorization: Api-Key <key>`,
+as openpi_client's WebsocketClientPolicy(api_key=...) does; /healthz stays open.
+Requests are checked: images 1..4096 pixels a side, a state within 1e4 normalised units of the
+training data; a non-finite output is an error frame, never actions.
+
 Other flags: --use_ema (EMA weights), --policy.num_inference_steps (denoising steps; default the
 checkpoint's), --policy.n_action_steps (advertised in the metadata), --seed, --policy.device,
 --serve.reseed_each_request (same observation -> same actions), --serve.default_prompt.
@@ -31,10 +37,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from pirecon.configs.parse import format_help, parse_flags
-from pirecon.configs.serve import ServeConfig
+from pirecon.configs.serve import API_KEY_ENV, ServeConfig
 from pirecon.errors import ConfigError
 from pirecon.serve.obs_map import (ObsMapper, checkpoint_camera_keys, checkpoint_state_dim, presets_help,
                                    resolve_obs_map)
@@ -73,7 +80,21 @@ def build_server(cfg: ServeConfig):
                               reseed_each_request=cfg.serve.reseed_each_request)
     return PolicyServer(runner, mapper, metadata, host=cfg.host, port=cfg.port, seed=cfg.seed,
                         reseed_each_request=cfg.serve.reseed_each_request,
-                        max_message_bytes=cfg.serve.max_message_mb * 2**20)
+                        max_message_bytes=cfg.serve.max_message_mb * 2**20, api_key=api_key(cfg))
+
+
+def api_key(cfg: ServeConfig) -> str | None:
+    """--serve.api_key, else $PIRECON_SERVE_API_KEY, else None (no authentication)."""
+    return cfg.serve.api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def exposure_note(cfg: ServeConfig) -> str | None:
+    """One start-up line when the server is reachable from other machines."""
+    if cfg.host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    auth = "clients need the API key" if api_key(cfg) else \
+        "WITHOUT authentication: anyone who reaches this port drives the robot (set --serve.api_key)"
+    return f"pirecon serve: --host={cfg.host} listens beyond this machine, {auth}"
 
 
 def run(argv: list[str]) -> int:
@@ -84,6 +105,9 @@ def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("websockets").setLevel(logging.WARNING)  # our own log names each client
     server = build_server(cfg)
+    note = exposure_note(cfg)
+    if note:
+        print(note, flush=True)
 
     def ready(host: str, port: int) -> None:
         print(f"pirecon serve: metadata {json.dumps(server.metadata)}", flush=True)

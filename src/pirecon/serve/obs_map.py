@@ -28,6 +28,7 @@ IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 TASK_KEY = "task"
 MAP_FLAG = "--serve.obs_map"
+MAX_IMAGE_SIDE = 4096  # larger request images are refused
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ def image_chw(value: Any, key: str) -> np.ndarray:
     if value.ndim != 3 or 3 not in (value.shape[0], value.shape[-1]) or min(value.shape) < 1:
         raise InputError(f"{key!r} has shape {tuple(value.shape)}; expected an image (H, W, 3) or (3, H, W)")
     chw = value.transpose(2, 0, 1) if value.shape[-1] == 3 else value
+    if max(chw.shape[1:]) > MAX_IMAGE_SIDE:
+        raise InputError(f"{key!r} has shape {tuple(value.shape)}; expected at most {MAX_IMAGE_SIDE} pixels a side")
     return np.array(chw, dtype=np.uint8, order="C", copy=True)
 
 

@@ -4,7 +4,11 @@
     binary msgpack   -> {"actions": (chunk_size, action_dim) float32 in robot units,
                          "server_timing": {"infer_ms", "queue_ms", "total_ms", ["prev_total_ms"]}}
     a bad message    -> a text frame naming the problem, then close code 1011 (that connection only)
-    GET /healthz     -> 200 "OK"
+    GET /healthz     -> 200 "OK" (never needs the API key)
+
+With an API key, a connection must send `Authorization: Api-Key <key>` (what openpi_client's
+`WebsocketClientPolicy(api_key=...)` sends); other handshakes get HTTP 401. The reply never holds a
+non-finite action: such an output becomes an error frame.
 
 Inference runs on one worker thread, so requests from several clients are served one at a time
 and in full, while the event loop stays free for handshakes, health checks and decoding.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import signal
 import threading
@@ -23,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any, Callable, Iterator
 
+import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -59,10 +65,10 @@ def build_metadata(runner, mapper: ObsMapper, preset: str | None = None, **extra
     }
 
 
-def _health_check(connection: ServerConnection, request):
-    if request.path == HEALTH_PATH:
-        return connection.respond(HTTPStatus.OK, "OK\n")
-    return None
+def _authorised(header: str | None, api_key: str) -> bool:
+    """`Authorization: Api-Key <key>` against the server's key, compared in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "api-key" and hmac.compare_digest(given.strip().encode(), api_key.encode())
 
 
 class PolicyServer:
@@ -74,8 +80,9 @@ class PolicyServer:
               the observation alone (reproducible); otherwise the noise stream runs on across requests.
     """
 
-    def __init__(self, runner, mapper: ObsMapper, metadata: dict[str, Any], host: str = "0.0.0.0", port: int = 8000,
-                 seed: int = 0, reseed_each_request: bool = False, max_message_bytes: int | None = 256 * 2**20):
+    def __init__(self, runner, mapper: ObsMapper, metadata: dict[str, Any], host: str = "127.0.0.1", port: int = 8000,
+                 seed: int = 0, reseed_each_request: bool = False, max_message_bytes: int | None = 256 * 2**20,
+                 api_key: str | None = None):
         self.runner = runner
         self.mapper = mapper
         self.metadata = metadata
@@ -83,6 +90,7 @@ class PolicyServer:
         self.seed = seed
         self.reseed_each_request = reseed_each_request
         self.max_message_bytes = max_message_bytes
+        self.api_key = api_key or None
         self._packed_metadata = packb(metadata)
         self._executor: ThreadPoolExecutor | None = None
         self.served = 0  # replies sent
@@ -94,9 +102,22 @@ class PolicyServer:
         if self.reseed_each_request:
             self.runner.generator.manual_seed(self.seed)
         actions = self.runner.predict_chunk(obs)
+        if not np.isfinite(actions).all():
+            raise InputError("the policy produced non-finite actions for this observation (is it far outside the "
+                             "training data?); nothing was sent to the robot")
         return actions, (started - submitted) * 1e3, (time.monotonic() - started) * 1e3
 
     # Connections (event loop) -----------------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request):
+        """Before the websocket handshake: /healthz answers at once; the API key is checked."""
+        if request.path == HEALTH_PATH:
+            return connection.respond(HTTPStatus.OK, "OK\n")
+        if self.api_key is not None and not _authorised(request.headers.get("Authorization"), self.api_key):
+            log.warning("client %s: refused (missing or wrong API key)", connection.remote_address)
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong API key: send the header "
+                                      "'Authorization: Api-Key <key>' (openpi: WebsocketClientPolicy(api_key=...))\n")
+        return None
+
     async def _reply(self, message: str | bytes) -> dict[str, Any]:
         received = time.monotonic()
         if isinstance(message, str):
@@ -151,7 +172,7 @@ class PolicyServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pirecon-infer")
         try:
             async with serve(self._handler, self.host, self.port, compression=None, max_size=self.max_message_bytes,
-                             process_request=_health_check) as server:
+                             process_request=self._process_request) as server:
                 host, port = next(iter(server.sockets)).getsockname()[:2]
                 if ready is not None:
                     ready(host, port)

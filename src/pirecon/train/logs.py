@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from pirecon.errors import ConfigError
@@ -16,17 +17,43 @@ LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss_curves.png"
 
 
+class IntervalMeans:
+    """Per-step values (losses, grad norm) and step times, averaged since the last `pop`."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.seconds = 0.0
+
+    def add(self, values: dict[str, float], seconds: float) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+        self.seconds += seconds
+
+    def pop(self) -> tuple[dict[str, float], int, float]:
+        """(means, number of steps, total seconds) of the interval; then a new interval starts."""
+        out = ({k: v / self.steps for k, v in self.sums.items()}, self.steps, self.seconds)
+        self.__init__()
+        return out
+
+
 class RunLogger:
+    """resume_step: the step of the checkpoint a resumed run starts from (None: a new run). Lines
+    logged after it by the interrupted run are dropped, so every step appears once in log.jsonl."""
+
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, wandb_cfg, run_config: dict,
-                 resume: bool):
+                 resume_step: int | None = None, name: str | None = None, tags: list[str] | None = None):
         self.enabled = enabled
         self.path = Path(output_dir) / LOG_FILE
         self.tb = None
         self.wandb = None
         if not enabled:
             return
-        if not resume and self.path.exists():
+        if resume_step is None and self.path.exists():
             self.path.unlink()
+        elif resume_step is not None:
+            truncate_log(self.path, resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # lazy: only with --tensorboard=true
@@ -41,8 +68,11 @@ class RunLogger:
             mode = wandb_cfg.mode or os.environ.get("WANDB_MODE") or "online"
             if mode not in ("online", "offline", "disabled"):
                 raise ConfigError(f"--wandb.mode={mode!r}: expected online, offline or disabled")
+            run_id = wandb_cfg.run_id or (previous_wandb_run(output_dir) if resume_step is not None else None)
             # Never block on the network: short init timeout; offline mode works with no network.
-            self.wandb = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.run_name,
+            self.wandb = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=name,
+                                    notes=wandb_cfg.notes, id=run_id, resume="allow" if run_id else None,
+                                    tags=tags if wandb_cfg.add_tags else None, job_type="train_eval",
                                     mode=mode, dir=str(output_dir), config=run_config,
                                     settings=wandb.Settings(init_timeout=30, silent=True))
 
@@ -67,10 +97,44 @@ class RunLogger:
             self.wandb.finish()
 
 
-def read_log(path: Path) -> list[dict]:
+def previous_wandb_run(output_dir: Path) -> str | None:
+    """The id of the W&B run a resumed run continues: output_dir/wandb/latest-run/run-<id>.wandb."""
+    found = sorted((Path(output_dir) / "wandb" / "latest-run").glob("run-*.wandb"))
+    return found[-1].stem[len("run-"):] if found else None
+
+
+def read_log(path: Path, warn: bool = True) -> list[dict]:
+    """The records of a log.jsonl; a line that is not a JSON record (e.g. torn by a kill) is skipped,
+    with one warning naming the file and the line numbers."""
     if not Path(path).is_file():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    records, bad = [], []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            bad.append(number)
+    if bad and warn:
+        print(f"warning: {path}: skipped {len(bad)} line(s) that are not log records (line {', '.join(map(str, bad[:5]))}"
+              f"{', ...' if len(bad) > 5 else ''}; a torn last line comes from an interrupted run)", file=sys.stderr)
+    return records
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step` (and drop unreadable lines), rewritten atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_log(path) if r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
 
 
 def plot_losses(log_path: Path, output: Path) -> Path | None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -19,17 +19,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 from safetensors.torch import load_file
 from tqdm import tqdm
 
 from pirecon import hubcache
 from pirecon.checkpoint import training, upload
+from pirecon.checkpoint.folder_config import policy_config
 from pirecon.checkpoint.folder_info import (folder_camera_map, folder_normalizer, local_tokenizer, read_folder_info,
                                            resolve_tokenizer)
 from pirecon.checkpoint.layout import CHECKPOINTS, EMA_FILE, TRAINING_STATE, folder_format, last_checkpoint, read_config
 from pirecon.checkpoint.load import load_model, load_policy
-from pirecon.checkpoint.folder_config import policy_config
 from pirecon.checkpoint.weights import overrides_for
 from pirecon.checkpoint.write_pirecon import save_policy
 from pirecon.configs.policy import PolicyConfig, merge_with_folder
@@ -46,10 +46,11 @@ from pirecon.data.transforms import Preprocessor
 from pirecon.errors import ConfigError, TrainingError
 from pirecon.model import lora, placement
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.configs.train import TrainConfig
+from pirecon.configs.train import TrainConfig, resolve_optimization
 from pirecon.train.ema import EMA
+from pirecon.train.schedule import lr_factor
 from pirecon.train.summary import summary_block
-from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
+from pirecon.train.logs import LOG_FILE, PLOT_FILE, IntervalMeans, RunLogger, plot_losses
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +61,6 @@ class TrainResult:
     checkpoint: Path | None
     steps: int
     final_loss: float
-
-
-def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up to lr, then cosine decay to decay_lr at decay_steps (as a factor of lr)."""
-    sched, base = cfg.scheduler, cfg.optimizer.lr
-    floor = sched.decay_lr / base if base > 0 else 0.0
-
-    def factor(step: int) -> float:
-        if step < sched.warmup_steps:
-            return (step + 1) / (sched.warmup_steps + 1)
-        progress = min(1.0, (step - sched.warmup_steps) / max(1, sched.decay_steps - sched.warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
 
 
 def typed_by_value(cfg, prefix: str = "") -> frozenset[str]:
@@ -170,12 +158,33 @@ def training_normalizer(policy_cfg, dataset) -> Normalizer:
     return normalizer_from_dataset(dataset, policy_cfg.type, policy_cfg.normalization_mode)
 
 
+def name_run(cfg: TrainConfig, accelerator) -> TrainConfig:
+    """--job_name (default: the policy type) and --output_dir (default, as LeRobot:
+    outputs/train/<date>/<time>_<job_name>, chosen once on the main process)."""
+    job_name = cfg.job_name or cfg.policy.type
+    output_dir = cfg.output_dir
+    if not output_dir:
+        now = datetime.datetime.now()
+        chosen = [f"outputs/train/{now:%Y-%m-%d}/{now:%H-%M-%S}_{job_name}"]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(chosen)
+        output_dir = chosen[0]
+    return dataclasses.replace(cfg, job_name=job_name, output_dir=output_dir)
+
+
+def check_new_output_dir(folder: Path) -> None:
+    """A new run writes into a missing or empty folder, never over another run's files."""
+    if folder.is_file():
+        raise ConfigError(f"--output_dir={folder} is a file; expected a folder for checkpoints and logs")
+    if folder.is_dir() and any(folder.iterdir()):
+        what = "checkpoints" if last_checkpoint(folder) is not None else "files"
+        raise ConfigError(f"--output_dir={folder} already holds {what} and --resume=false (LeRobot refuses an "
+                          f"existing folder too): pass --resume=true to continue that run, or choose a new --output_dir")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None):
-        if not cfg.output_dir:
-            raise ConfigError("--output_dir: expected a folder for checkpoints and logs")
         self.cfg = cfg
-        self.output_dir = Path(cfg.output_dir)
         self.adapted: list[str] = []
         typed = typed_by_value(cfg) if typed is None else typed
         policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
@@ -186,6 +195,8 @@ class Trainer:
                               "(add --policy.use_peft=true for LoRA)")
             print(f"pirecon train: warning: {self.peft_note}", file=sys.stderr)
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
+        optimizer_cfg, scheduler_cfg = resolve_optimization(cfg, typed)
+        self.cfg = cfg = dataclasses.replace(cfg, optimizer=optimizer_cfg, scheduler=scheduler_cfg)
         device = placement.resolve_device(policy_cfg.device)
         autocast = placement.decide_placement(device, policy_cfg.torch_dtype).autocast_dtype
         if device.index is not None:
@@ -198,21 +209,25 @@ class Trainer:
             raise ConfigError(f"--policy.device={policy_cfg.device}: one device for {acc.num_processes} processes; "
                               f"under accelerate each process takes its own: use --policy.device=auto (or cuda)")
         self.is_main = acc.is_main_process
+        self.cfg = cfg = name_run(cfg, acc)
+        self.output_dir = Path(cfg.output_dir)
         resume_from = last_checkpoint(self.output_dir) if cfg.resume else None
         if cfg.resume and resume_from is None:
             raise ConfigError(f"--resume=true but {self.output_dir / CHECKPOINTS} holds no checkpoint")
-        if not cfg.resume and last_checkpoint(self.output_dir) is not None:
-            raise ConfigError(f"--output_dir={self.output_dir} already holds checkpoints; pass --resume=true to "
-                              f"continue that run or choose a new --output_dir")
+        if not cfg.resume:
+            check_new_output_dir(self.output_dir)
+        torch.backends.cudnn.deterministic = cfg.cudnn_deterministic
+        torch.backends.cudnn.benchmark = not cfg.cudnn_deterministic
 
         # Data: each rank reads its own share of every epoch.
         self.dataset = open_dataset(dataset_root(cfg.dataset), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
-                                    split="train", val_episodes=cfg.dataset.val_episodes)
+                                    split="train", val_episodes=cfg.dataset.val_episodes, tolerance_s=cfg.tolerance_s)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset, verbose=self.is_main)
         self.cfg = cfg = dataclasses.replace(cfg, policy=self.preprocessor.config)  # with the tokenizer it uses
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
-                                      cache_in_memory=cfg.dataset.cache_in_memory)
+                                      cache_in_memory=cfg.dataset.cache_in_memory, prefetch_factor=cfg.prefetch_factor,
+                                      persistent_workers=cfg.persistent_workers)
 
         # Model: the same initial weights on every rank, then per-rank randomness for noise/time.
         torch.manual_seed(cfg.seed)
@@ -253,9 +268,10 @@ class Trainer:
             raise ConfigError("nothing to train: every weight is frozen (check --policy.train_expert_only, "
                               "--policy.freeze_vision_encoder and --policy.use_peft)")
         opt = cfg.optimizer
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                           weight_decay=opt.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt.type]
+        self.optimizer = optimizer_class(self.trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+                                         weight_decay=opt.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg.scheduler, cfg.steps))
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
         self.step = 0
         if resume_from is not None:
@@ -271,10 +287,12 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + acc.process_index)
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
-        self.forward = torch.compile(self.model) if policy_cfg.compile_model else self.model
+        self.forward = torch.compile(self.model, mode=policy_cfg.compile_mode) if policy_cfg.compile_model else self.model
         self.resumed_from = resume_from
+        tags = [cfg.policy.type, cfg.dataset.repo_id or Path(dataset_root(cfg.dataset)).name]
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
-                                resume=resume_from is not None)
+                                name=cfg.job_name, tags=tags,
+                                resume_step=self.step if resume_from is not None else None)
 
     # -------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -288,23 +306,26 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.is_main and cfg.progress_bar),
                    desc="train", dynamic_ncols=True)
         last_saved, loss_value = None, float("nan")
+        interval = IntervalMeans()
         self.model.train()
         try:
             while self.step < cfg.steps:
                 start = time.perf_counter()
                 sums = self._train_step(data)
                 self.step += 1
-                elapsed = time.perf_counter() - start
+                interval.add(sums, time.perf_counter() - start)
                 loss_value = sums["loss"]
                 if self.step % cfg.log_freq == 0 or self.step == cfg.steps:
-                    record = {"step": self.step, **sums, "lr": self.scheduler.get_last_lr()[0],
-                              "samples_per_s": samples_per_step / max(elapsed, 1e-9),
+                    # As LeRobot: the means over the steps since the last log line.
+                    means, steps, seconds = interval.pop()
+                    record = {"step": self.step, **means, "lr": self.scheduler.get_last_lr()[0],
+                              "samples_per_s": samples_per_step * steps / max(seconds, 1e-9), "steps_averaged": steps,
                               "world_size": acc.num_processes, "effective_batch_size": samples_per_step}
                     self.logger.log(record)
-                    bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     sps=f"{record['samples_per_s']:.1f}")
                 bar.update(1)
-                if self.step % cfg.save_freq == 0 or self.step == cfg.steps:
+                if cfg.save_checkpoint and (self.step % cfg.save_freq == 0 or self.step == cfg.steps):
                     last_saved = self.save()
         finally:
             bar.close()
@@ -346,7 +367,8 @@ class Trainer:
             for key, value in out.items():
                 if key.endswith("loss"):
                     totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum_steps
-        grad_norm = acc.clip_grad_norm_(self.trainable, cfg.optimizer.grad_clip_norm)
+        clip = cfg.optimizer.grad_clip_norm
+        grad_norm = acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:

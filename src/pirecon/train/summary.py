@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pirecon.configs.train import TrainConfig
+from pirecon.train.schedule import scaled_steps
 
 # Parts of a Pi0Policy as the summary names them (first matching prefix wins).
 PARTS = (("backbone.vision.", "vision"), ("backbone.projector.", "projector"), ("backbone.vlm.", "vlm"),
@@ -74,14 +75,26 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         kinds = ", ".join(f"{_count(n)} {k}" for k, n in sorted(row.items()) if " " in k)
         lines.append(f"    {part:<11} {kinds}")
     lines.append(f"  precision   policy.dtype={policy.dtype}, autocast {autocast or 'off'}")
+    if cfg.wandb.enable and not cfg.wandb.disable_artifact:
+        lines.append("  note        W&B gets the logs, not the checkpoints (LeRobot uploads them as artifacts unless "
+                     "--wandb.disable_artifact=true)")
+    if policy.use_amp:
+        lines.append("  note        --policy.use_amp=true is not used by training (as in LeRobot): --policy.dtype decides")
     lines.append(f"  device      {device} x {processes} process(es)")
     lines.append(f"  batch       {cfg.batch_size} per process x {processes} process(es) x {cfg.grad_accum_steps} "
                  f"accumulation step(s) = {cfg.batch_size * processes * cfg.grad_accum_steps} samples per step")
-    sched = cfg.scheduler
-    lines.append(f"  schedule    {cfg.steps} steps, lr {cfg.optimizer.lr:g} (warm-up {sched.warmup_steps}, cosine to "
-                 f"{sched.decay_lr:g} at step {sched.decay_steps})" + (f", EMA {cfg.ema_decay}" if cfg.ema_decay else ""))
+    opt, sched = cfg.optimizer, cfg.scheduler
+    warmup, decay, scaled = scaled_steps(sched, cfg.steps)
+    source = "the policy's preset" if cfg.use_policy_training_preset else "--optimizer.* / --scheduler.*"
+    lines.append(f"  optimizer   {opt.type}, lr {opt.lr:g}, betas {tuple(opt.betas)}, weight decay {opt.weight_decay:g}, "
+                 f"clip {opt.grad_clip_norm:g} ({source})")
+    lines.append(f"  schedule    {cfg.steps} steps, warm-up {warmup}, cosine to {sched.decay_lr:g} at step {decay}"
+                 + (f", EMA {cfg.ema_decay}" if cfg.ema_decay else ""))
+    if scaled:
+        lines.append(f"  note        {scaled}")
     if cfg.recon.enable:
         lines.append(f"  recon       λ={cfg.recon.weight} on {list(cfg.recon.views)}, target {cfg.recon.target}, "
                      f"region {cfg.recon.region}")
-    lines.append(f"  output      {cfg.output_dir} (full config: train_config.json)")
+    lines.append(f"  output      {cfg.output_dir}, run {cfg.job_name} (full config: train_config.json)"
+                 + ("; no checkpoints (--save_checkpoint=false)" if not cfg.save_checkpoint else ""))
     return "\n".join(lines)
