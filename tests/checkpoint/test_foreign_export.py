@@ -216,3 +216,14 @@ def test_state_file_names_follow_lerobot(tmp_path, sim_tokenizer):
     files = sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors" and p.name != "model.safetensors")
     assert all(re.fullmatch(r"policy_(pre|post)processor_step_\d+_(un)?normalizer_processor\.safetensors", f)
                for f in files) and len(files) == 2
+
+
+def test_lerobot_export_counts_empty_cameras(tmp_path):
+    """--policy.empty_cameras views are LeRobot's `empty_cameras`, not VISUAL input features."""
+    policy = tiny_policy("pi0", camera_names=("top",), empty_cameras=2)
+    save_policy(policy, tmp_path / "src")
+    out = export(tmp_path / "src", tmp_path / "lerobot", format="lerobot")
+    written = json.loads((out / "config.json").read_text())
+    assert written["empty_cameras"] == 2
+    assert sorted(written["input_features"]) == ["observation.images.top", "observation.state"]
+    assert policy_config(out).camera_names == ("top", "empty_camera_0", "empty_camera_1")

@@ -18,7 +18,7 @@ from pirecon.checkpoint.folder_config import (ACTION_FEATURE, DEFAULT_TOKENIZER_
                                                IMAGE_PREFIX, LEROBOT_MODES, STATE_FEATURE, STATS_FEATURES)
 from pirecon.checkpoint.layout import CONFIG_FILE, POSTPROCESSOR_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE
 from pirecon.checkpoint.write_pirecon import write_json
-from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.policy import EMPTY_CAMERA, PolicyConfig
 from pirecon.data.normalize import EPS, Stats
 from pirecon.model.pi0 import Pi0Policy
 
@@ -27,7 +27,8 @@ PRE_NAME, POST_NAME = "policy_preprocessor", "policy_postprocessor"
 
 def _features(cfg: PolicyConfig, state_dim: int | None, action_dim: int | None) -> tuple[dict, dict]:
     res = cfg.image_resolution
-    inputs = {IMAGE_PREFIX + view: {"type": "VISUAL", "shape": [3, res, res]} for view in cfg.camera_names}
+    inputs = {IMAGE_PREFIX + view: {"type": "VISUAL", "shape": [3, res, res]} for view in cfg.camera_names
+              if not view.startswith(EMPTY_CAMERA)}  # LeRobot counts those in empty_cameras
     inputs[STATE_FEATURE] = {"type": "STATE", "shape": [state_dim or cfg.max_state_dim]}
     outputs = {ACTION_FEATURE: {"type": "ACTION", "shape": [action_dim or cfg.max_action_dim]}}
     return inputs, outputs
@@ -52,7 +53,7 @@ def lerobot_config(cfg: PolicyConfig, mode: str, state_dim: int | None = None,
         "num_inference_steps": cfg.num_inference_steps,
         "time_sampling_beta_alpha": cfg.time_beta_alpha, "time_sampling_beta_beta": cfg.time_beta_beta,
         **{k: v for k, v in FIXED_LEROBOT_FIELDS.items() if k != "n_obs_steps"},
-        "image_resolution": [cfg.image_resolution, cfg.image_resolution], "empty_cameras": 0,
+        "image_resolution": [cfg.image_resolution, cfg.image_resolution], "empty_cameras": cfg.empty_cameras,
         "tokenizer_max_length": cfg.max_token_len, "normalization_mapping": _norm_map(mode),
         "gradient_checkpointing": cfg.gradient_checkpointing, "compile_model": cfg.compile_model,
         "compile_mode": "max-autotune",
