@@ -20,6 +20,7 @@ class DatasetConfig:
     action_dims: list[int] | None = None  # keep only these action dimensions (none: all)
     state_dims: list[int] | None = None  # keep only these state dimensions (none: all)
     video_backend: str = "pyav"  # video decoder: pyav
+    use_imagenet_stats: bool = True  # LeRobot's: ImageNet statistics for images; Pi0 / Pi0.5 never normalise images with statistics, so no effect (as in LeRobot)
     cache_in_memory: bool = False  # keep decoded, preprocessed samples in RAM after the first read (small datasets)
     val_episodes: int = 0  # last N of the selected episodes held out for offline evaluation
 
