@@ -98,3 +98,33 @@ def test_length_mismatch_and_v3(tmp_path):
     pq.write_table(table.set_column(table.column_names.index("length"), "length", pa.array([6, 9])), path)
     assert errors(root) == ["episodes data/chunk-000/file-000.parquet: episode 1 has 8 rows, the episode "
                             "table says 9"]
+    # The reader refuses the same problem (training never reads a wrong episode boundary).
+    from pirecon.data.lerobot import open_dataset
+    from pirecon.errors import DatasetError
+    with pytest.raises(DatasetError, match=r"file-000.parquet: episode 1 has 8 rows, the episode table says 9 "
+                                           r"\(`pirecon doctor` lists every problem\)"):
+        open_dataset(root, action_horizon=2)
+
+
+def set_column(path, name: str, values) -> None:
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.column_names.index(name), name, pa.array(values, pa.int64())), path)
+
+
+def test_unknown_task_and_shuffled_frames_are_errors_for_doctor_and_reader(broken):
+    from pirecon.data.lerobot import open_dataset
+    from pirecon.errors import DatasetError
+
+    path = broken / "data/chunk-000/episode_000001.parquet"
+    frames = list(range(15))
+    frames[4], frames[5] = 5, 4
+    set_column(path, "frame_index", frames)
+    set_column(broken / "data/chunk-000/episode_000002.parquet", "task_index", [0] * 9 + [7])
+    assert errors(broken) == [
+        "episodes data/chunk-000/episode_000001.parquet: episode 1: frame_index is 5 at row 4 of the episode; "
+        "expected 0, 1, 2, ... in row order",
+        "episodes data/chunk-000/episode_000002.parquet: episode 2: task_index [7] names no task of meta/tasks"]
+    with pytest.raises(DatasetError, match=r"episode_000001.parquet: episode 1: frame_index is 5 at row 4"):
+        open_dataset(broken, action_horizon=2)
+    with pytest.raises(DatasetError, match=r"episode_000002.parquet: episode 2: task_index \[7\] names no task"):
+        open_dataset(broken, action_horizon=2, episodes=[0, 2])

@@ -168,8 +168,8 @@ def test_episode_filter_and_val_split(v3):
         open_dataset(v3, val_episodes=3)
     with pytest.raises(DatasetError, match="split='val' is empty"):
         open_dataset(v3, split="val")
-    with pytest.raises(ConfigError, match="video_backend"):
-        DatasetConfig(root=str(v3), video_backend="torchcodec")
+    with pytest.raises(ConfigError, match=r"--dataset.video_backend='video_reader': expected one of \['pyav', 'torchcodec'\]"):
+        DatasetConfig(root=str(v3), video_backend="video_reader")
 
 
 @pytest.mark.timeout(120)

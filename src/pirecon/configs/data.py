@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from pirecon.errors import ConfigError
 
-VIDEO_BACKENDS = ("pyav",)
+VIDEO_BACKENDS = ("pyav", "torchcodec")
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,14 @@ class DatasetConfig:
     camera_map: dict[str, str] = field(default_factory=dict)  # dataset camera key -> model camera view (JSON)
     action_dims: list[int] | None = None  # keep only these action dimensions (none: all)
     state_dims: list[int] | None = None  # keep only these state dimensions (none: all)
-    video_backend: str = "pyav"  # video decoder: pyav
+    video_backend: str = "pyav"  # pyav | torchcodec (LeRobot's default): both decode the same frames; pirecon decodes with PyAV (the start-up summary says so for torchcodec)
+    use_imagenet_stats: bool = True  # LeRobot's: ImageNet statistics for images; Pi0 / Pi0.5 never normalise images with statistics, so no effect (as in LeRobot)
     cache_in_memory: bool = False  # keep decoded, preprocessed samples in RAM after the first read (small datasets)
     val_episodes: int = 0  # last N of the selected episodes held out for offline evaluation
 
     def __post_init__(self) -> None:
         if self.video_backend not in VIDEO_BACKENDS:
-            raise ConfigError(f"--dataset.video_backend={self.video_backend!r}: expected 'pyav'")
+            raise ConfigError(f"--dataset.video_backend={self.video_backend!r}: expected one of {list(VIDEO_BACKENDS)}")
         if self.val_episodes < 0:
             raise ConfigError(f"--dataset.val_episodes={self.val_episodes}: expected >= 0")
 

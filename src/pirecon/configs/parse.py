@@ -204,11 +204,12 @@ def join_flag_values(argv: list[str]) -> list[str]:
 
 
 def parse_command(argv: list[str], cls: type, base: dict | None = None, config_path_flag: bool = False,
-                  read_config_file=None) -> Parsed:
+                  read_config_file=None, translate=None) -> Parsed:
     """Parse `--a.b=value` / `--a.b value` flags into dataclass `cls` (see the module docstring).
 
     `read_config_file(path) -> dict` turns a `--config_path` file into values of `cls` (default:
-    the file's JSON object as it is); only commands with `config_path_flag` accept the flag."""
+    the file's JSON object as it is); only commands with `config_path_flag` accept the flag.
+    `translate([(name, text)]) -> [(name, text)]` renames or consumes flags first (LeRobot's names)."""
     data = copy.deepcopy(base) if base else {}
     overrides: list[tuple[str, str]] = []
     typed: set[str] = set()
@@ -227,6 +228,8 @@ def parse_command(argv: list[str], cls: type, base: dict | None = None, config_p
             typed |= set(_leaf_paths(loaded, cls))
             continue
         overrides.append((name, value))
+    if translate is not None:
+        overrides = translate(overrides)
     for name, value in overrides:
         _set_path(data, name, value, cls)
         typed.add(name)

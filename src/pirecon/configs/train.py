@@ -31,6 +31,7 @@ class PeftConfig:
     fully_trained: list[str] | None = None  # top-level modules trained in full next to the adapters (none: the expert's projections and time MLPs)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method_type", str(self.method_type).lower())  # LeRobot writes LORA
         if self.method_type != "lora":
             raise ConfigError(f"--peft.method_type={self.method_type!r}: only 'lora' is supported")
         if self.r <= 0:

@@ -23,6 +23,7 @@ from pirecon.data.layout import (DEFAULT_COLUMNS, Layout, column_vectors, datase
                                  read_table)
 from pirecon.configs.data import DoctorConfig
 from pirecon.configs.parse import format_help, parse_flags, wants_help
+from pirecon.data.checks import episode_problems
 from pirecon.data.video import FrameDecoder, probe_video
 from pirecon.errors import DatasetError
 
@@ -146,7 +147,9 @@ class Doctor:
             for index in indices:
                 rows = np.flatnonzero(file_eps == index)
                 ts = table.column("timestamp").to_numpy()[rows] if "timestamp" in names else None
-                self._check_episode(layout, path, index, len(rows), ts)
+                frames = table.column("frame_index").to_numpy()[rows] if "frame_index" in names else None
+                tasks = table.column("task_index").to_numpy()[rows] if "task_index" in names else None
+                self._check_episode(layout, path, index, len(rows), ts, frames, tasks)
                 if ts is not None and len(ts):
                     timestamps[index] = ts.astype(np.float64)
         return timestamps
@@ -174,13 +177,11 @@ class Doctor:
                     self.add(severity, "values", path, f"column {key!r} holds {int(bad.sum())} NaN/inf values "
                                                        f"(first at row {row}, dimension {dim})")
 
-    def _check_episode(self, layout: Layout, path: Path, index: int, rows: int, ts) -> None:
-        ep = layout.episodes[index]
+    def _check_episode(self, layout: Layout, path: Path, index: int, rows: int, ts, frames, tasks) -> None:
+        for problem in episode_problems(index, rows, layout.episodes[index].length, frames, tasks, layout.tasks):
+            self.add("ERROR", "episodes", path, problem)
         if rows == 0:
-            self.add("ERROR", "episodes", path, f"episode {index} has no rows")
             return
-        if ep.length and ep.length != rows:
-            self.add("ERROR", "episodes", path, f"episode {index} has {rows} rows, the episode table says {ep.length}")
         if rows < self.min_length:
             self.add("WARN", "episodes", path, f"episode {index} has only {rows} frame(s) (min_length {self.min_length})")
         if ts is None or rows < 2:

@@ -30,11 +30,13 @@ import torch
 from PIL import Image
 
 from pirecon.configs.data import DatasetConfig
+from pirecon.data.checks import episode_problems
 from pirecon.data.layout import (DEFAULT_COLUMNS, Episode, Layout, column_vectors, dataset_root, parquet_columns,
                                  read_table, select_episodes, warn)
 from pirecon.data.stats import load_dataset_stats
 from pirecon.data.video import FrameDecoder
 from pirecon.errors import ConfigError, DatasetError
+
 
 def open_from_config(cfg: DatasetConfig, action_horizon: int, split: str = "train", **kwargs) -> LeRobotDataset:
     """`open_dataset` with the config's root, episodes and val_episodes."""
@@ -153,10 +155,11 @@ class LeRobotDataset(torch.utils.data.Dataset):
         out["index"] = ints("index", np.arange(n))
         first_task = next((i for i, t in self.tasks.items() if episode.tasks and t == episode.tasks[0]), 0)
         out["task_index"] = ints("task_index", np.full(n, first_task))
-        unknown = set(np.unique(out["task_index"]).tolist()) - set(self.tasks)
-        if unknown:
-            raise DatasetError(f"{path}: task_index {sorted(unknown)} of episode {episode.index} not in "
-                               f"the dataset's task list")
+        problems = episode_problems(episode.index, n, episode.length,
+                                    out["frame_index"] if "frame_index" not in derived else None,
+                                    out["task_index"], self.tasks)
+        if problems:
+            raise DatasetError(f"{path}: {problems[0]} (`pirecon doctor` lists every problem)")
         for name in self._extra:
             values = column_vectors(sub, name, path)
             kind = values.dtype.kind

@@ -15,14 +15,18 @@ from pathlib import Path
 
 from pirecon.checkpoint.layout import last_checkpoint, read_config
 from pirecon.configs.parse import Parsed, format_help, load_json, parse_command, wants_help
+from pirecon.configs.lerobot import looks_like_lerobot, translate_flags, translate_train_config
 from pirecon.configs.train import TrainConfig
 from pirecon.errors import ConfigError
 
 
 def read_config_file(path: Path) -> dict:
-    """`--config_path`: our `train_config.json` (TrainConfig fields), or a checkpoint's `config.json`
-    ({"format": "pirecon", "train": {...}} from training, or {"policy": ..., "recon": ...} from export)."""
+    """`--config_path`: our `train_config.json` (TrainConfig fields), a checkpoint's `config.json`
+    ({"format": "pirecon", "train": {...}} from training, or {"policy": ..., "recon": ...} from export),
+    or LeRobot's `train_config.json` (translated: configs.lerobot)."""
     data = load_json(path)
+    if looks_like_lerobot(data, TrainConfig):
+        return translate_train_config(data, TrainConfig, str(path))
     if data.get("format") == "pirecon":
         if isinstance(data.get("train"), dict):
             return data["train"]
@@ -31,7 +35,8 @@ def read_config_file(path: Path) -> dict:
 
 
 def parse_train_command(argv: list[str]) -> Parsed:
-    parsed = parse_command(argv, TrainConfig, config_path_flag=True, read_config_file=read_config_file)
+    parsed = parse_command(argv, TrainConfig, config_path_flag=True, read_config_file=read_config_file,
+                           translate=translate_flags)
     cfg = parsed.config
     if not cfg.resume:
         return parsed
@@ -42,7 +47,7 @@ def parse_train_command(argv: list[str]) -> Parsed:
         raise ConfigError(f"--resume=true but {Path(cfg.output_dir) / 'checkpoints'} holds no checkpoint")
     # The saved config is the base; only the flags typed now override it.
     return parse_command(argv, TrainConfig, base=read_config(last)["train"], config_path_flag=True,
-                         read_config_file=read_config_file)
+                         read_config_file=read_config_file, translate=translate_flags)
 
 
 def parse_train_flags(argv: list[str]) -> TrainConfig:
