@@ -52,7 +52,9 @@ def test_exact_resume_in_a_fresh_process(sim_dataset, sim_tokenizer, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     # Decay steps <= both runs' --steps: the schedule is not scaled to the run length (it would be
     # for the 4-step run alone, as in LeRobot), so both runs follow the same learning rates.
-    common = ("--policy.use_peft", "--ema_decay=0.9", "--save_freq=4", "--policy.scheduler_decay_steps=4")
+    # Image augmentation on: its draws depend on (seed, rank, step), so the resumed run draws the same.
+    common = ("--policy.use_peft", "--ema_decay=0.9", "--save_freq=4", "--policy.scheduler_decay_steps=4",
+              "--dataset.image_transforms.enable=true")
     res = run_cli(tiny_train_flags(sim_dataset, sim_tokenizer, straight, "--steps=8", *common))
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli(tiny_train_flags(sim_dataset, sim_tokenizer, split, "--steps=4", *common))
@@ -64,6 +66,12 @@ def test_exact_resume_in_a_fresh_process(sim_dataset, sim_tokenizer, tmp_path):
     assert sorted(b) == list(range(1, 9))
     for step in range(1, 9):
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+    # Augmentation took part: the same run without it has other losses.
+    plain = tmp_path / "plain"
+    res = run_cli(tiny_train_flags(sim_dataset, sim_tokenizer, plain, "--steps=2",
+                                   *[c for c in common if "image_transforms" not in c]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert logged(plain)[1] != a[1]
     # The adapters had learned something by step 4 (lora_B starts at zero), so matching losses after
     # the resume means the saved adapter was loaded and kept training.
     assert any(torch.count_nonzero(v) for k, v in adapter_saved.items() if "lora_B" in k)

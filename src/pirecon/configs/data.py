@@ -3,10 +3,65 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pirecon.errors import ConfigError
 
 VIDEO_BACKENDS = ("pyav", "torchcodec")
+# LeRobot's image transform types pirecon implements, with the keyword arguments each takes.
+TRANSFORM_KWARGS = {"ColorJitter": ("brightness", "contrast", "saturation", "hue"),
+                    "SharpnessJitter": ("sharpness",), "RandomAffine": ("degrees", "translate", "scale")}
+
+
+@dataclass(frozen=True)
+class ImageTransformConfig:
+    """One of LeRobot's image transforms: a type, its keyword arguments and its sampling weight."""
+
+    weight: float = 1.0  # chance of being one of the transforms drawn for an image (relative)
+    type: str = "Identity"  # ColorJitter | SharpnessJitter | RandomAffine | Identity
+    kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"brightness": [0.8, 1.2]}
+
+    def __post_init__(self) -> None:
+        if self.type != "Identity" and self.type not in TRANSFORM_KWARGS:
+            raise ConfigError(f"--dataset.image_transforms.tfs: type {self.type!r} is not implemented in pirecon; "
+                              f"expected one of {['Identity', *TRANSFORM_KWARGS]} (LeRobot's defaults use these)")
+        unknown = set(self.kwargs) - set(TRANSFORM_KWARGS.get(self.type, ()))
+        if unknown:
+            raise ConfigError(f"--dataset.image_transforms.tfs: {self.type} takes {list(TRANSFORM_KWARGS.get(self.type, ()))}, "
+                              f"not {sorted(unknown)}")
+        if self.weight < 0:
+            raise ConfigError(f"--dataset.image_transforms.tfs: weight {self.weight}; expected >= 0")
+
+
+def _lerobot_default_transforms() -> dict[str, ImageTransformConfig]:
+    """LeRobot's default `tfs` (ImageTransformsConfig)."""
+    return {
+        "brightness": ImageTransformConfig(1.0, "ColorJitter", {"brightness": [0.8, 1.2]}),
+        "contrast": ImageTransformConfig(1.0, "ColorJitter", {"contrast": [0.8, 1.2]}),
+        "saturation": ImageTransformConfig(1.0, "ColorJitter", {"saturation": [0.5, 1.5]}),
+        "hue": ImageTransformConfig(1.0, "ColorJitter", {"hue": [-0.05, 0.05]}),
+        "sharpness": ImageTransformConfig(1.0, "SharpnessJitter", {"sharpness": [0.5, 1.5]}),
+        "affine": ImageTransformConfig(1.0, "RandomAffine", {"degrees": [-5.0, 5.0], "translate": [0.05, 0.05]}),
+    }
+
+
+@dataclass(frozen=True)
+class ImageTransformsConfig:
+    """`--dataset.image_transforms.*`: LeRobot's training-time image augmentation (names, defaults
+    and sampling as LeRobot's ImageTransformsConfig): per camera image, `max_num_transforms` of
+    the weighted `tfs` are drawn without replacement and applied in their listed order (or a
+    random one). Training only; never at evaluation or serving."""
+
+    enable: bool = False  # augment training images
+    max_num_transforms: int = 3  # transforms drawn per image (at most the number with weight > 0)
+    random_order: bool = False  # apply the drawn transforms in random order (false: as listed)
+    tfs: dict[str, ImageTransformConfig] = field(default_factory=_lerobot_default_transforms)  # name -> transform (JSON)
+
+    def __post_init__(self) -> None:
+        if self.max_num_transforms < 1:
+            raise ConfigError(f"--dataset.image_transforms.max_num_transforms={self.max_num_transforms}: expected >= 1")
+        if self.enable and not any(t.weight > 0 for t in self.tfs.values()):
+            raise ConfigError("--dataset.image_transforms.enable=true but no transform in tfs has a weight > 0")
 
 
 @dataclass(frozen=True)
@@ -20,6 +75,7 @@ class DatasetConfig:
     action_dims: list[int] | None = None  # keep only these action dimensions (none: all)
     state_dims: list[int] | None = None  # keep only these state dimensions (none: all)
     video_backend: str = "pyav"  # pyav | torchcodec (LeRobot's default): both decode the same frames; pirecon decodes with PyAV (the start-up summary says so for torchcodec)
+    image_transforms: ImageTransformsConfig = field(default_factory=ImageTransformsConfig)
     use_imagenet_stats: bool = True  # LeRobot's: ImageNet statistics for images; Pi0 / Pi0.5 never normalise images with statistics, so no effect (as in LeRobot)
     cache_in_memory: bool = False  # keep decoded, preprocessed samples in RAM after the first read (small datasets)
     val_episodes: int = 0  # last N of the selected episodes held out for offline evaluation

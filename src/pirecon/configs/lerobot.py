@@ -36,17 +36,6 @@ class Flag:
     note: str = ""  # one line for the table
 
 
-# LeRobot's default --dataset.image_transforms.tfs.
-LEROBOT_IMAGE_TRANSFORMS = {
-    "brightness": {"weight": 1.0, "type": "ColorJitter", "kwargs": {"brightness": [0.8, 1.2]}},
-    "contrast": {"weight": 1.0, "type": "ColorJitter", "kwargs": {"contrast": [0.8, 1.2]}},
-    "saturation": {"weight": 1.0, "type": "ColorJitter", "kwargs": {"saturation": [0.5, 1.5]}},
-    "hue": {"weight": 1.0, "type": "ColorJitter", "kwargs": {"hue": [-0.05, 0.05]}},
-    "sharpness": {"weight": 1.0, "type": "SharpnessJitter", "kwargs": {"sharpness": [0.5, 1.5]}},
-    "affine": {"weight": 1.0, "type": "RandomAffine", "kwargs": {"degrees": [-5.0, 5.0], "translate": [0.05, 0.05]}},
-}
-
-
 def _default_only(name: str, default: Any, note: str) -> Flag:
     return Flag(name, DEFAULT_ONLY, default=default, note=note)
 
@@ -100,10 +89,6 @@ FLAGS: tuple[Flag, ...] = (
     _default_only("eval.recording", False, "only with evaluation during training"),
     _default_only("eval.recording_repo_id", None, "only with evaluation during training"),
     _default_only("eval.recording_private", False, "only with evaluation during training"),
-    _default_only("dataset.image_transforms.enable", False, "image augmentation is not in pirecon yet"),
-    _default_only("dataset.image_transforms.max_num_transforms", 3, "image augmentation is not in pirecon yet"),
-    _default_only("dataset.image_transforms.random_order", False, "image augmentation is not in pirecon yet"),
-    _default_only("dataset.image_transforms.tfs", LEROBOT_IMAGE_TRANSFORMS, "image augmentation is not in pirecon yet"),
     _default_only("dataset.revision", None, "pin a revision in the id instead: --dataset.repo_id=ORG/NAME@REV"),
     _default_only("peft.full_training_modules", None, "pirecon trains the expert's projections and time MLPs in "
                   "full next to LoRA (--peft.fully_trained)"),
@@ -170,7 +155,8 @@ def _show(value: Any) -> str:
 def looks_like_lerobot(data: dict, train_cls: type) -> bool:
     """A train_config.json written by lerobot-train (not by pirecon): keys pirecon's TrainConfig lacks."""
     ours = set(all_flags(train_cls)) | {f.name for f in dataclasses.fields(train_cls)}
-    return isinstance(data.get("policy"), dict) and any(name not in ours for name in _leaves(data))
+    return "format" not in data and isinstance(data.get("policy"), dict) and \
+        any(name not in ours for name in _leaves(data))
 
 
 def _leaves(data: dict, prefix: str = "") -> list[str]:

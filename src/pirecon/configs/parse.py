@@ -38,15 +38,17 @@ from pirecon.errors import ConfigError
 
 def to_dict(cfg: Any) -> dict:
     """A dataclass (possibly nested) as plain JSON-able values."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            value = to_dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def from_dict(cls: type, data: dict, where: str = "config") -> Any:
@@ -393,9 +395,12 @@ def _default_text(f: dataclasses.Field) -> str:
         return ""
     if value is None:
         return "none"
-    if isinstance(value, tuple):
-        value = list(value)
-    return json.dumps(value) if not isinstance(value, str) else value
+    if isinstance(value, str):
+        return value
+    text = json.dumps(_plain(value))
+    if len(text) > 100 and isinstance(value, dict):  # e.g. LeRobot's six image transforms
+        return "{" + ", ".join(f'"{k}": ...' for k in value) + "}"
+    return text
 
 
 def help_lines(cls: type, prefix: str = "") -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import sys
@@ -35,6 +36,7 @@ from pirecon.checkpoint.write_pirecon import save_policy
 from pirecon.configs.policy import PolicyConfig, merge_with_folder
 from pirecon.configs.recon import merge_recon_with_folder
 from pirecon.configs.parse import to_dict
+from pirecon.data.augment import augment_batch
 from pirecon.data.layout import dataset_root
 from pirecon.data.lerobot import open_dataset
 from pirecon.data.loader import make_dataloader
@@ -357,6 +359,8 @@ class Trainer:
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum_steps):
             batch = next(data).to(acc.device)
+            if cfg.dataset.image_transforms.enable:
+                batch = augment_batch(batch, cfg.dataset.image_transforms, self._augmentation_rng(micro))
             sync = micro == cfg.grad_accum_steps - 1
             kwargs = {"recon_weight": cfg.recon.loss_weight(self.step)} if cfg.recon.enable else {}
             with (contextlib.nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
@@ -376,6 +380,12 @@ class Trainer:
         means = {k: acc.reduce(v.reshape(1), reduction="mean").item() for k, v in totals.items()}
         means["grad_norm"] = float(grad_norm)
         return means
+
+    def _augmentation_rng(self, micro: int) -> torch.Generator:
+        """A generator for this step's augmentation, from (seed, rank, step, micro-step) alone: a
+        resumed run draws the same augmentations without saving any state."""
+        key = f"{self.cfg.seed}:{self.accelerator.process_index}:{self.step}:{micro}".encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
     def _check_finite(self, loss: torch.Tensor, batch) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)

@@ -1,0 +1,220 @@
+"""Training-time image augmentation on batched tensors, in plain torch (torchvision from PyPI does
+not import beside the CPU torch wheel; these few ops need nothing else).
+
+LeRobot's `--dataset.image_transforms.*` (ImageTransformsConfig): for every camera image,
+`max_num_transforms` of the weighted transforms are drawn without replacement and applied in the
+listed order (or a random one). The ops follow torchvision's definitions, which LeRobot uses:
+
+    brightness   x * f                               f ~ U(range)
+    contrast     f * x + (1 - f) * mean(gray(x))     (per image)
+    saturation   f * x + (1 - f) * gray(x)           gray = 0.2989 R + 0.587 G + 0.114 B
+    hue          h -> (h + f) mod 1 in HSV
+    sharpness    f * x + (1 - f) * blur3x3(x)        kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, border kept
+    affine       rotate by U(degrees) about the centre, shift by round(U(+-translate * size)) pixels,
+                 nearest neighbour, black outside
+
+each clamped to [0, 1]. Here they run on the batch after resize-with-pad (LeRobot runs them on each
+frame before it), so with non-square cameras the padding takes part in contrast's mean and moves
+with the affine shift. Randomness comes from a generator the caller seeds per step, so a resumed
+run draws the same augmentations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pirecon.batch import Batch
+from pirecon.configs.data import ImageTransformConfig, ImageTransformsConfig
+
+GRAY = (0.2989, 0.587, 0.114)
+
+
+def augment_batch(batch: Batch, cfg: ImageTransformsConfig, generator: torch.Generator) -> Batch:
+    """The batch with every present camera image augmented (images in [-1, 1], as the model takes them)."""
+    b, v = batch.images.shape[:2]
+    present = batch.image_masks.reshape(-1).nonzero().flatten()  # (n,) indices into the B*V images
+    if len(present) == 0:
+        return batch
+    images = batch.images.reshape(b * v, *batch.images.shape[2:]).clone()
+    x01 = (images[present].float() + 1.0) / 2.0
+    images[present] = (lerobot_transforms(x01, cfg, generator) * 2.0 - 1.0).to(images.dtype)
+    batch.images = images.reshape(batch.images.shape)
+    return batch
+
+
+def lerobot_transforms(x: torch.Tensor, cfg: ImageTransformsConfig, generator: torch.Generator) -> torch.Tensor:
+    """x: (N, 3, H, W) in [0, 1] -> the same with LeRobot's RandomSubsetApply of `cfg.tfs` per image."""
+    names = [name for name, t in cfg.tfs.items() if t.weight > 0]
+    if not names:
+        return x
+    weights = torch.tensor([cfg.tfs[name].weight for name in names], dtype=torch.float64)
+    k = min(len(names), cfg.max_num_transforms)
+    choice = torch.stack([torch.multinomial(weights, k, replacement=False, generator=generator)
+                          for _ in range(x.shape[0])]).to(x.device)  # (N, k): indices into names
+    if not cfg.random_order:
+        choice = choice.sort(dim=1).values
+    x = x.clone()
+    for position in range(k):
+        for index, name in enumerate(names):
+            chosen = (choice[:, position] == index).nonzero().flatten()
+            if len(chosen):
+                x[chosen] = apply_transform(x[chosen], cfg.tfs[name], generator)
+    return x
+
+
+def apply_transform(x: torch.Tensor, t: ImageTransformConfig, generator: torch.Generator) -> torch.Tensor:
+    """One transform, with parameters drawn per image."""
+    n = x.shape[0]
+    if t.type == "Identity":
+        return x
+    if t.type == "SharpnessJitter":
+        return adjust_sharpness(x, uniform(_range(t.kwargs["sharpness"], "sharpness"), n, generator, x))
+    if t.type == "RandomAffine":
+        return random_affine(x, t.kwargs, generator)
+    # ColorJitter: its adjustments in a random order per image, as torchvision draws them.
+    ops = [(name, _range(t.kwargs[name], name)) for name in ("brightness", "contrast", "saturation", "hue")
+           if name in t.kwargs]
+    factors = {name: uniform(bounds, n, generator, x) for name, bounds in ops}
+    order = torch.rand(n, len(ops), generator=generator).argsort(dim=1).to(x.device)
+    for position in range(len(ops)):
+        for index, (name, _) in enumerate(ops):
+            chosen = (order[:, position] == index).nonzero().flatten()
+            if len(chosen):
+                x[chosen] = COLOR_OPS[name](x[chosen], factors[name][chosen])
+    return x
+
+
+def _range(value, name: str) -> tuple[float, float]:
+    """torchvision's parameter forms: a pair is the range; one number v is [1 - v, 1 + v] (hue: [-v, v])."""
+    if isinstance(value, (list, tuple)):
+        lo, hi = float(value[0]), float(value[1])
+    elif name == "hue":
+        lo, hi = -float(value), float(value)
+    else:
+        lo, hi = max(0.0, 1.0 - float(value)), 1.0 + float(value)
+    return lo, hi
+
+
+def uniform(bounds: tuple[float, float], n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    lo, hi = bounds
+    return (torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo) + lo).to(like.device, like.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour (x: (N, 3, H, W) in [0, 1]; f: (N,))
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f.view(-1, 1, 1, 1)
+    return (f * a + (1.0 - f) * b).clamp(0.0, 1.0)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=1)
+    return (GRAY[0] * r + GRAY[1] * g + GRAY[2] * b).unsqueeze(1)
+
+
+def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(x, torch.zeros_like(x), f)
+
+
+def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x), f)
+
+
+def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    h, s, v = rgb_to_hsv(x).unbind(dim=1)
+    h = torch.remainder(h + f.view(-1, 1, 1), 1.0)
+    return hsv_to_rgb(torch.stack((h, s, v), dim=1))
+
+
+COLOR_OPS = {"brightness": adjust_brightness, "contrast": adjust_contrast, "saturation": adjust_saturation,
+             "hue": adjust_hue}
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=1)
+    maxc, minc = x.max(dim=1).values, x.min(dim=1).values
+    flat = maxc == minc
+    chroma = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = chroma / torch.where(flat, ones, maxc)
+    divisor = torch.where(flat, ones, chroma)
+    rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+    h = (maxc == r) * (bc - gc) + ((maxc == g) & (maxc != r)) * (2.0 + rc - bc) + \
+        ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.remainder(h / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Channel c = v - v s clamp(min(k, 4 - k), 0, 1), k = (n_c + 6 h) mod 6, n = 5, 3, 1 for R, G, B
+    (the closed form of torchvision's six-sector table)."""
+    h, s, v = x.unbind(dim=1)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + h * 6.0, 6.0)
+        out.append(v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+def adjust_sharpness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] <= 2 or x.shape[-2] <= 2:
+        return x
+    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
+    blurred = x.clone()
+    blurred[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=x.shape[1]).clamp(0.0, 1.0)
+    return _blend(x, blurred, f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+def random_affine(x: torch.Tensor, kwargs: dict, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandomAffine(degrees, translate, scale): angle ~ U(degrees), shift ~
+    round(U(+-translate * size)) pixels, scale ~ U(scale); nearest neighbour, zeros outside."""
+    n, _, height, width = x.shape
+    degrees = kwargs.get("degrees", 0.0)
+    degrees = (-float(degrees), float(degrees)) if not isinstance(degrees, (list, tuple)) else tuple(map(float, degrees))
+    angles = uniform(degrees, n, generator, torch.empty(0, dtype=torch.float64))  # on the CPU: theta is built there
+    shifts = torch.zeros(n, 2, dtype=torch.float64)
+    if kwargs.get("translate") is not None:
+        fx, fy = (float(v) for v in kwargs["translate"])
+        shifts[:, 0] = torch.round(uniform((-fx * width, fx * width), n, generator, shifts))
+        shifts[:, 1] = torch.round(uniform((-fy * height, fy * height), n, generator, shifts))
+    scales = uniform(tuple(map(float, kwargs["scale"])), n, generator, shifts) if kwargs.get("scale") else \
+        torch.ones(n, dtype=torch.float64)
+    return affine(x, angles, shifts, scales)
+
+
+def affine(x: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Rotate each image by angles (degrees, clockwise on screen, as torchvision's F.affine) about its centre, scale it and shift
+    it by shifts (N, 2) pixels (x right, y down), as torchvision's F.affine with NEAREST and fill 0."""
+    n, _, height, width = x.shape
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    for i in range(n):  # torchvision's _get_inverse_affine_matrix, centre (0, 0), no shear
+        rot = math.radians(float(angles[i]))
+        a, b, c, d = math.cos(rot), -math.sin(rot), math.sin(rot), math.cos(rot)
+        m = [v / float(scales[i]) for v in (d, -b, 0.0, -c, a, 0.0)]
+        tx, ty = float(shifts[i, 0]), float(shifts[i, 1])
+        m[2] += m[0] * -tx + m[1] * -ty
+        m[5] += m[3] * -tx + m[4] * -ty
+        theta[i] = torch.tensor(m, dtype=torch.float64).view(2, 3)
+    # torchvision's _gen_affine_grid: pixel centres in centred coordinates, normalised by half the size.
+    xs = torch.linspace(-width * 0.5 + 0.5, width * 0.5 - 0.5, width, dtype=torch.float64)
+    ys = torch.linspace(-height * 0.5 + 0.5, height * 0.5 - 0.5, height, dtype=torch.float64)
+    base = torch.stack((xs.expand(height, width), ys.unsqueeze(1).expand(height, width),
+                        torch.ones(height, width, dtype=torch.float64)), dim=-1).view(1, -1, 3)
+    scale = torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float64)
+    grid = base.expand(n, -1, -1).bmm(theta.transpose(1, 2) / scale).view(n, height, width, 2)
+    return F.grid_sample(x, grid.to(x.device, x.dtype), mode="nearest", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,106 @@
+"""Training-time image augmentation (LeRobot's --dataset.image_transforms.*): geometry, colour,
+sampling, masks, determinism; expected values are computed by hand."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from pirecon.batch import Batch
+from pirecon.configs.data import ImageTransformConfig, ImageTransformsConfig
+from pirecon.data import augment as A
+
+
+def marked(h: int, w: int, row: int, col: int) -> torch.Tensor:
+    x = torch.zeros(1, 3, h, w)
+    x[0, :, row, col] = 1.0
+    return x
+
+
+def where(x: torch.Tensor) -> list[list[int]]:
+    return (x[0, 0] == 1.0).nonzero().tolist()
+
+
+def test_a_shift_and_a_rotation_move_a_marked_pixel_where_expected():
+    one = torch.ones(1)
+    shifted = A.affine(marked(8, 8, 2, 4), torch.zeros(1), torch.tensor([[2.0, 1.0]]), one)
+    assert where(shifted) == [[3, 6]]  # 2 right, 1 down
+    # 90 degrees clockwise on screen about the centre (3.5, 3.5): right of centre goes below it.
+    rotated = A.affine(marked(8, 8, 3, 6), torch.tensor([90.0]), torch.zeros(1, 2), one)
+    assert where(rotated) == [[6, 4]]
+    # What leaves the image is black.
+    assert A.affine(marked(8, 8, 0, 7), torch.zeros(1), torch.tensor([[1.0, 0.0]]), one).sum() == 0
+
+
+def test_random_affine_shifts_by_at_most_the_rounded_fraction():
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        out = A.random_affine(marked(40, 40, 20, 20), {"translate": [0.05, 0.05]}, g)
+        (row, col), = where(out)
+        assert abs(row - 20) <= 2 and abs(col - 20) <= 2  # 0.05 * 40 = 2 pixels
+
+
+def test_colour_adjustments():
+    x = torch.full((1, 3, 4, 4), 0.5)
+    x[0, 0] = 0.9
+    f = torch.tensor([1.2])
+    assert torch.allclose(A.adjust_brightness(x, f), (x * 1.2).clamp(0, 1))
+    gray = 0.2989 * 0.9 + 0.587 * 0.5 + 0.114 * 0.5
+    assert torch.allclose(A.adjust_contrast(x, torch.tensor([0.5])), 0.5 * x + 0.5 * gray)
+    desaturated = A.adjust_saturation(x, torch.zeros(1))
+    assert torch.allclose(desaturated, torch.full_like(x, gray))
+    red = torch.zeros(1, 3, 2, 2)
+    red[0, 0] = 1.0
+    cyan = A.adjust_hue(red, torch.tensor([0.5]))
+    assert torch.allclose(cyan[0, :, 0, 0], torch.tensor([0.0, 1.0, 1.0]), atol=1e-6)
+    assert torch.allclose(A.adjust_hue(x, torch.zeros(1)), x, atol=1e-6)
+
+
+def test_sharpness_blends_with_a_3x3_blur_and_keeps_the_border():
+    x = torch.zeros(1, 3, 5, 5)
+    x[0, :, 2, 2] = 1.0
+    assert torch.equal(A.adjust_sharpness(x, torch.ones(1)), x)
+    blurred = A.adjust_sharpness(x, torch.zeros(1))
+    assert blurred[0, 0, 2, 2].item() == pytest.approx(5 / 13)
+    assert blurred[0, 0, 1, 1].item() == pytest.approx(1 / 13) and blurred[0, 0, 0, 0] == 0
+
+
+def test_draws_follow_the_weights_the_count_and_the_seed():
+    only_brightness = ImageTransformsConfig(enable=True, max_num_transforms=1, tfs={
+        "b": ImageTransformConfig(1.0, "ColorJitter", {"brightness": [0.8, 1.2]}),
+        "never": ImageTransformConfig(0.0, "ColorJitter", {"brightness": [5.0, 5.0]})})
+    x = torch.full((64, 3, 4, 4), 0.5)
+    out = A.lerobot_transforms(x, only_brightness, torch.Generator().manual_seed(0))
+    ratio = out[:, 0, 0, 0] / 0.5
+    assert ratio.min() >= 0.8 and ratio.max() <= 1.2 and ratio.std() > 0.05  # drawn per image
+    defaults = ImageTransformsConfig(enable=True)
+    y = torch.rand(6, 3, 16, 16)
+    first = A.lerobot_transforms(y, defaults, torch.Generator().manual_seed(1))
+    assert torch.equal(first, A.lerobot_transforms(y, defaults, torch.Generator().manual_seed(1)))
+    assert not torch.equal(first, A.lerobot_transforms(y, defaults, torch.Generator().manual_seed(2)))
+    assert first.min() >= 0 and first.max() <= 1 and torch.equal(y, y.clone())
+
+
+def test_masked_views_are_left_alone():
+    images = torch.rand(2, 3, 3, 8, 8) * 2 - 1
+    images[:, 2] = -1.0
+    masks = torch.tensor([[True, True, False], [True, True, False]])
+    batch = Batch(images=images.clone(), image_masks=masks, tokens=torch.zeros(2, 4, dtype=torch.long),
+                  token_masks=torch.ones(2, 4, dtype=torch.bool), state=torch.zeros(2, 8))
+    out = A.augment_batch(batch, ImageTransformsConfig(enable=True), torch.Generator().manual_seed(0))
+    assert torch.equal(out.images[:, 2], images[:, 2])
+    assert not torch.equal(out.images[:, :2], images[:, :2])
+
+
+def test_only_training_augments():
+    """Evaluation, serving and inference never import the augmentation."""
+    src = Path(A.__file__).parents[1]
+    users = set()
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.endswith("data.augment"):
+                users.add(path.relative_to(src).as_posix())
+    assert users == {"train/loop.py"}
