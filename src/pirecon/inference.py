@@ -38,7 +38,7 @@ class PolicyRunner:
                         tokenizer_path: str | None = None) -> "PolicyRunner":
         """`device`: auto | cpu | cuda | cuda:N, as --policy.device (a ConfigError when absent)."""
         loaded = load(path, use_ema=use_ema, device=resolve_device(device), tokenizer_path=tokenizer_path)
-        return cls(loaded.policy, preprocessor_from(loaded, tokenizer_path), n_action_steps=n_action_steps,
+        return cls(loaded.policy, preprocessor_from(loaded), n_action_steps=n_action_steps,
                    num_steps=num_steps, seed=seed)
 
     def reset(self) -> None:
@@ -58,19 +58,19 @@ class PolicyRunner:
         return self.predict_chunk(obs)[:self.n_action_steps]
 
 
-def preprocessor_from(loaded: Loaded, tokenizer_path: str | None = None) -> Preprocessor:
+def preprocessor_from(loaded: Loaded) -> Preprocessor:
     """The preprocessing a checkpoint was trained with: a pirecon one (norm_stats.json,
     data_info.json, tokenizer copy), a LeRobot one (processor pipelines and their statistics, rename
-    map, tokenizer name) or an openpi one (assets/<asset_id>/norm_stats.json).
-    `tokenizer_path` (--policy.tokenizer_path) replaces the tokenizer the folder names."""
+    map, tokenizer name) or an openpi one (assets/<asset_id>/norm_stats.json)."""
     info = loaded.info
-    return Preprocessor(loaded.config, load_tokenizer(loaded.tokenizer(tokenizer_path)), loaded.normalizer,
+    return Preprocessor(loaded.config, load_tokenizer(loaded.tokenizer()), loaded.normalizer,
                         camera_map=info.camera_map, action_dims=info.action_dims, state_dims=info.state_dims,
                         camera_keys=info.camera_keys, action_dim=info.action_dim)
 
 
 def preprocessor_from_checkpoint(folder: Path, policy_config, tokenizer_path: str | None = None) -> Preprocessor:
     """`preprocessor_from` for a folder, without reading its weights; `policy_config` is the model's
-    (its asset_id chooses among an openpi folder's statistics)."""
-    loaded = load(folder, with_weights=False, asset_id=policy_config.asset_id)
-    return preprocessor_from(dataclasses.replace(loaded, config=policy_config), tokenizer_path)
+    (its asset_id chooses among an openpi folder's statistics); `tokenizer_path`
+    (--policy.tokenizer_path) replaces the tokenizer the folder names."""
+    loaded = load(folder, with_weights=False, asset_id=policy_config.asset_id, tokenizer_path=tokenizer_path)
+    return preprocessor_from(dataclasses.replace(loaded, config=policy_config))

@@ -42,7 +42,7 @@ class Loaded:
     config: PolicyConfig  # the model's config (the loaded model's, when there is one)
     info: FolderInfo  # statistics, tokenizer name, cameras and dims as the folder tells them
     model: torch.nn.Module | None = None  # a Pi0Policy; a PeftModel when a LoRA checkpoint is not merged
-    tokenizer_path: str | None = None  # a local tokenizer file or folder (None: none was found)
+    tokenizer_path: str | None = None  # --policy.tokenizer_path, else the folder's local tokenizer (None: none)
     peft: bool = False  # a LoRA training checkpoint (adapter over a frozen base)
     step: int | None = None  # the training step (training checkpoints and their exports)
     has_ema: bool = False  # holds ema.safetensors
@@ -70,9 +70,9 @@ class Loaded:
             mode = default_norm_mode(config.type)
         return folder_normalizer(info, mode)
 
-    def tokenizer(self, override: str | None = None) -> str:
-        """`override` (--policy.tokenizer_path), else the folder's; otherwise an error naming what is missing."""
-        return resolve_tokenizer(self.info, override)
+    def tokenizer(self) -> str:
+        """`tokenizer_path`, or an error naming what the folder refers to and the flag to pass."""
+        return resolve_tokenizer(self.info, self.tokenizer_path)
 
 
 def load(path: str | Path, *, with_weights: bool = True, with_stats: bool = True, use_ema: bool = False,
