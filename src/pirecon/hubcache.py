@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import constants
+
 from pirecon.errors import ConfigError, HubError
 
 PRETRAINED_FLAG = "--policy.pretrained_path"
@@ -52,7 +54,6 @@ def is_offline() -> bool:
     (it then refuses every request anyway)."""
     if any(os.environ.get(name, "").strip().upper() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return True
-    from huggingface_hub import constants  # lazy: huggingface_hub is slow to import
     return bool(constants.HF_HUB_OFFLINE)
 
 
@@ -63,7 +64,6 @@ def cache_dir() -> Path:
             return Path(os.path.expandvars(os.environ[name])).expanduser()
     if os.environ.get("HF_HOME"):
         return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
-    from huggingface_hub import constants  # lazy: huggingface_hub is slow to import
     return Path(constants.HF_HUB_CACHE)
 
 
@@ -103,7 +103,7 @@ def resolve_dataset(repo_id: str) -> Path:
 def cached_snapshot(value: str, repo_type: str = "model") -> Path | None:
     """The cached snapshot folder of the Hub id `value`, read from the local cache only (never
     downloaded); None when `value` is no Hub id or the cache does not hold it."""
-    from huggingface_hub import snapshot_download  # lazy: huggingface_hub is slow to import
+    from huggingface_hub import snapshot_download  # lazy: 0.2 s to import
 
     hub_id = parse_hub_id(value)
     if hub_id is None:
@@ -119,7 +119,7 @@ def snapshot(hub_id: HubId, repo_type: str, flag: str, local_hint: str) -> Path:
     """The cached snapshot folder of `hub_id`, downloaded first unless HF_HUB_OFFLINE is set.
 
     Offline, only the cache is read: nothing is retried and a missing entry raises at once."""
-    from huggingface_hub import snapshot_download  # lazy: huggingface_hub is slow to import
+    from huggingface_hub import snapshot_download  # lazy: 0.2 s to import
 
     offline, cache = is_offline(), cache_dir()
     if not offline:

@@ -35,7 +35,7 @@ def _actions(policy, num_steps: int | None = None, batch_config=None) -> torch.T
 
 
 def test_a_lora_training_run(lora_run):
-    loaded = load(lora_run)  # a training output folder stands for its checkpoints/last
+    loaded = pirecon.load(lora_run)  # a training output folder stands for its checkpoints/last
     folder = last_checkpoint(lora_run)
     assert loaded.folder == folder and loaded.layout == "pirecon"
     assert loaded.peft and loaded.step == 2 and loaded.has_ema
