@@ -9,6 +9,7 @@ line and the edge. Imports inside functions are kept for start-up time only: eac
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 from pirecon.cli import COMMANDS
@@ -141,20 +142,24 @@ def test_only_commands_parse_flags():
 
 
 def test_the_walk_sees_every_import(tmp_path, monkeypatch):
-    """The walk itself, on a made-up module: module-level and function-local imports are found,
-    told apart, and resolved to modules."""
+    """The walk itself, on a made-up tree: module-level and function-local imports are found, told
+    apart, and resolved to modules, and an upward edge is reported with its file and line."""
     fake = tmp_path / "src" / "pirecon"
-    (fake / "model").mkdir(parents=True)
-    (fake / "checkpoint").mkdir()
-    for name in ("__init__.py", "model/__init__.py", "checkpoint/__init__.py", "checkpoint/load.py"):
+    for name in ("__init__.py", "model/__init__.py", "checkpoint/__init__.py", "checkpoint/made_up.py",
+                 "train/__init__.py", "train/loop.py"):
+        (fake / name).parent.mkdir(parents=True, exist_ok=True)
         (fake / name).write_text("")
     (fake / "model" / "bad.py").write_text(
         "from pirecon.configs import policy\n"
         "def f():\n"
-        "    from pirecon.checkpoint import load, layout_constant\n"
+        "    from pirecon.checkpoint import made_up, a_constant\n"
         "    import pirecon.train.loop  # lazy: a reason\n")
-    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path / "src")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "src")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     found = imports(fake / "model" / "bad.py")
     assert [(line, local) for line, _, local, _ in found] == [(1, False), (3, True), (4, True)]
-    assert imported_modules(found[1][3], "pirecon.model.bad") == ["pirecon.checkpoint.load", "pirecon.checkpoint"]
+    assert imported_modules(found[1][3], "pirecon.model.bad") == ["pirecon.checkpoint.made_up", "pirecon.checkpoint"]
     assert imported_modules(found[2][3], "pirecon.model.bad") == ["pirecon.train.loop"]
+    problems = forbidden_edges()
+    assert len(problems) == 3 and all(p.startswith("src/pirecon/model/bad.py:") for p in problems)
+    assert "pirecon.model.bad -> pirecon.train.loop (model is layer 1, train layer 4" in problems[-1]
