@@ -90,9 +90,6 @@ FLAGS: tuple[Flag, ...] = (
     _default_only("eval.recording_repo_id", None, "only with evaluation during training"),
     _default_only("eval.recording_private", False, "only with evaluation during training"),
     _default_only("dataset.revision", None, "pin a revision in the id instead: --dataset.repo_id=ORG/NAME@REV"),
-    _default_only("peft.full_training_modules", None, "pirecon trains the expert's projections and time MLPs in "
-                  "full next to LoRA (--peft.fully_trained)"),
-    _default_only("peft.init_type", None, "LoRA starts as PEFT's default (B = 0)"),
     _default_only("parallelism.dp_replicate", 1, "data parallel: `accelerate launch`"),
     _default_only("parallelism.dp_shard", 1, "sharding: an accelerate FSDP config file"),
     _default_only("parallelism.context_parallel.ring_degree", 1, "no context parallelism"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pirecon.configs.parse import Parsed, format_help, load_json, parse_command, wants_help
 from pirecon.configs.lerobot import looks_like_lerobot, translate_flags, translate_train_config
-from pirecon.configs.train import TrainConfig
+from pirecon.configs.train import TrainConfig, upgrade_saved
 from pirecon.errors import ConfigError
 
 
@@ -28,9 +28,9 @@ def read_config_file(path: Path) -> dict:
         return translate_train_config(data, TrainConfig, str(path))
     if data.get("format") == "pirecon":
         if isinstance(data.get("train"), dict):
-            return data["train"]
+            return upgrade_saved(data["train"])
         return {k: data[k] for k in ("policy", "recon") if isinstance(data.get(k), dict)}
-    return data
+    return upgrade_saved(data)
 
 
 def parse_train_command(argv: list[str]) -> Parsed:
@@ -46,7 +46,7 @@ def parse_train_command(argv: list[str]) -> Parsed:
     if last is None:
         raise ConfigError(f"--resume=true but {Path(cfg.output_dir) / 'checkpoints'} holds no checkpoint")
     # The saved config is the base; only the flags typed now override it.
-    return parse_command(argv, TrainConfig, base=read_checkpoint_config(last)["train"], config_path_flag=True,
+    return parse_command(argv, TrainConfig, base=upgrade_saved(read_checkpoint_config(last)["train"]), config_path_flag=True,
                          read_config_file=read_config_file, translate=translate_flags)
 
 

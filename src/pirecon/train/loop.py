@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from pirecon.train import checkpoint as ckpt
 from pirecon.train import lora
 from pirecon.configs.train import TrainConfig, resolve_optimization
 from pirecon.train.ema import EMA
+from pirecon.train.peft_plan import lora_plan, reaches_image_tokens
 from pirecon.train.schedule import lr_factor
 from pirecon.train.summary import summary_block
 from pirecon.train.logs import LOG_FILE, PLOT_FILE, IntervalMeans, RunLogger, plot_losses
@@ -160,12 +160,12 @@ class Trainer:
         self.adapted: list[str] = []
         typed = typed_by_value(cfg) if typed is None else typed
         policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
-        # LeRobot's switch for LoRA is --policy.use_peft; --peft.* alone would silently train every weight.
+        # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true).
         self.peft_note = None
         if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
-            self.peft_note = ("--peft.* given without --policy.use_peft=true: training every weight "
-                              "(add --policy.use_peft=true for LoRA)")
-            print(f"pirecon train: warning: {self.peft_note}", file=sys.stderr)
+            policy_cfg = dataclasses.replace(policy_cfg, use_peft=True)
+            self.peft_note = "LoRA turned on by --peft.* (as lerobot-train does)"
+        self.peft_plan = None
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
         optimizer_cfg, scheduler_cfg = resolve_optimization(cfg, typed)
         self.cfg = cfg = dataclasses.replace(cfg, optimizer=optimizer_cfg, scheduler=scheduler_cfg)
@@ -230,7 +230,12 @@ class Trainer:
                     self.base_path = str((self.output_dir / "base").resolve())
                     if self.is_main:
                         self._save_random_base(policy)
-                model = lora.add_lora(policy, cfg.peft)
+                self.peft_plan = lora_plan(policy, cfg.peft, weights.lerobot_module_name)
+                if recon.enable and not reaches_image_tokens(self.peft_plan):
+                    self.peft_note = "; ".join(filter(None, [self.peft_note, (
+                        "the reconstruction loss reaches no backbone weight under this LoRA plan (only its head "
+                        "trains); --peft.preset=openpi adapts the VLM and trains SigLIP")]))
+                model = lora.add_lora(policy, self.peft_plan, cfg.peft)
             else:
                 model = policy
         lora.base_policy(model).backbone.set_gradient_checkpointing(policy_cfg.gradient_checkpointing)
@@ -324,7 +329,9 @@ class Trainer:
                              tokenizer=str(policy_cfg.tokenizer_path), dataset=described, device=str(acc.device),
                              processes=acc.num_processes, autocast=autocast,
                              resumed_from=str(self.resumed_from) if self.resumed_from else None,
-                             peft_note=self.peft_note)
+                             peft_note=self.peft_note,
+                             peft=self.peft_plan.description if self.peft_plan else
+                             ("LoRA, resumed: adapters and fully trained weights as saved" if policy_cfg.use_peft else None))
 
     def _train_step(self, data) -> dict[str, float]:
         cfg, acc = self.cfg, self.accelerator
