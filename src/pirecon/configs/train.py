@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from pirecon.configs.data import DatasetConfig
 from pirecon.configs.policy import PolicyConfig
@@ -196,6 +197,38 @@ class WandbConfig:
     add_tags: bool = True  # tag the W&B run with the policy type and the dataset
 
 
+ENV_TYPES = ("sim", "libero")
+
+
+@dataclass(frozen=True)
+class TrainEnvFlags:
+    """`--env.*`: the environment of closed-loop evaluation during training (none: no evaluation)."""
+
+    type: str | None = None  # sim | libero (none: no evaluation during training)
+    task: str | None = None  # sim: reach | place (none: both); libero: a suite (libero_spatial) or one task (libero_spatial/3)
+    options: dict[str, Any] = field(default_factory=dict)  # filled from --env.<name>=value (the environment's settings)
+
+    def __post_init__(self) -> None:
+        if self.type is not None and self.type not in ENV_TYPES:
+            raise ConfigError(f"--env.type={self.type!r}: expected one of {list(ENV_TYPES)} (pirecon's environments; "
+                              f"LeRobot's others have no counterpart here)")
+
+
+@dataclass(frozen=True)
+class TrainEvalFlags:
+    """`--eval.*`: closed-loop evaluation during training (LeRobot's EvalConfig)."""
+
+    n_episodes: int = 50  # episodes per evaluation
+    batch_size: int = 0  # LeRobot's parallel environments (0: auto); pirecon runs episodes one at a time, same results
+    use_async_envs: bool = True  # LeRobot's asynchronous vector environments; pirecon runs episodes one at a time
+    seed: int = 100_000  # first episode seed (far from `pirecon sim record`'s: unseen layouts)
+
+    def __post_init__(self) -> None:
+        if self.n_episodes <= 0 or self.batch_size < 0 or self.seed < 0:
+            raise ConfigError(f"--eval.n_episodes={self.n_episodes}, batch_size={self.batch_size}, seed={self.seed}: "
+                              f"expected n_episodes > 0, batch_size >= 0, seed >= 0")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """`pirecon train`: everything one training run needs."""
@@ -208,6 +241,9 @@ class TrainConfig:
     use_policy_training_preset: bool = True  # optimizer and scheduler from --policy.optimizer_* / scheduler_* (LeRobot's presets)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
+    env: TrainEnvFlags = field(default_factory=TrainEnvFlags)
+    eval: TrainEvalFlags = field(default_factory=TrainEvalFlags)
+    env_eval_freq: int = 20_000  # with --env.type: evaluate closed-loop every N steps (0: never); LeRobot's default
     output_dir: str | None = None  # folder for checkpoints, logs and the resolved config (none: outputs/train/<date>/<time>_<job_name>)
     job_name: str | None = None  # the run's name (W&B run name, default folder); none: the policy type
     rename_map: dict[str, str] = field(default_factory=dict)  # LeRobot's {dataset key: policy key}, for cameras (joins --dataset.camera_map)
@@ -236,6 +272,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")
         if self.num_workers < 0:
             raise ConfigError(f"--num_workers={self.num_workers}: expected >= 0")
+        if self.env_eval_freq < 0:
+            raise ConfigError(f"--env_eval_freq={self.env_eval_freq}: expected >= 0 (0: no evaluation)")
         if self.tolerance_s is not None and self.tolerance_s <= 0:
             raise ConfigError(f"--tolerance_s={self.tolerance_s}: expected a positive number of seconds")
         if self.rename_map:

@@ -128,7 +128,7 @@ def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset, verb
 def name_run(cfg: TrainConfig, accelerator) -> TrainConfig:
     """--job_name (default: the policy type) and --output_dir (default, as LeRobot:
     outputs/train/<date>/<time>_<job_name>, chosen once on the main process)."""
-    job_name = cfg.job_name or cfg.policy.type
+    job_name = cfg.job_name or (f"{cfg.env.type}_{cfg.policy.type}" if cfg.env.type else cfg.policy.type)
     output_dir = cfg.output_dir
     if not output_dir:
         from accelerate.utils import broadcast_object_list
@@ -196,6 +196,12 @@ class Trainer:
                                     split="train", val_episodes=cfg.dataset.val_episodes, tolerance_s=cfg.tolerance_s)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset, verbose=self.is_main)
         self.cfg = cfg = dataclasses.replace(cfg, policy=self.preprocessor.config)  # with the tokenizer it uses
+        self.evaluator = None
+        if cfg.env.options and not cfg.env.type:
+            raise ConfigError(f"--env.{next(iter(cfg.env.options))}: environment settings need --env.type=sim|libero")
+        if cfg.env.type and cfg.env_eval_freq > 0 and self.is_main:
+            from pirecon.eval.during_training import TrainingEvaluator  # lazy: simulators load only when asked
+            self.evaluator = TrainingEvaluator(cfg.env, cfg.eval, cfg.policy.n_action_steps, dataset_root(cfg.dataset))
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
                                       cache_in_memory=cfg.dataset.cache_in_memory, prefetch_factor=cfg.prefetch_factor,
@@ -305,11 +311,15 @@ class Trainer:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     sps=f"{record['samples_per_s']:.1f}")
                 bar.update(1)
+                if cfg.env.type and cfg.env_eval_freq > 0 and self.step % cfg.env_eval_freq == 0:
+                    self._evaluate(bar)
                 if cfg.save_checkpoint and (self.step % cfg.save_freq == 0 or self.step == cfg.steps):
                     last_saved = self.save()
         finally:
             bar.close()
             self.logger.close()
+            if self.evaluator is not None:
+                self.evaluator.close()
         if self.is_main:
             plot_losses(self.output_dir / LOG_FILE, self.output_dir / PLOT_FILE)
         acc.wait_for_everyone()
@@ -330,6 +340,8 @@ class Trainer:
                              processes=acc.num_processes, autocast=autocast,
                              resumed_from=str(self.resumed_from) if self.resumed_from else None,
                              peft_note=self.peft_note,
+                             evaluation=(f"{self.evaluator.describe()}, every {self.cfg.env_eval_freq} steps"
+                                         if self.evaluator is not None else None),
                              peft=self.peft_plan.description if self.peft_plan else
                              ("LoRA, resumed: adapters and fully trained weights as saved" if policy_cfg.use_peft else None))
 
@@ -360,6 +372,18 @@ class Trainer:
         means = {k: acc.reduce(v.reshape(1), reduction="mean").item() for k, v in totals.items()}
         means["grad_norm"] = float(grad_norm)
         return means
+
+    def _evaluate(self, bar) -> None:
+        """Closed-loop evaluation on the main process (--env_eval_freq); the others wait."""
+        acc = self.accelerator
+        if self.evaluator is not None:
+            policy = lora.base_policy(acc.unwrap_model(self.model))
+            record = {"step": self.step, **self.evaluator(policy, self.preprocessor, acc.autocast())}
+            self.logger.log(record)
+            bar.write(f"step {self.step}: success rate {record['eval/success_rate']:.1%} over "
+                      f"{record['eval/episodes']} episodes (95% CI {record['eval/ci95_low']:.1%}-"
+                      f"{record['eval/ci95_high']:.1%}, {record['eval/seconds']:.0f} s)")
+        acc.wait_for_everyone()
 
     def _augmentation_rng(self, micro: int) -> torch.Generator:
         """A generator for this step's augmentation, from (seed, rank, step, micro-step) alone: a

@@ -47,7 +47,7 @@ def _count(n: int) -> str:
 
 def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adapted: list[str], tokenizer: str,
                   dataset: str, device: str, processes: int, autocast: str | None, resumed_from: str | None,
-                  peft_note: str | None, peft: str | None = None) -> str:
+                  peft_note: str | None, peft: str | None = None, evaluation: str | None = None) -> str:
     """The text block printed once at start-up by the main process."""
     policy = cfg.policy
     table = parameter_table(model)
@@ -94,6 +94,8 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
                  + (f", EMA {cfg.ema_decay}" if cfg.ema_decay else ""))
     if scaled:
         lines.append(f"  note        {scaled}")
+    if evaluation:
+        lines.append(f"  evaluation  {evaluation}")
     if cfg.recon.enable:
         lines.append(f"  recon       λ={cfg.recon.weight} on {list(cfg.recon.views)}, target {cfg.recon.target}, "
                      f"region {cfg.recon.region}")
