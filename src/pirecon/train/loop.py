@@ -352,7 +352,8 @@ class Trainer:
         for micro in range(cfg.grad_accum_steps):
             batch = next(data).to(acc.device)
             if cfg.dataset.image_transforms.enable:
-                batch = augment_batch(batch, cfg.dataset.image_transforms, self._augmentation_rng(micro))
+                batch = augment_batch(batch, cfg.dataset.image_transforms, self._augmentation_rng(micro),
+                                      cfg.policy.camera_names)
             sync = micro == cfg.grad_accum_steps - 1
             kwargs = {"recon_weight": cfg.recon.loss_weight(self.step)} if cfg.recon.enable else {}
             with (contextlib.nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
