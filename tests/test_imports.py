@@ -1,4 +1,4 @@
-"""Import directions: commands -> train/eval/serve -> inference -> checkpoint -> model/data -> configs.
+"""Import directions: commands -> train -> eval/serve -> inference -> checkpoint -> model/data -> configs.
 
 An AST walk over src/pirecon collects every import, at module level and inside functions, and
 fails on an edge that points up (or sideways between packages of one layer), naming the file, the
@@ -24,9 +24,10 @@ LAYERS = {
     "model": 1, "data": 1,
     "checkpoint": 2, "sim": 2,
     "inference": 3,
-    "train": 4, "eval": 4, "serve": 4,
-    "demo": 5, "smoke": 5, "export": 5, "push": 5, "recon_viz": 5, "cli": 5,
-    "__main__": 6,
+    "eval": 4, "serve": 4,
+    "train": 5,  # evaluates closed-loop during training (eval.during_training)
+    "demo": 6, "smoke": 6, "export": 6, "push": 6, "recon_viz": 6, "cli": 6,
+    "__main__": 7,
 }
 FACADE = "pirecon"  # pirecon/__init__.py: the public API, imported by users, never by pirecon itself
 FLAG_PARSERS = ("parse_flags", "parse_command")
@@ -162,4 +163,4 @@ def test_the_walk_sees_every_import(tmp_path, monkeypatch):
     assert imported_modules(found[2][3], "pirecon.model.bad") == ["pirecon.train.loop"]
     problems = forbidden_edges()
     assert len(problems) == 3 and all(p.startswith("src/pirecon/model/bad.py:") for p in problems)
-    assert "pirecon.model.bad -> pirecon.train.loop (model is layer 1, train layer 4" in problems[-1]
+    assert "pirecon.model.bad -> pirecon.train.loop (model is layer 1, train layer 5" in problems[-1]

@@ -79,6 +79,14 @@ def openpi_key(our_key: str) -> str:
     raise KeyError(f"no openpi name for {our_key!r}")
 
 
+def lerobot_module_name(name: str) -> str | None:
+    """Our module name -> the name LeRobot's model gives the same module (None: it has none)."""
+    try:
+        return "model." + openpi_key(name + ".weight")[:-len(".weight")]
+    except KeyError:
+        return None
+
+
 def prefix(layout: str) -> str:
     return "model." if layout == "lerobot" else ""
 

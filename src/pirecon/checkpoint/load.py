@@ -25,7 +25,6 @@ from pirecon.checkpoint.layout import (ADAPTER_DIR, CHECKPOINTS, CONFIG_FILE, EM
 from pirecon.configs.parse import from_dict
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.recon import ReconConfig
-from pirecon.configs.train import PeftConfig
 from pirecon.data.normalize import Normalizer, default_norm_mode
 from pirecon.errors import CheckpointError
 from pirecon.model import lora
@@ -158,9 +157,9 @@ def _lora_model(folder: Path, config: dict, trainable: bool, dtype: str | None) 
     base = weights.read_policy(base_path, dtype=dtype or policy_cfg.dtype, **overrides)
     if config.get("recon", {}).get("enable"):
         base.add_recon_head(from_dict(ReconConfig, config["recon"], where=f"{where}:recon"))
-    peft_cfg = from_dict(PeftConfig, config.get("train", {}).get("peft", {}), where="peft")
-    model = lora.load_lora(base, folder / ADAPTER_DIR, peft_cfg, trainable=trainable)
-    lora.load_trainable_non_lora(model, load_file(str(folder / TRAINABLE_FILE)), folder / TRAINABLE_FILE)
+    model = lora.load_lora(base, folder / ADAPTER_DIR, trainable=trainable)
+    lora.load_trainable_non_lora(model, load_file(str(folder / TRAINABLE_FILE)), folder / TRAINABLE_FILE,
+                                 trainable=trainable)
     return model
 
 
