@@ -66,7 +66,7 @@ class PolicyRunner:
         noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=self.generator).to(self.device)
         guide = {}
         if prefix_actions is not None and len(prefix_actions):
-            prefix = torch.as_tensor(np.asarray(prefix_actions, dtype=np.float32))
+            prefix = torch.tensor(np.asarray(prefix_actions, dtype=np.float32))  # a copy: msgpack arrays are read-only
             if self.preprocessor.normalizer is not None:
                 prefix = self.preprocessor.normalizer.normalize_actions(prefix)
             guide = {"prefix_actions": prefix[None].to(self.device), "inference_delay": inference_delay,
