@@ -67,6 +67,7 @@ TYPED = {
     "scheduler_decay_lr": ("1e-6", 1e-6),
     "empty_cameras": ("1", 1),
     "compile_mode": ("default", "default"),
+    "loss_reduction": ("all", "all"),
     "normalization_mapping": ('{"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}',
                               {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}),
     "n_obs_steps": ("2", "refused"),
