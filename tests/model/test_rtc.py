@@ -12,7 +12,7 @@ from pirecon.batch import synthetic_batch
 from pirecon.configs.policy import PolicyConfig
 from pirecon.errors import InputError
 from pirecon.model import rtc
-from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.pi0 import Pi0Policy, trimmed
 
 
 def tiny(kind: str) -> Pi0Policy:
@@ -27,7 +27,7 @@ def test_without_rtc_arguments_sampling_is_the_plain_euler_loop(kind):
     batch = synthetic_batch(policy.config, 2, action_dim=8)
     noise = torch.randn(2, 10, 8)
     with torch.no_grad():  # the loop written out: 10 Euler steps from t = 1 with the cached prefix
-        prefix = policy.embed_prefix(batch)
+        prefix = policy.embed_prefix(trimmed(batch))
         kv = policy.prefix_cache(prefix)
         x = noise.clone()
         for step in range(10):

@@ -9,6 +9,7 @@ Pi0.5: suffix = H action tokens; the time embedding goes through `time_mlp_{in,o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -54,6 +55,19 @@ class Suffix:
     pad_masks: torch.Tensor  # (B, Ls) bool
     block_starts: torch.Tensor  # (B, Ls) int
     adarms_cond: torch.Tensor | None  # (B, Wexp) for Pi0.5
+
+
+def trimmed(batch: Batch) -> Batch:
+    """`batch` without the views every sample masks and the prompt padding past its longest prompt
+    (tokens are right-padded). At least one view stays."""
+    views = batch.image_masks.bool().any(dim=0)  # (V,)
+    if not views.any():
+        views[0] = True
+    length = int(batch.token_masks.bool().any(dim=0).nonzero().max()) + 1 if batch.token_masks.any() else 1
+    if views.all() and length == batch.tokens.shape[1]:
+        return batch
+    return dataclasses.replace(batch, images=batch.images[:, views], image_masks=batch.image_masks[:, views],
+                               tokens=batch.tokens[:, :length], token_masks=batch.token_masks[:, :length])
 
 
 class Pi0Policy(nn.Module):
@@ -277,7 +291,7 @@ class Pi0Policy(nn.Module):
     def sample_actions(self, batch: Batch, noise: torch.Tensor | None = None, num_steps: int | None = None,
                        use_cache: bool = True, prefix_actions: torch.Tensor | None = None, inference_delay: int = 0,
                        execution_horizon: int | None = None,
-                       max_guidance_weight: float = rtc.DEFAULT_MAX_GUIDANCE) -> torch.Tensor:
+                       max_guidance_weight: float = rtc.DEFAULT_MAX_GUIDANCE, trim: bool = True) -> torch.Tensor:
         """Euler integration of the learned velocity from t=1 (noise) to t=0.
 
         Returns (B, chunk_size, action_dim) float32, normalised, cut to `batch.action_dim`.
@@ -288,6 +302,11 @@ class Pi0Policy(nn.Module):
         them); the first `inference_delay` are executed while this chunk is computed, and
         `execution_horizon` (default: the chunk minus P) is the paper's s. Without them the
         sampling is the plain one.
+
+        `trim` skips what every sample of the batch masks (camera views without an image, prompt
+        padding past the longest prompt): attention never reads those tokens and positions count
+        real tokens only, so the result is the same up to float rounding; `trim=False` computes
+        everything, as openpi does (the "reference work" the benchmarks compare against).
         """
         cfg = self.config
         batch.validate(cfg)
@@ -296,7 +315,7 @@ class Pi0Policy(nn.Module):
         device = batch.images.device
         state = self._pad_to(batch.state.float(), cfg.max_state_dim)
         x = noise.float() if noise is not None else torch.randn(b, cfg.chunk_size, cfg.max_action_dim, device=device)
-        prefix = self.embed_prefix(batch)
+        prefix = self.embed_prefix(trimmed(batch) if trim else batch)
         kv = self.prefix_cache(prefix) if use_cache else None
         guide = self._rtc_target(prefix_actions, inference_delay, execution_horizon, x) \
             if prefix_actions is not None else None
