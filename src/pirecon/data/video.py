@@ -1,12 +1,12 @@
-"""Video decoding by timestamp and H.264 encoding with PyAV.
+"""Video decoding by timestamp and H.264 / AV1 encoding with PyAV.
 
 Decoding follows LeRobot's rule: the frame whose presentation time (pts) is closest to the
 requested timestamp, within a tolerance. `FrameDecoder` keeps a few containers open per process
 and remembers where each decoder stands, so sequential requests decode forward without seeking
 and random requests seek to the keyframe before the timestamp, then decode forward.
 
-Encoding writes yuv420p H.264 (libx264; mpeg4 if this FFmpeg build lacks it) with a short GOP and
-no B-frames, like LeRobot's recorder, so that random access stays cheap and per-episode files can
+Encoding writes yuv420p H.264 (libx264; mpeg4 if this FFmpeg build lacks it) or AV1 (libsvtav1,
+LeRobot's default) with a short GOP and no B-frames, like LeRobot's recorder, so that random access stays cheap and per-episode files can
 be concatenated by remuxing packets (`concat_videos`) without re-encoding.
 """
 
@@ -293,16 +293,28 @@ class FrameDecoder:
 # Encoding
 
 
+CODEC_ALIASES = {"h264": "libx264", "av1": "libsvtav1"}  # LeRobot's names -> FFmpeg encoders
+DEFAULT_CRF = {"libx264": 23, "libsvtav1": 30}  # LeRobot records AV1 at crf 30
+
+
 def pick_codec(codec: str = "auto") -> str:
-    """'libx264' when this FFmpeg build has it, else 'mpeg4'; an explicit name is checked."""
+    """'libx264' when this FFmpeg build has it, else 'mpeg4'; an explicit name is checked.
+
+    'av1' means libsvtav1 (LeRobot's default encoder), 'h264' means libx264."""
     if codec == "auto":
         for name in ("libx264", "mpeg4"):
             if name in av.codecs_available:
                 return name
         raise DatasetError("no H.264 (libx264) or mpeg4 encoder in this PyAV/FFmpeg build")
-    if codec not in av.codecs_available:
+    name = CODEC_ALIASES.get(codec, codec)
+    if name not in av.codecs_available:
         raise DatasetError(f"video codec {codec!r} is not available in this PyAV/FFmpeg build")
-    return codec
+    return name
+
+
+def codec_label(encoder: str) -> str:
+    """The codec name LeRobot's info.json stores for an encoder ('h264', 'av1', ...)."""
+    return {"libx264": "h264", "libsvtav1": "av1"}.get(encoder, encoder)
 
 
 def fps_fraction(fps: float) -> Fraction:
@@ -313,7 +325,7 @@ class VideoEncoder:
     """Write RGB frames (H, W, 3) uint8 into one yuv420p mp4 at a constant frame rate."""
 
     def __init__(self, path: str | Path, fps: float, width: int, height: int, codec: str = "auto",
-                 crf: int = 23, gop: int = 2):
+                 crf: int | None = None, gop: int = 2):
         if width % 2 or height % 2:
             raise DatasetError(f"{path}: yuv420p video needs an even width and height, got {width}x{height}")
         self.path = Path(path)
@@ -321,8 +333,14 @@ class VideoEncoder:
         self.width, self.height = width, height
         self.frames = 0
         self._container = av.open(str(self.path), "w")
+        crf = DEFAULT_CRF.get(self.codec, 23) if crf is None else crf
         if self.codec == "libx264":
             options = {"crf": str(crf), "g": str(gop), "bf": "0", "preset": "veryfast"}
+        elif self.codec == "libsvtav1":
+            # As LeRobot's recorder (g=2, crf 30); AV1 has no B-frame reordering (pts == dts), so
+            # episodes concatenate by remuxing. SVT-AV1 prints its banner unless SVT_LOG says not to.
+            os.environ.setdefault("SVT_LOG", "1")
+            options = {"crf": str(crf), "g": str(gop)}
         else:
             options = {"g": str(gop), "bf": "0", "b": str(max(200_000, int(width * height * fps * 0.5)))}
         self._stream = self._container.add_stream(self.codec, rate=fps_fraction(fps), options=options)
@@ -363,7 +381,9 @@ class VideoConcatenator:
         try:
             in_stream = src.streams.video[0]
             if self._stream is None:
-                self._stream = self._container.add_stream_from_template(in_stream)
+                # opaque: copy the codec parameters as they are; rebuilding the codec by name fails
+                # when the input was opened with a decoder-only codec such as libdav1d (AV1).
+                self._stream = self._container.add_stream_from_template(in_stream, opaque=True)
                 self._time_base = in_stream.time_base
             end = self._offset
             for packet in src.demux(in_stream):
