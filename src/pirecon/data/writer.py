@@ -469,13 +469,15 @@ def demo_action(episode: int, frame: int, dim: int = 3) -> np.ndarray:
 
 def write_demo_dataset(root: str | Path, version: str = "v3.0", episode_lengths=(12, 15, 10),
                        cameras=("top", "wrist"), image_size: int = 32, image_dtype: str = "video",
-                       state_dim: int = 4, action_dim: int = 3, fps: int = 10, vcodec: str = "auto") -> Path:
+                       state_dim: int = 4, action_dim: int = 3, fps: int = 10, vcodec: str = "auto",
+                       gop: int = 2) -> Path:
     """Write a tiny dataset with `demo_*` content; episode e has task f"task {e % 2}"."""
     features = {f"observation.images.{cam}": {"dtype": image_dtype, "shape": [image_size, image_size, 3],
                                               "names": ["height", "width", "channels"]} for cam in cameras}
     features["observation.state"] = {"dtype": "float32", "shape": [state_dim], "names": None}
     features["action"] = {"dtype": "float32", "shape": [action_dim], "names": None}
-    with LeRobotWriter(root, fps, features, version=version, robot_type="demo", vcodec=vcodec) as writer:
+    with LeRobotWriter(root, fps, features, version=version, robot_type="demo", vcodec=vcodec,
+                       gop=gop) as writer:
         for episode, length in enumerate(episode_lengths):
             for i in range(length):
                 frame = {f"observation.images.{cam}": demo_image(episode, i, c, image_size)
