@@ -3,11 +3,13 @@
 Decoding follows LeRobot's rule: the frame whose presentation time (pts) is closest to the
 requested timestamp, within a tolerance. `FrameDecoder` keeps a few containers open per process
 and remembers where each decoder stands, so sequential requests decode forward without seeking
-and random requests seek to the keyframe before the timestamp, then decode forward.
+and random requests seek to the keyframe before the timestamp (the container's keyframe index
+tells which is cheaper), then decode forward only up to the frame asked for.
 
 Encoding writes yuv420p H.264 (libx264; mpeg4 if this FFmpeg build lacks it) or AV1 (libsvtav1,
-LeRobot's default) with a short GOP and no B-frames, like LeRobot's recorder, so that random access stays cheap and per-episode files can
-be concatenated by remuxing packets (`concat_videos`) without re-encoding.
+LeRobot's default) with a short GOP and no B-frames, like LeRobot's recorder, so that random
+access stays cheap and per-episode files can be concatenated by remuxing packets
+(`VideoConcatenator`) without re-encoding.
 """
 
 from __future__ import annotations
