@@ -26,7 +26,7 @@ from pirecon.batch import synthetic_batch
 from pirecon.configs.train import PeftConfig
 from pirecon.model.recon import ReconConfig
 from pirecon.model.placement import place
-from pirecon.train.lora import add_lora
+from pirecon.train.peft_plan import apply_lora
 
 kind, source, steps, views, recon = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 dtype = sys.argv[6]
@@ -40,7 +40,7 @@ else:
 load_s = time.perf_counter() - t0
 if recon:
     policy.add_recon_head(ReconConfig(enable=True))
-model = add_lora(policy, PeftConfig(r=16))
+model = apply_lora(policy, PeftConfig(r=16, preset="openpi"))
 place(model, "cpu", policy.config.torch_dtype, train=True)
 policy.backbone.set_gradient_checkpointing(True)
 model.train()

@@ -65,13 +65,15 @@ if [[ "$CHECK_DATASET" == true ]]; then
   $PIRECON doctor --dataset.root="$DATASET"
 fi
 
-# 2. Fine-tune. The two LIBERO cameras feed Pi0.5's base and left-wrist views (the third view is
+# 2. Fine-tune, LoRA as openpi's LoRA fine-tunes (--peft.preset=openpi: both Gemma stacks adapted,
+#    SigLIP and the projections around the expert trained in full; lerobot-train's default adapts
+#    only the expert's q/v and the projections). The two LIBERO cameras feed Pi0.5's base and left-wrist views (the third view is
 #    masked out). --policy.use_dataset_stats: normalise with this dataset's statistics (quantiles
 #    for Pi0.5), not with whatever statistics the base folder carries.
 "${train[@]}" \
   --policy.type=pi05 "${weights[@]}" \
   --policy.tokenizer_path="$TOKENIZER" \
-  --policy.use_peft=true --peft.r="$LORA_RANK" \
+  --policy.use_peft=true --peft.preset=openpi --peft.r="$LORA_RANK" \
   --policy.dtype=bfloat16 --policy.gradient_checkpointing=true \
   --policy.use_dataset_stats=true \
   --dataset.root="$DATASET" \

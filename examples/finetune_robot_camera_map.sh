@@ -72,6 +72,10 @@ fi
 eval "extra=($EXTRA_FLAGS)"
 
 # 1. Check the dataset; a non-zero exit (an ERROR finding) stops here.
+# LoRA as openpi's LoRA fine-tunes (both Gemma stacks; SigLIP and the projections train in full).
+# Any --peft.* flag turns LoRA on (as in lerobot-train), so a full fine-tune passes none.
+lora=()
+[[ "$USE_PEFT" == true ]] && lora=(--policy.use_peft=true --peft.preset=openpi --peft.r="$LORA_RANK")
 if [[ "$CHECK_DATASET" == true ]]; then
   $PIRECON doctor --dataset.root="$DATASET"
 fi
@@ -80,7 +84,7 @@ fi
 "${train[@]}" \
   --policy.type=pi0 "${weights[@]}" \
   --policy.tokenizer_path="$TOKENIZER" \
-  --policy.use_peft="$USE_PEFT" --peft.r="$LORA_RANK" \
+  ${lora[@]+"${lora[@]}"} \
   --policy.dtype="$DTYPE" --policy.gradient_checkpointing=true \
   --policy.use_dataset_stats=true \
   --dataset.root="$DATASET" --dataset.camera_map="$CAMERA_MAP" \

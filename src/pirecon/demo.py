@@ -47,7 +47,7 @@ def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir:
         policy=policy,
         dataset=DatasetConfig(root=str(data_dir), cache_in_memory=True, camera_map={"observation.images.top": "base_0_rgb",
                                                               "observation.images.wrist": "left_wrist_0_rgb"}),
-        peft=PeftConfig(r=cfg.lora_r),
+        peft=PeftConfig(r=cfg.lora_r, preset="openpi"),
         recon=ReconConfig(enable=weight > 0, weight=weight, views=tuple(cfg.recon.views)),
         output_dir=str(run_dir), steps=cfg.steps, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
         seed=cfg.seed, save_freq=cfg.steps, log_freq=max(1, cfg.steps // 100), keep_last_checkpoints=1,

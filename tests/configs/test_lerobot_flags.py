@@ -25,7 +25,7 @@ def field(cfg, dotted: str):
 
 @pytest.mark.parametrize("flag", [f for f in FLAGS if f.status == AS], ids=lambda f: f.name)
 def test_a_lerobot_name_lands_in_ours(flag):
-    value = {"grad_accum_steps": ("4", 4), "policy.time_beta_alpha": ("2.5", 2.5),
+    value = {"grad_accum_steps": ("4", 4), "policy.time_beta_alpha": ("2.5", 2.5), "env_eval_freq": ("500", 500),
              "policy.time_beta_beta": ("0.5", 0.5)}[flag.ours]
     parsed = parse_train_command([f"--{flag.name}", value[0]])
     assert field(parsed.config, flag.ours) == value[1] and flag.ours in parsed.typed

@@ -65,6 +65,7 @@ TYPED = {
     "scheduler_decay_lr": ("1e-6", 1e-6),
     "empty_cameras": ("1", 1),
     "compile_mode": ("default", "default"),
+    "loss_reduction": ("all", "all"),
     "normalization_mapping": ('{"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}',
                               {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}),
     "n_obs_steps": ("2", "refused"),
@@ -216,8 +217,10 @@ def test_a_run_on_a_folder_trains_with_the_typed_values_and_says_so(sim_dataset,
     saved = json.loads((result.checkpoint / "config.json").read_text())["policy"]
     assert (saved["chunk_size"], saved["image_resolution"], saved["gradient_checkpointing"]) == (6, 56, False)
     assert "interpolated from 28px to 56px" in captured.out and f"weights     {base} (pirecon layout)" in captured.out
-    assert "training    every weight (no LoRA)" in captured.out and '"policy": {' not in captured.out
-    assert captured.err.count("--peft.* given without --policy.use_peft=true") == 1
+    assert '"policy": {' not in captured.out
+    # --peft.r alone turns LoRA on, as in lerobot-train, and the summary says so once.
+    assert "training    LoRA (lerobot preset) r=8 alpha=8" in captured.out
+    assert captured.out.count("LoRA turned on by --peft.* (as lerobot-train does)") == 1
 
 
 def test_a_folder_reconstruction_head_follows_the_same_precedence(tmp_path):
@@ -251,3 +254,11 @@ def test_rename_map_joins_the_camera_map_as_lerobot_means_it():
                              '--dataset.camera_map={"a": "left_wrist_0_rgb"}'])
     with pytest.raises(ConfigError, match="--rename_map: 'observation.state' -> 'state'; pirecon renames cameras only"):
         parse_train_command(['--rename_map={"observation.state": "state"}'])
+
+
+def test_a_train_config_of_an_earlier_pirecon_loads_with_its_lora_meaning(tmp_path):
+    old = {"steps": 5, "peft": {"method_type": "lora", "r": 16, "lora_alpha": None, "lora_dropout": 0.0,
+                                "target_modules": None, "fully_trained": None}}
+    (tmp_path / "train_config.json").write_text(json.dumps(old))
+    cfg = parse_train_command([f"--config_path={tmp_path / 'train_config.json'}"]).config
+    assert (cfg.peft.preset, cfg.peft.r, cfg.peft.full_training_modules, cfg.steps) == ("openpi", 16, None, 5)

@@ -104,3 +104,31 @@ def test_only_training_augments():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.endswith("data.augment"):
                 users.add(path.relative_to(src).as_posix())
     assert users == {"train/loop.py"}
+
+
+def test_openpi_recipe_keeps_wrist_geometry_and_jitters_colour_in_range():
+    ramp = torch.linspace(0.2, 0.8, 16).view(1, 1, 1, 16).expand(4, 3, 16, 16).clone()  # gray, left to right
+    wrist = torch.tensor([True, True, False, False])
+    out = A.openpi_transforms(ramp, wrist, torch.Generator().manual_seed(0))
+    for i in (0, 1):  # wrist: colour only, which is affine per image on a gray image: a*x + b
+        a, b = torch.linalg.lstsq(torch.stack([ramp[i].flatten(), torch.ones(ramp[i].numel())], 1),
+                                  out[i].flatten().unsqueeze(1)).solution.flatten()
+        assert torch.allclose(a * ramp[i] + b, out[i], atol=1e-5)
+        assert 0.7 * 0.6 * 0.5 < a < 1.3 * 1.4 * 1.5
+    for i in (2, 3):  # the others are cropped (and maybe rotated): no longer a column ramp
+        a, b = torch.linalg.lstsq(torch.stack([ramp[i].flatten(), torch.ones(ramp[i].numel())], 1),
+                                  out[i].flatten().unsqueeze(1)).solution.flatten()
+        assert not torch.allclose(a * ramp[i] + b, out[i], atol=1e-3)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_the_batch_applies_the_openpi_recipe_by_view_name():
+    images = torch.rand(2, 2, 3, 16, 16) * 2 - 1
+    batch = Batch(images=images.clone(), image_masks=torch.ones(2, 2, dtype=torch.bool),
+                  tokens=torch.zeros(2, 4, dtype=torch.long), token_masks=torch.ones(2, 4, dtype=torch.bool),
+                  state=torch.zeros(2, 8))
+    cfg = ImageTransformsConfig(enable=True, recipe="openpi")
+    out = A.augment_batch(batch, cfg, torch.Generator().manual_seed(5), ("base_0_rgb", "left_wrist_0_rgb"))
+    x01 = (images.reshape(4, 3, 16, 16) + 1) / 2
+    expected = A.openpi_transforms(x01, torch.tensor([False, True, False, True]), torch.Generator().manual_seed(5))
+    assert torch.allclose(out.images.reshape(4, 3, 16, 16), expected * 2 - 1, atol=1e-6)

@@ -13,7 +13,7 @@ from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.placement import place
 from pirecon.model.weights import load_policy
 from pirecon.configs.train import PeftConfig
-from pirecon.train.lora import add_lora
+from pirecon.train.peft_plan import apply_lora
 
 
 @pytest.fixture(params=["emulated", "native"])
@@ -108,12 +108,12 @@ def test_trainable_or_float32_layers_keep_their_own_backward():
 
 
 def test_training_placement_routes_the_lora_base_layers_and_lora_still_learns(cpu_kind):
-    model = add_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig())
+    model = apply_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig(preset="openpi"))
     place(model, "cpu", torch.bfloat16, train=True)
     base_layer = model.get_base_model().backbone.vlm.layers[0].q_proj.base_layer
     assert base_layer.weight.dtype == torch.bfloat16
     assert _routed(base_layer) == (cpu_kind == "emulated")
-    reference = add_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig())
+    reference = apply_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig(preset="openpi"))
     reference.load_state_dict(model.state_dict())
     with torch.no_grad():  # same dtypes as `model`, but float32 products and ordinary autograd everywhere
         for p, q in zip(reference.parameters(), model.parameters()):

@@ -167,3 +167,31 @@ def test_freeze_options_count_trainable_parameters():
         p.numel() for p in policy.backbone.vlm.parameters())
     assert trainable(freeze_vision_encoder=True) == full - vision
     assert trainable(train_expert_only=True) == full - vlm_side
+
+
+def test_loss_reduction_real_and_all():
+    """real: mean over real dims and unpadded steps; all: over everything (openpi). Checked against
+    the per-element losses computed from the same noise and time."""
+    from pirecon.batch import synthetic_batch
+    from pirecon.configs.policy import PolicyConfig
+    from pirecon.model.pi0 import Pi0Policy
+
+    torch.manual_seed(0)
+    real = Pi0Policy(PolicyConfig(variant="tiny", chunk_size=4, n_action_steps=4, max_action_dim=8))
+    every = Pi0Policy(PolicyConfig(variant="tiny", chunk_size=4, n_action_steps=4, max_action_dim=8,
+                                   loss_reduction="all"))
+    every.load_state_dict(real.state_dict())
+    batch = synthetic_batch(real.config, 2, action_dim=3)
+    batch.action_is_pad = torch.tensor([[False, False, False, True], [False] * 4])
+    noise, time = torch.randn(2, 4, 8), torch.tensor([0.3, 0.8])
+    t = time[:, None, None]
+    actions = torch.nn.functional.pad(batch.actions.float(), (0, 8 - batch.actions.shape[-1]))
+    with torch.no_grad():
+        v, _ = real.velocity_joint(real.embed_prefix(batch), batch.state.float(), t * noise + (1 - t) * actions, time)
+        per_element = (noise - actions - v) ** 2
+        a = real.compute_loss(batch, noise=noise, time=time)["loss"]
+        b = every.compute_loss(batch, noise=noise, time=time)["loss"]
+    kept = per_element[..., :3].clone()
+    kept[0, 3] = 0
+    assert torch.allclose(a, kept.sum() / (7 * 3), rtol=1e-5)
+    assert torch.allclose(b, per_element.mean(), rtol=1e-5)

@@ -16,7 +16,7 @@ from pirecon.model.cpu_bf16 import _linear_forward
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.placement import Placement, decide_placement, place, resolve_device
 from pirecon.model.weights import load_policy, save_policy
-from pirecon.train.lora import add_lora
+from pirecon.train.peft_plan import apply_lora
 
 BF16, F32 = torch.bfloat16, torch.float32
 CPU = torch.device("cpu")
@@ -137,7 +137,7 @@ def test_placing_again_follows_the_new_decision(monkeypatch):
 
 
 def test_training_placement_keeps_float32_masters_of_the_trained_weights():
-    model = add_lora(Pi0Policy(PolicyConfig(type="pi05", variant="tiny")), PeftConfig())
+    model = apply_lora(Pi0Policy(PolicyConfig(type="pi05", variant="tiny")), PeftConfig(preset="openpi"))
     model.get_base_model().action_in_proj.requires_grad_(False)  # a float32 module stays float32 when frozen
     placement = place(model, "cpu", BF16, train=True)
     assert (placement.device, placement.dtype, placement.autocast_dtype) == (CPU, BF16, BF16)
@@ -220,7 +220,7 @@ def test_training_autocast_follows_the_decision(sim_dataset, sim_tokenizer, tmp_
         AcceleratorState._reset_state(reset_partial_state=True)  # one Accelerator setting per process otherwise
         try:
             trainer = Trainer(parse_train_flags(tiny_train_flags(
-                sim_dataset, sim_tokenizer, tmp_path / dtype, f"--policy.dtype={dtype}", "--policy.use_peft",
+                sim_dataset, sim_tokenizer, tmp_path / dtype, f"--policy.dtype={dtype}", "--peft.preset=openpi",
                 "--policy.device=cpu")))
             assert trainer.accelerator.mixed_precision == mixed
         finally:

@@ -97,3 +97,29 @@ def test_log_freq_logs_the_means_over_the_interval(sim_dataset, sim_tokenizer, t
     assert two[4] == pytest.approx((one[3] + one[4]) / 2, rel=1e-6)
     assert two[5] == pytest.approx(one[5], rel=1e-6)
     assert [r["steps_averaged"] for r in map(json.loads, (pairs / "log.jsonl").read_text().splitlines())] == [2, 2, 1]
+
+
+def test_closed_loop_evaluation_during_training(sim_dataset, sim_tokenizer, tmp_path, capsys):
+    """LeRobot's --eval_freq / --env_eval_freq with --env.type: the success rate lands in the log,
+    and training itself is unchanged by it (same losses as without)."""
+    with_eval, without = tmp_path / "with", tmp_path / "without"
+    flags = ("--steps=4", "--policy.n_action_steps=4")
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, with_eval, *flags, "--env.type=sim",
+                                             "--eval_freq=2", "--eval.n_episodes=2", "--env.max_steps=6")))
+    printed = capsys.readouterr().out
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, without, *flags)))
+    records = [json.loads(line) for line in (with_eval / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/success_rate" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all(r["eval/episodes"] == 2 for r in evals)
+    assert all(0.0 <= r["eval/success_rate"] <= 1.0 and r["eval/ci95_low"] <= r["eval/ci95_high"] for r in evals)
+    losses = {r["step"]: r["loss"] for r in records if "loss" in r}
+    plain = {r["step"]: r["loss"] for r in map(json.loads, (without / "log.jsonl").read_text().splitlines())}
+    assert losses == plain
+    assert "  evaluation  sim, 2 episodes (seeds 100000..100001), one at a time; the simulator settings the " \
+           "training data was recorded with, every 2 steps" in printed
+    assert "sim_pi0" in json.loads((with_eval / "train_config.json").read_text())["job_name"]
+    with pytest.raises(ConfigError, match="--env.max_steps: environment settings need --env.type=sim|libero"):
+        Trainer(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "x", "--env.max_steps=6")))
+    with pytest.raises(ConfigError, match="unknown flag --env.colour for --env.type=sim"):
+        Trainer(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "y", "--env.type=sim",
+                                                   "--env.colour=red")))

@@ -10,7 +10,7 @@ from pirecon.train.checkpoint import last_checkpoint, load_checkpoint_model
 from pirecon.train.command import parse_train_flags
 from pirecon.configs.train import PeftConfig
 from pirecon.train.export import export
-from pirecon.train.lora import add_lora
+from pirecon.train.peft_plan import apply_lora
 from pirecon.train.loop import train
 from tests.train.helpers import tiny_train_flags
 
@@ -19,9 +19,9 @@ def _trainable(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_default_lora_targets_both_gemma_stacks_only():
+def test_openpi_preset_adapts_both_gemma_stacks_and_trains_vision_and_projections():
     policy = Pi0Policy(PolicyConfig(type="pi05", variant="tiny"))
-    model = add_lora(policy, PeftConfig())
+    model = apply_lora(policy, PeftConfig(preset="openpi"))
     adapted = {n.split(".lora_A")[0] for n in _trainable(model) if ".lora_A" in n}
     depth = policy.config.vlm.depth
     assert len(adapted) == 2 * depth * 7  # q, k, v, o, gate, up, down in VLM and expert layers
@@ -33,19 +33,21 @@ def test_default_lora_targets_both_gemma_stacks_only():
     assert not any("base_layer" in n for n in trainable)
     assert "base_model.model.backbone.vlm.embed_tokens.weight" not in trainable
     assert "base_model.model.backbone.vision.layers.0.fc1.weight" in trainable
+    # openpi's ranks: 16 on the VLM (gemma_2b_lora), 32 on the expert (gemma_300m_lora), alpha = rank.
+    layers = model.get_base_model().backbone
+    assert layers.vlm.layers[0].q_proj.r["default"] == 16 and layers.expert.layers[0].q_proj.r["default"] == 32
+    assert layers.expert.layers[0].q_proj.scaling["default"] == 1.0
 
 
-def test_lora_respects_freeze_flags_and_custom_targets():
+def test_openpi_preset_respects_freeze_flags():
     policy = Pi0Policy(PolicyConfig(variant="tiny", freeze_vision_encoder=True))
-    model = add_lora(policy, PeftConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    trainable = _trainable(model)
+    trainable = _trainable(apply_lora(policy, PeftConfig(preset="openpi", r=4)))
     assert not any(".vision." in n for n in trainable)
-    assert {n.split(".")[-4] for n in trainable if ".lora_A." in n} == {"q_proj", "v_proj"}
-    assert "base_model.model.state_proj.weight" in trainable
+    assert "base_model.model.state_proj.weight" in trainable and "base_model.model.backbone.projector.weight" in trainable
 
 
 def test_bf16_frozen_base_keeps_fp32_trainable_copies():
-    model = add_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig())
+    model = apply_lora(Pi0Policy(PolicyConfig(variant="tiny")), PeftConfig(preset="openpi"))
     place(model, "cpu", torch.bfloat16, train=True)
     for name, p in model.named_parameters():
         if p.requires_grad:

@@ -8,6 +8,7 @@ from typing import Any
 from pirecon.errors import ConfigError
 
 VIDEO_BACKENDS = ("pyav", "torchcodec")
+AUGMENTATION_RECIPES = ("lerobot", "openpi")
 # LeRobot's image transform types pirecon implements, with the keyword arguments each takes.
 TRANSFORM_KWARGS = {"ColorJitter": ("brightness", "contrast", "saturation", "hue"),
                     "SharpnessJitter": ("sharpness",), "RandomAffine": ("degrees", "translate", "scale")}
@@ -53,11 +54,14 @@ class ImageTransformsConfig:
     random one). Training only; never at evaluation or serving."""
 
     enable: bool = False  # augment training images
+    recipe: str = "lerobot"  # lerobot: the tfs below, as LeRobot | openpi: openpi's crop 95 % + rotate 5 deg (not wrist cameras) and colour jitter
     max_num_transforms: int = 3  # transforms drawn per image (at most the number with weight > 0)
     random_order: bool = False  # apply the drawn transforms in random order (false: as listed)
     tfs: dict[str, ImageTransformConfig] = field(default_factory=_lerobot_default_transforms)  # name -> transform (JSON)
 
     def __post_init__(self) -> None:
+        if self.recipe not in AUGMENTATION_RECIPES:
+            raise ConfigError(f"--dataset.image_transforms.recipe={self.recipe!r}: expected one of {list(AUGMENTATION_RECIPES)}")
         if self.max_num_transforms < 1:
             raise ConfigError(f"--dataset.image_transforms.max_num_transforms={self.max_num_transforms}: expected >= 1")
         if self.enable and not any(t.weight > 0 for t in self.tfs.values()):

@@ -42,6 +42,7 @@ def _default_only(name: str, default: Any, note: str) -> Flag:
 
 # LeRobot flags that are not pirecon fields of the same name.
 FLAGS: tuple[Flag, ...] = (
+    Flag("eval_freq", AS, "env_eval_freq", note="LeRobot <= 0.5's name of env_eval_freq"),
     Flag("accelerator.gradient_accumulation.steps", AS, "grad_accum_steps", note="micro-steps per optimizer step"),
     Flag("policy.time_sampling_beta_alpha", AS, "policy.time_beta_alpha", note="t ~ Beta(alpha, beta) * 0.999 + 0.001"),
     Flag("policy.time_sampling_beta_beta", AS, "policy.time_beta_beta", note="t ~ Beta(alpha, beta) * 0.999 + 0.001"),
@@ -81,18 +82,10 @@ FLAGS: tuple[Flag, ...] = (
     _default_only("job.timeout", "2d", "only with job.target"),
     _default_only("job.detach", False, "only with job.target"),
     _default_only("job.tags", [], "only with job.target"),
-    _default_only("env_eval_freq", 20_000, "closed-loop evaluation during training is not in pirecon yet: "
-                  "`pirecon eval` on checkpoints"),
-    _default_only("eval.n_episodes", 50, "only with evaluation during training (`pirecon eval --eval.n_episodes`)"),
-    _default_only("eval.batch_size", 0, "only with evaluation during training"),
-    _default_only("eval.use_async_envs", True, "only with evaluation during training"),
-    _default_only("eval.recording", False, "only with evaluation during training"),
-    _default_only("eval.recording_repo_id", None, "only with evaluation during training"),
-    _default_only("eval.recording_private", False, "only with evaluation during training"),
+    _default_only("eval.recording", False, "evaluation episodes are not recorded as datasets"),
+    _default_only("eval.recording_repo_id", None, "evaluation episodes are not recorded as datasets"),
+    _default_only("eval.recording_private", False, "evaluation episodes are not recorded as datasets"),
     _default_only("dataset.revision", None, "pin a revision in the id instead: --dataset.repo_id=ORG/NAME@REV"),
-    _default_only("peft.full_training_modules", None, "pirecon trains the expert's projections and time MLPs in "
-                  "full next to LoRA (--peft.fully_trained)"),
-    _default_only("peft.init_type", None, "LoRA starts as PEFT's default (B = 0)"),
     _default_only("parallelism.dp_replicate", 1, "data parallel: `accelerate launch`"),
     _default_only("parallelism.dp_shard", 1, "sharding: an accelerate FSDP config file"),
     _default_only("parallelism.context_parallel.ring_degree", 1, "no context parallelism"),

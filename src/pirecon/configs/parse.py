@@ -205,6 +205,26 @@ def join_flag_values(argv: list[str]) -> list[str]:
     return out
 
 
+ENV_FIXED = ("type", "task", "options")  # --env.* flags that are fields, not environment settings
+
+
+def split_env_options(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`--env.<name>=value` flags other than type and task are the environment's own settings:
+    (the other flags, {name: value text})."""
+    rest, options = [], {}
+    for arg in join_flag_values(argv):
+        if arg.startswith("--env."):
+            name, sep, value = arg[len("--env."):].partition("=")
+            if name not in ENV_FIXED:
+                if not name.isidentifier():
+                    raise ConfigError(f"unknown flag {arg.partition('=')[0]}: environment settings look like "
+                                      f"--env.<name>=value")
+                options[name] = value if sep else "true"
+                continue
+        rest.append(arg)
+    return rest, options
+
+
 def parse_command(argv: list[str], cls: type, base: dict | None = None, config_path_flag: bool = False,
                   read_config_file=None, translate=None) -> Parsed:
     """Parse `--a.b=value` / `--a.b value` flags into dataclass `cls` (see the module docstring).

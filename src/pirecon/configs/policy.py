@@ -69,6 +69,7 @@ class PolicyConfig:
     gradient_checkpointing: bool = False  # recompute layer activations in the backward pass to save memory
     compile_model: bool = False  # torch.compile the training forward
     compile_mode: str = "max-autotune"  # torch.compile mode (LeRobot's default)
+    loss_reduction: str = "real"  # real: mean over the real action dims and chunk steps (LeRobot) | all: over every padded dim and step (openpi)
     time_beta_alpha: float = 1.5  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: alpha
     time_beta_beta: float = 1.0  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: beta
     pretrained_path: str | None = None  # a pirecon, openpi or LeRobot folder, or a hub id in the local cache (none: random init)
@@ -134,6 +135,8 @@ class PolicyConfig:
         if not self.camera_names:
             raise ConfigError("--policy.camera_names: expected at least one camera name")
         check_device_flag(self.device)
+        if self.loss_reduction not in ("real", "all"):
+            raise ConfigError(f"--policy.loss_reduction={self.loss_reduction!r}: expected real or all")
         if self.normalization_mode not in (None, "mean_std", "quantile"):
             raise ConfigError(f"--policy.normalization_mode={self.normalization_mode!r}: expected mean_std or quantile")
 
@@ -220,7 +223,7 @@ FOLDER_RULES: dict[str, str] = {
     "camera_names": RUN, "empty_cameras": RUN, "compile_mode": RUN, "normalization_mapping": RUN,
     "n_obs_steps": RUN, "input_features": RUN, "output_features": RUN, "use_amp": RUN, "path": THIS_RUN,
     "dtype": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
-    "gradient_checkpointing": RUN, "compile_model": RUN, "time_beta_alpha": RUN, "time_beta_beta": RUN,
+    "gradient_checkpointing": RUN, "compile_model": RUN, "loss_reduction": RUN, "time_beta_alpha": RUN, "time_beta_beta": RUN,
     "tokenizer_path": RUN, "use_peft": RUN, "normalization_mode": RUN, "use_dataset_stats": RUN,
     "asset_id": RUN, "optimizer_lr": RUN, "optimizer_betas": RUN, "optimizer_eps": RUN,
     "optimizer_weight_decay": RUN, "optimizer_grad_clip_norm": RUN, "scheduler_warmup_steps": RUN,

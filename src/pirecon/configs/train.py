@@ -6,50 +6,46 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from pirecon.configs.data import DatasetConfig
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.recon import ReconConfig
 from pirecon.errors import ConfigError
 
-# openpi's LoRA configs adapt attention and MLP of both Gemma stacks.
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Always fully trainable under LoRA: the projections around the action expert and the time MLPs.
-DEFAULT_FULLY_TRAINED = ("action_in_proj", "action_out_proj", "state_proj", "action_time_mlp_in",
-                         "action_time_mlp_out", "time_mlp_in", "time_mlp_out")
+PEFT_PRESETS = ("lerobot", "openpi")
 
 
 @dataclass(frozen=True)
 class PeftConfig:
-    """LoRA adapters through PEFT (used only with --policy.use_peft=true)."""
+    """`--peft.*`: LoRA adapters through PEFT, as LeRobot's --peft.*: typing any of these flags
+    turns LoRA on (as does --policy.use_peft=true). The preset says what trains (train/peft_plan.py)."""
 
-    method_type: str = "lora"  # the PEFT method: lora
-    r: int = 16  # LoRA rank
-    lora_alpha: int | None = None  # LoRA alpha; none: equal to r (openpi uses alpha = rank)
+    method_type: str = "lora"  # the PEFT method: lora (LeRobot writes LORA; case does not matter)
+    preset: str = "lerobot"  # lerobot: base frozen, LoRA on the targets | openpi: openpi's LoRA fine-tune (both Gemma stacks, SigLIP and projections in full)
+    r: int | None = None  # LoRA rank; none: 16 (openpi preset: 16 on the VLM, 32 on the action expert)
+    lora_alpha: int | None = None  # none: PEFT's default 8 (lerobot preset, as LeRobot), the rank (openpi preset)
     lora_dropout: float = 0.0  # dropout on the LoRA branch
-    target_modules: list[str] | None = None  # Gemma layer modules to adapt (none: q,k,v,o,gate,up,down of both stacks)
-    fully_trained: list[str] | None = None  # top-level modules trained in full next to the adapters (none: the expert's projections and time MLPs)
+    target_modules: str | list[str] | None = None  # layers to adapt: names/suffixes or one regex, matched as PEFT does against pirecon's and LeRobot's names; none: the preset's
+    full_training_modules: list[str] | None = None  # modules trained in full next to the adapters (PEFT's modules_to_save); none: the preset's
+    init_type: str | None = None  # PEFT's init_lora_weights, e.g. gaussian, pissa, olora; none: PEFT's default (B = 0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method_type", str(self.method_type).lower())  # LeRobot writes LORA
         if self.method_type != "lora":
             raise ConfigError(f"--peft.method_type={self.method_type!r}: only 'lora' is supported")
-        if self.r <= 0:
+        if self.preset not in PEFT_PRESETS:
+            raise ConfigError(f"--peft.preset={self.preset!r}: expected one of {list(PEFT_PRESETS)}")
+        if self.r is not None and self.r <= 0:
             raise ConfigError(f"--peft.r={self.r}: expected a positive rank")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"--peft.lora_alpha={self.lora_alpha}: expected a positive number")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"--peft.lora_dropout={self.lora_dropout}: expected a value in [0, 1)")
-        unknown = set(self.target_modules or ()) - set(DEFAULT_LORA_TARGETS)
-        if unknown:
-            raise ConfigError(f"--peft.target_modules: unknown {sorted(unknown)}; expected names among "
-                              f"{list(DEFAULT_LORA_TARGETS)}")
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return tuple(self.target_modules or DEFAULT_LORA_TARGETS)
-
-    @property
-    def alpha(self) -> int:
-        return self.lora_alpha if self.lora_alpha is not None else self.r
+        if isinstance(self.target_modules, str) and self.target_modules.startswith("["):
+            # '[q_proj,v_proj]' is a list, as LeRobot's command line reads it.
+            object.__setattr__(self, "target_modules", [t.strip().strip("'\"") for t in
+                                                        self.target_modules.strip("[]").split(",") if t.strip()])
 
 
 IMAGE_PREFIX = "observation.images."
@@ -135,6 +131,18 @@ class SchedulerConfig:
 SCHEDULER_FIELDS = ("num_warmup_steps", "num_decay_steps", "peak_lr", "decay_lr")
 
 
+def upgrade_saved(train: dict) -> dict:
+    """A TrainConfig dict saved by an earlier pirecon, in today's terms: its LoRA was openpi's
+    (PeftConfig.fully_trained, no preset) and ran as `--peft.preset=openpi` does now."""
+    peft = train.get("peft")
+    if isinstance(peft, dict) and "preset" not in peft and ("fully_trained" in peft or "target_modules" in peft):
+        peft = {**peft, "preset": "openpi"}
+        if "fully_trained" in peft:
+            peft["full_training_modules"] = peft.pop("fully_trained")
+        train = {**train, "peft": peft}
+    return train
+
+
 def training_preset(policy: PolicyConfig) -> tuple[OptimizerConfig, SchedulerConfig]:
     """The optimizer and scheduler of the policy's preset (LeRobot's get_optimizer_preset /
     get_scheduler_preset of PI0Config and PI05Config): AdamW and cosine decay with warm-up."""
@@ -189,6 +197,38 @@ class WandbConfig:
     add_tags: bool = True  # tag the W&B run with the policy type and the dataset
 
 
+ENV_TYPES = ("sim", "libero")
+
+
+@dataclass(frozen=True)
+class TrainEnvFlags:
+    """`--env.*`: the environment of closed-loop evaluation during training (none: no evaluation)."""
+
+    type: str | None = None  # sim | libero (none: no evaluation during training)
+    task: str | None = None  # sim: reach | place (none: both); libero: a suite (libero_spatial) or one task (libero_spatial/3)
+    options: dict[str, Any] = field(default_factory=dict)  # filled from --env.<name>=value (the environment's settings)
+
+    def __post_init__(self) -> None:
+        if self.type is not None and self.type not in ENV_TYPES:
+            raise ConfigError(f"--env.type={self.type!r}: expected one of {list(ENV_TYPES)} (pirecon's environments; "
+                              f"LeRobot's others have no counterpart here)")
+
+
+@dataclass(frozen=True)
+class TrainEvalFlags:
+    """`--eval.*`: closed-loop evaluation during training (LeRobot's EvalConfig)."""
+
+    n_episodes: int = 50  # episodes per evaluation
+    batch_size: int = 0  # LeRobot's parallel environments (0: auto); pirecon runs episodes one at a time, same results
+    use_async_envs: bool = True  # LeRobot's asynchronous vector environments; pirecon runs episodes one at a time
+    seed: int = 100_000  # first episode seed (far from `pirecon sim record`'s: unseen layouts)
+
+    def __post_init__(self) -> None:
+        if self.n_episodes <= 0 or self.batch_size < 0 or self.seed < 0:
+            raise ConfigError(f"--eval.n_episodes={self.n_episodes}, batch_size={self.batch_size}, seed={self.seed}: "
+                              f"expected n_episodes > 0, batch_size >= 0, seed >= 0")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """`pirecon train`: everything one training run needs."""
@@ -201,6 +241,9 @@ class TrainConfig:
     use_policy_training_preset: bool = True  # optimizer and scheduler from --policy.optimizer_* / scheduler_* (LeRobot's presets)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
+    env: TrainEnvFlags = field(default_factory=TrainEnvFlags)
+    eval: TrainEvalFlags = field(default_factory=TrainEvalFlags)
+    env_eval_freq: int = 20_000  # with --env.type: evaluate closed-loop every N steps (0: never); LeRobot's default
     output_dir: str | None = None  # folder for checkpoints, logs and the resolved config (none: outputs/train/<date>/<time>_<job_name>)
     job_name: str | None = None  # the run's name (W&B run name, default folder); none: the policy type
     rename_map: dict[str, str] = field(default_factory=dict)  # LeRobot's {dataset key: policy key}, for cameras (joins --dataset.camera_map)
@@ -229,6 +272,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")
         if self.num_workers < 0:
             raise ConfigError(f"--num_workers={self.num_workers}: expected >= 0")
+        if self.env_eval_freq < 0:
+            raise ConfigError(f"--env_eval_freq={self.env_eval_freq}: expected >= 0 (0: no evaluation)")
         if self.tolerance_s is not None and self.tolerance_s <= 0:
             raise ConfigError(f"--tolerance_s={self.tolerance_s}: expected a positive number of seconds")
         if self.rename_map:

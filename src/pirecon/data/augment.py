@@ -32,17 +32,65 @@ from pirecon.configs.data import ImageTransformConfig, ImageTransformsConfig
 GRAY = (0.2989, 0.587, 0.114)
 
 
-def augment_batch(batch: Batch, cfg: ImageTransformsConfig, generator: torch.Generator) -> Batch:
-    """The batch with every present camera image augmented (images in [-1, 1], as the model takes them)."""
+def augment_batch(batch: Batch, cfg: ImageTransformsConfig, generator: torch.Generator,
+                  camera_names: tuple[str, ...] = ()) -> Batch:
+    """The batch with every present camera image augmented (images in [-1, 1], as the model takes
+    them). `camera_names`: the views, in order (openpi's recipe keeps wrist views' geometry)."""
     b, v = batch.images.shape[:2]
     present = batch.image_masks.reshape(-1).nonzero().flatten()  # (n,) indices into the B*V images
     if len(present) == 0:
         return batch
     images = batch.images.reshape(b * v, *batch.images.shape[2:]).clone()
     x01 = (images[present].float() + 1.0) / 2.0
-    images[present] = (lerobot_transforms(x01, cfg, generator) * 2.0 - 1.0).to(images.dtype)
+    if cfg.recipe == "openpi":
+        wrist = torch.tensor(["wrist" in name for name in camera_names], device=present.device).repeat(b)[present]
+        out = openpi_transforms(x01, wrist, generator)
+    else:
+        out = lerobot_transforms(x01, cfg, generator)
+    images[present] = (out * 2.0 - 1.0).to(images.dtype)
     batch.images = images.reshape(batch.images.shape)
     return batch
+
+
+def openpi_transforms(x: torch.Tensor, wrist: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """openpi's training augmentation (models_pytorch/preprocessing_pytorch.py), parameters drawn per
+    image as openpi's JAX version does: cameras without "wrist" in their name get a random 95 %
+    crop resized back (bilinear) and a rotation by U(-5, 5) degrees (skipped below 0.1); every
+    camera gets brightness x U(0.7, 1.3), contrast about its mean x U(0.6, 1.4) and saturation
+    about the channel mean x U(0.5, 1.5); clamped to [0, 1] at the end. x: (N, 3, H, W) in [0, 1]."""
+    n = x.shape[0]
+    x = x.clone()
+    geometric = (~wrist).nonzero().flatten()
+    if len(geometric):
+        x[geometric] = _crop_rotate(x[geometric], generator)
+    like = x
+    x = x * uniform((0.7, 1.3), n, generator, like).view(-1, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * uniform((0.6, 1.4), n, generator, like).view(-1, 1, 1, 1) + mean
+    gray = x.mean(dim=1, keepdim=True)
+    x = gray + (x - gray) * uniform((0.5, 1.5), n, generator, like).view(-1, 1, 1, 1)
+    return x.clamp(0.0, 1.0)
+
+
+def _crop_rotate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    n, _, height, width = x.shape
+    crop_h, crop_w = int(height * 0.95), int(width * 0.95)
+    out = torch.empty_like(x)
+    tops = torch.randint(0, height - crop_h + 1, (n,), generator=generator)
+    lefts = torch.randint(0, width - crop_w + 1, (n,), generator=generator)
+    for i in range(n):
+        crop = x[i:i + 1, :, int(tops[i]):int(tops[i]) + crop_h, int(lefts[i]):int(lefts[i]) + crop_w]
+        out[i:i + 1] = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
+    angles = (torch.rand(n, generator=generator, dtype=torch.float64) * 10 - 5).to(x.device)
+    rotate = angles.abs() > 0.1
+    if rotate.any():
+        rad = angles[rotate] * math.pi / 180.0
+        cos, sin = torch.cos(rad).to(x.dtype).view(-1, 1, 1), torch.sin(rad).to(x.dtype).view(-1, 1, 1)
+        gy, gx = torch.meshgrid(torch.linspace(-1, 1, height, device=x.device, dtype=x.dtype),
+                                torch.linspace(-1, 1, width, device=x.device, dtype=x.dtype), indexing="ij")
+        grid = torch.stack((gx * cos - gy * sin, gx * sin + gy * cos), dim=-1)  # (k, H, W, 2), openpi's grid
+        out[rotate] = F.grid_sample(out[rotate], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out
 
 
 def lerobot_transforms(x: torch.Tensor, cfg: ImageTransformsConfig, generator: torch.Generator) -> torch.Tensor:

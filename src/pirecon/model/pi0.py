@@ -204,7 +204,8 @@ class Pi0Policy(nn.Module):
 
     def compute_loss(self, batch: Batch, noise: torch.Tensor | None = None,
                      time: torch.Tensor | None = None, recon_weight: float | None = None) -> dict[str, torch.Tensor]:
-        """Flow-matching loss averaged over the real action dims and the non-padded chunk steps.
+        """Flow-matching loss: with `loss_reduction="real"` averaged over the real action dims and the
+        non-padded chunk steps; with "all" over every (padded) dim and step, as openpi averages it.
 
         Returns {"loss", "action_loss"} (scalars) and "prefix_out" (B, Lp, Wvlm), the VLM's
         normed last-layer states. With a reconstruction head, "recon_loss" is computed from those
@@ -233,7 +234,10 @@ class Pi0Policy(nn.Module):
         keep[..., :real_dim] = True
         if batch.action_is_pad is not None:
             keep &= ~batch.action_is_pad.bool()[:, :, None]
-        action_loss = (losses * keep).sum() / keep.sum().clamp(min=1)
+        if cfg.loss_reduction == "all":
+            action_loss = losses.mean()
+        else:
+            action_loss = (losses * keep).sum() / keep.sum().clamp(min=1)
         out = {"loss": action_loss, "action_loss": action_loss, "prefix_out": prefix_out,
                "num_image_tokens": prefix.num_image_tokens}
         if self.recon_head is not None:

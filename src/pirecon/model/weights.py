@@ -104,6 +104,14 @@ def openpi_key(our_key: str) -> str:
     raise KeyError(f"no openpi name for {our_key!r}")
 
 
+def lerobot_module_name(name: str) -> str | None:
+    """Our module name -> the name LeRobot's model gives the same module (None: it has none)."""
+    try:
+        return "model." + openpi_key(name + ".weight")[:-len(".weight")]
+    except KeyError:
+        return None
+
+
 def foreign_state_dict(policy: Pi0Policy, layout: str) -> dict[str, torch.Tensor]:
     """The policy's tensors under openpi (or LeRobot: "model." + openpi) names, as released
     checkpoints hold them: with the unused expert lm_head (zeros), which strict loaders expect;

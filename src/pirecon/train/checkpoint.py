@@ -180,7 +180,6 @@ def load_checkpoint_model(folder: str | Path, trainable: bool = False, use_ema: 
         if trainable:
             model.apply_freeze()
     else:
-        from pirecon.configs.train import PeftConfig
         base_path = config.get("base_path")
         if not base_path or not Path(base_path).is_dir():
             raise CheckpointError(f"{folder / weights.CONFIG_FILE}: the frozen base {base_path!r} this adapter was "
@@ -192,9 +191,9 @@ def load_checkpoint_model(folder: str | Path, trainable: bool = False, use_ema: 
         if config.get("recon", {}).get("enable"):
             from pirecon.configs.recon import ReconConfig
             base.add_recon_head(from_dict(ReconConfig, config["recon"], where=f"{folder / weights.CONFIG_FILE}:recon"))
-        peft_cfg = from_dict(PeftConfig, config.get("train", {}).get("peft", {}), where="peft")
-        model = lora.load_lora(base, folder / ADAPTER_DIR, peft_cfg, trainable=trainable)
-        lora.load_trainable_non_lora(model, load_file(str(folder / TRAINABLE_FILE)), folder / TRAINABLE_FILE)
+        model = lora.load_lora(base, folder / ADAPTER_DIR, trainable=trainable)
+        lora.load_trainable_non_lora(model, load_file(str(folder / TRAINABLE_FILE)), folder / TRAINABLE_FILE,
+                                     trainable=trainable)
     if use_ema:
         ema_path = folder / EMA_FILE
         if not ema_path.is_file():

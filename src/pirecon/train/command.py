@@ -11,11 +11,12 @@ configuration; flags typed now still override it (e.g. a larger `--steps`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from pirecon.configs.parse import Parsed, format_help, load_json, parse_command, wants_help
+from pirecon.configs.parse import Parsed, format_help, load_json, parse_command, split_env_options, wants_help
 from pirecon.configs.lerobot import looks_like_lerobot, translate_flags, translate_train_config
-from pirecon.configs.train import TrainConfig
+from pirecon.configs.train import TrainConfig, upgrade_saved
 from pirecon.errors import ConfigError
 
 
@@ -28,14 +29,15 @@ def read_config_file(path: Path) -> dict:
         return translate_train_config(data, TrainConfig, str(path))
     if data.get("format") == "pirecon":
         if isinstance(data.get("train"), dict):
-            return data["train"]
+            return upgrade_saved(data["train"])
         return {k: data[k] for k in ("policy", "recon") if isinstance(data.get(k), dict)}
-    return data
+    return upgrade_saved(data)
 
 
 def parse_train_command(argv: list[str]) -> Parsed:
-    parsed = parse_command(argv, TrainConfig, config_path_flag=True, read_config_file=read_config_file,
-                           translate=translate_flags)
+    argv, env_options = split_env_options(argv)
+    parsed = with_env_options(parse_command(argv, TrainConfig, config_path_flag=True,
+                                            read_config_file=read_config_file, translate=translate_flags), env_options)
     cfg = parsed.config
     if not cfg.resume:
         return parsed
@@ -46,8 +48,19 @@ def parse_train_command(argv: list[str]) -> Parsed:
     if last is None:
         raise ConfigError(f"--resume=true but {Path(cfg.output_dir) / 'checkpoints'} holds no checkpoint")
     # The saved config is the base; only the flags typed now override it.
-    return parse_command(argv, TrainConfig, base=read_checkpoint_config(last)["train"], config_path_flag=True,
-                         read_config_file=read_config_file, translate=translate_flags)
+    return with_env_options(parse_command(argv, TrainConfig, base=upgrade_saved(read_checkpoint_config(last)["train"]),
+                                          config_path_flag=True, read_config_file=read_config_file,
+                                          translate=translate_flags), env_options)
+
+
+def with_env_options(parsed: Parsed, options: dict[str, str]) -> Parsed:
+    """`--env.<name>=value` settings joined into `env.options` (typed as env.options.<name>)."""
+    if not options:
+        return parsed
+    cfg = parsed.config
+    env = dataclasses.replace(cfg.env, options={**cfg.env.options, **options})
+    return dataclasses.replace(parsed, config=dataclasses.replace(cfg, env=env),
+                               typed=parsed.typed | {f"env.options.{name}" for name in options})
 
 
 def parse_train_flags(argv: list[str]) -> TrainConfig:

@@ -83,12 +83,14 @@ class RunLogger:
             f.write(json.dumps(record) + "\n")
         step = record["step"]
         numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        # Training values go under train/; a key that names its group (eval/success_rate) keeps it.
+        named = {(k if "/" in k else f"train/{k}"): v for k, v in numbers.items()}
         if self.tb is not None:
-            for key, value in numbers.items():
-                self.tb.add_scalar(f"train/{key}", value, step)
+            for key, value in named.items():
+                self.tb.add_scalar(key, value, step)
             self.tb.flush()
         if self.wandb is not None:
-            self.wandb.log({f"train/{k}": v for k, v in numbers.items()}, step=step)
+            self.wandb.log(named, step=step)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from pirecon.train import checkpoint as ckpt
 from pirecon.train import lora
 from pirecon.configs.train import TrainConfig, resolve_optimization
 from pirecon.train.ema import EMA
+from pirecon.train.peft_plan import lora_plan, reaches_image_tokens
 from pirecon.train.schedule import lr_factor
 from pirecon.train.summary import summary_block
 from pirecon.train.logs import LOG_FILE, PLOT_FILE, IntervalMeans, RunLogger, plot_losses
@@ -128,7 +128,7 @@ def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset, verb
 def name_run(cfg: TrainConfig, accelerator) -> TrainConfig:
     """--job_name (default: the policy type) and --output_dir (default, as LeRobot:
     outputs/train/<date>/<time>_<job_name>, chosen once on the main process)."""
-    job_name = cfg.job_name or cfg.policy.type
+    job_name = cfg.job_name or (f"{cfg.env.type}_{cfg.policy.type}" if cfg.env.type else cfg.policy.type)
     output_dir = cfg.output_dir
     if not output_dir:
         from accelerate.utils import broadcast_object_list
@@ -160,12 +160,12 @@ class Trainer:
         self.adapted: list[str] = []
         typed = typed_by_value(cfg) if typed is None else typed
         policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
-        # LeRobot's switch for LoRA is --policy.use_peft; --peft.* alone would silently train every weight.
+        # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true).
         self.peft_note = None
         if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
-            self.peft_note = ("--peft.* given without --policy.use_peft=true: training every weight "
-                              "(add --policy.use_peft=true for LoRA)")
-            print(f"pirecon train: warning: {self.peft_note}", file=sys.stderr)
+            policy_cfg = dataclasses.replace(policy_cfg, use_peft=True)
+            self.peft_note = "LoRA turned on by --peft.* (as lerobot-train does)"
+        self.peft_plan = None
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
         optimizer_cfg, scheduler_cfg = resolve_optimization(cfg, typed)
         self.cfg = cfg = dataclasses.replace(cfg, optimizer=optimizer_cfg, scheduler=scheduler_cfg)
@@ -196,6 +196,12 @@ class Trainer:
                                     split="train", val_episodes=cfg.dataset.val_episodes, tolerance_s=cfg.tolerance_s)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset, verbose=self.is_main)
         self.cfg = cfg = dataclasses.replace(cfg, policy=self.preprocessor.config)  # with the tokenizer it uses
+        self.evaluator = None
+        if cfg.env.options and not cfg.env.type:
+            raise ConfigError(f"--env.{next(iter(cfg.env.options))}: environment settings need --env.type=sim|libero")
+        if cfg.env.type and cfg.env_eval_freq > 0 and self.is_main:
+            from pirecon.eval.during_training import TrainingEvaluator  # lazy: simulators load only when asked
+            self.evaluator = TrainingEvaluator(cfg.env, cfg.eval, cfg.policy.n_action_steps, dataset_root(cfg.dataset))
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
                                       cache_in_memory=cfg.dataset.cache_in_memory, prefetch_factor=cfg.prefetch_factor,
@@ -230,7 +236,12 @@ class Trainer:
                     self.base_path = str((self.output_dir / "base").resolve())
                     if self.is_main:
                         self._save_random_base(policy)
-                model = lora.add_lora(policy, cfg.peft)
+                self.peft_plan = lora_plan(policy, cfg.peft, weights.lerobot_module_name)
+                if recon.enable and not reaches_image_tokens(self.peft_plan):
+                    self.peft_note = "; ".join(filter(None, [self.peft_note, (
+                        "the reconstruction loss reaches no backbone weight under this LoRA plan (only its head "
+                        "trains); --peft.preset=openpi adapts the VLM and trains SigLIP")]))
+                model = lora.add_lora(policy, self.peft_plan, cfg.peft)
             else:
                 model = policy
         lora.base_policy(model).backbone.set_gradient_checkpointing(policy_cfg.gradient_checkpointing)
@@ -300,11 +311,15 @@ class Trainer:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     sps=f"{record['samples_per_s']:.1f}")
                 bar.update(1)
+                if cfg.env.type and cfg.env_eval_freq > 0 and self.step % cfg.env_eval_freq == 0:
+                    self._evaluate(bar)
                 if cfg.save_checkpoint and (self.step % cfg.save_freq == 0 or self.step == cfg.steps):
                     last_saved = self.save()
         finally:
             bar.close()
             self.logger.close()
+            if self.evaluator is not None:
+                self.evaluator.close()
         if self.is_main:
             plot_losses(self.output_dir / LOG_FILE, self.output_dir / PLOT_FILE)
         acc.wait_for_everyone()
@@ -324,7 +339,11 @@ class Trainer:
                              tokenizer=str(policy_cfg.tokenizer_path), dataset=described, device=str(acc.device),
                              processes=acc.num_processes, autocast=autocast,
                              resumed_from=str(self.resumed_from) if self.resumed_from else None,
-                             peft_note=self.peft_note)
+                             peft_note=self.peft_note,
+                             evaluation=(f"{self.evaluator.describe()}, every {self.cfg.env_eval_freq} steps"
+                                         if self.evaluator is not None else None),
+                             peft=self.peft_plan.description if self.peft_plan else
+                             ("LoRA, resumed: adapters and fully trained weights as saved" if policy_cfg.use_peft else None))
 
     def _train_step(self, data) -> dict[str, float]:
         cfg, acc = self.cfg, self.accelerator
@@ -333,7 +352,8 @@ class Trainer:
         for micro in range(cfg.grad_accum_steps):
             batch = next(data).to(acc.device)
             if cfg.dataset.image_transforms.enable:
-                batch = augment_batch(batch, cfg.dataset.image_transforms, self._augmentation_rng(micro))
+                batch = augment_batch(batch, cfg.dataset.image_transforms, self._augmentation_rng(micro),
+                                      cfg.policy.camera_names)
             sync = micro == cfg.grad_accum_steps - 1
             kwargs = {"recon_weight": cfg.recon.loss_weight(self.step)} if cfg.recon.enable else {}
             with (contextlib.nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
@@ -353,6 +373,18 @@ class Trainer:
         means = {k: acc.reduce(v.reshape(1), reduction="mean").item() for k, v in totals.items()}
         means["grad_norm"] = float(grad_norm)
         return means
+
+    def _evaluate(self, bar) -> None:
+        """Closed-loop evaluation on the main process (--env_eval_freq); the others wait."""
+        acc = self.accelerator
+        if self.evaluator is not None:
+            policy = lora.base_policy(acc.unwrap_model(self.model))
+            record = {"step": self.step, **self.evaluator(policy, self.preprocessor, acc.autocast())}
+            self.logger.log(record)
+            bar.write(f"step {self.step}: success rate {record['eval/success_rate']:.1%} over "
+                      f"{record['eval/episodes']} episodes (95% CI {record['eval/ci95_low']:.1%}-"
+                      f"{record['eval/ci95_high']:.1%}, {record['eval/seconds']:.0f} s)")
+        acc.wait_for_everyone()
 
     def _augmentation_rng(self, micro: int) -> torch.Generator:
         """A generator for this step's augmentation, from (seed, rank, step, micro-step) alone: a

@@ -1,37 +1,37 @@
-"""LoRA through PEFT: first fine-tune from a base model, resume (trainable), merge.
-
-Adapters sit on the attention and MLP projections of both Gemma stacks (openpi's LoRA configs);
-SigLIP is never adapted. Under LoRA the Gemma weights are frozen, while the projections around
-the action expert, the time MLPs (`PeftConfig.fully_trained`), the vision tower and projector
-(unless `freeze_vision_encoder` / `train_expert_only`) and any auxiliary head train in full.
+"""LoRA through PEFT: first fine-tune from a base model (`add_lora` with a plan from
+`train/peft_plan.py`), resume (trainable), merge. SigLIP's own layers are adapted only when the
+targets say so; what else trains in full is the plan's `full` list plus any auxiliary head.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from pirecon.errors import CheckpointError
+from pirecon.configs.train import PeftConfig
+from pirecon.errors import CheckpointError, ConfigError
 from pirecon.model.pi0 import Pi0Policy
-from pirecon.configs.train import DEFAULT_FULLY_TRAINED, PeftConfig
 
 PEFT_PREFIX = "base_model.model."
-_MLP = {"gate_proj", "up_proj", "down_proj"}
 
 
-def target_regex(targets: tuple[str, ...]) -> str:
-    """A PEFT `target_modules` regex (full match) covering `targets` in both Gemma stacks only."""
-    names = "|".join(f"mlp\\.{t}" if t in _MLP else t for t in targets)
-    return rf"backbone\.(vlm|expert)\.layers\.\d+\.({names})"
-
-
-def lora_config(cfg: PeftConfig) -> LoraConfig:
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target_regex(cfg.targets), bias="none")
+def lora_config(plan, cfg: PeftConfig) -> LoraConfig:
+    """PEFT's config for `plan` (a train.peft_plan.LoraPlan): explicit target names, the most
+    common rank and alpha as defaults, the others as per-layer patterns."""
+    rank = Counter(plan.ranks.values()).most_common(1)[0][0]
+    alpha = Counter(plan.alphas.values()).most_common(1)[0][0]
+    try:
+        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout, target_modules=list(plan.targets),
+                          rank_pattern={re.escape(t): r for t, r in plan.ranks.items() if r != rank},
+                          alpha_pattern={re.escape(t): a for t, a in plan.alphas.items() if a != alpha},
+                          init_lora_weights=True if cfg.init_type is None else cfg.init_type, bias="none")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--peft.*: PEFT refuses the LoRA settings ({exc})") from None
 
 
 def base_policy(model: nn.Module) -> Pi0Policy:
@@ -39,17 +39,12 @@ def base_policy(model: nn.Module) -> Pi0Policy:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def mark_fully_trained(model: nn.Module, cfg: PeftConfig) -> None:
-    """Make the non-LoRA trainable parts trainable again after PEFT froze everything."""
+def mark_trainable(model: nn.Module, full: tuple[str, ...]) -> None:
+    """After PEFT froze every base weight: the modules named in `full` and auxiliary heads train."""
     policy = base_policy(model)
-    for name in cfg.fully_trained or DEFAULT_FULLY_TRAINED:
-        module = getattr(policy, name, None)
-        if module is not None:
-            module.requires_grad_(True)
-    if not (policy.config.freeze_vision_encoder or policy.config.train_expert_only):
-        policy.backbone.vision.requires_grad_(True)
-    if not policy.config.train_expert_only:
-        policy.backbone.projector.requires_grad_(True)
+    modules = dict(policy.named_modules())
+    for name in full:
+        modules[name].requires_grad_(True)
     for head in auxiliary_heads(policy):
         head.requires_grad_(True)
 
@@ -58,21 +53,19 @@ def auxiliary_heads(policy: Pi0Policy) -> list[nn.Module]:
     return [m for m in (getattr(policy, "recon_head", None),) if m is not None]
 
 
-def add_lora(policy: Pi0Policy, cfg: PeftConfig) -> PeftModel:
-    """First fine-tune: fresh adapters on a base model (no adapter_config.json needed)."""
-    model = get_peft_model(policy, lora_config(cfg))
-    mark_fully_trained(model, cfg)
+def add_lora(policy: Pi0Policy, plan, cfg: PeftConfig) -> PeftModel:
+    """First fine-tune: fresh adapters on a base model, as `plan` says."""
+    model = get_peft_model(policy, lora_config(plan, cfg))
+    mark_trainable(model, plan.full)
     return model
 
 
-def load_lora(policy: Pi0Policy, adapter_dir: Path, cfg: PeftConfig, trainable: bool) -> PeftModel:
-    """Saved adapters onto a base model; `trainable=True` for resuming (PEFT's default is frozen)."""
+def load_lora(policy: Pi0Policy, adapter_dir: Path, trainable: bool) -> PeftModel:
+    """Saved adapters onto a base model; `trainable=True` for resuming (PEFT's default is frozen;
+    the modules trained in full are made trainable by `load_trainable_non_lora`)."""
     if not (adapter_dir / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json; expected a PEFT adapter folder")
-    model = PeftModel.from_pretrained(policy, str(adapter_dir), is_trainable=trainable)
-    if trainable:
-        mark_fully_trained(model, cfg)
-    return model
+    return PeftModel.from_pretrained(policy, str(adapter_dir), is_trainable=trainable)
 
 
 def is_lora_param(name: str) -> bool:
@@ -92,7 +85,9 @@ def trainable_non_lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if p.requires_grad and not is_lora_param(n)}
 
 
-def load_trainable_non_lora(model: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+def load_trainable_non_lora(model: nn.Module, state: dict[str, torch.Tensor], where: Path,
+                            trainable: bool = False) -> None:
+    """The weights trained in full next to the adapters; `trainable`: they train on (resume)."""
     params = {policy_key(n): p for n, p in model.named_parameters() if not is_lora_param(n)}
     unknown = sorted(set(state) - set(params))
     if unknown:
@@ -103,4 +98,5 @@ def load_trainable_non_lora(model: nn.Module, state: dict[str, torch.Tensor], wh
                 raise CheckpointError(f"{where}: {key} has shape {tuple(value.shape)}; the model expects "
                                       f"{tuple(params[key].shape)}")
             params[key].copy_(value.to(params[key].dtype))
+            params[key].requires_grad_(trainable)
 

@@ -47,7 +47,7 @@ def _count(n: int) -> str:
 
 def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adapted: list[str], tokenizer: str,
                   dataset: str, device: str, processes: int, autocast: str | None, resumed_from: str | None,
-                  peft_note: str | None) -> str:
+                  peft_note: str | None, peft: str | None = None, evaluation: str | None = None) -> str:
     """The text block printed once at start-up by the main process."""
     policy = cfg.policy
     table = parameter_table(model)
@@ -62,9 +62,8 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
     ]
     lines += [f"  adapted     {note}" for note in adapted]
     lines += [f"  tokenizer   {tokenizer}", f"  dataset     {dataset}"]
-    if policy.use_peft:
-        peft = cfg.peft
-        lines.append(f"  training    LoRA r={peft.r} alpha={peft.alpha} on {', '.join(peft.targets)}")
+    if peft:
+        lines.append(f"  training    {peft}")
     else:
         lines.append("  training    every weight (no LoRA)")
     if peft_note:
@@ -95,6 +94,8 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
                  + (f", EMA {cfg.ema_decay}" if cfg.ema_decay else ""))
     if scaled:
         lines.append(f"  note        {scaled}")
+    if evaluation:
+        lines.append(f"  evaluation  {evaluation}")
     if cfg.recon.enable:
         lines.append(f"  recon       λ={cfg.recon.weight} on {list(cfg.recon.views)}, target {cfg.recon.target}, "
                      f"region {cfg.recon.region}")
