@@ -10,9 +10,9 @@ frames decoded per frame asked for, side by side in one run for three ways to de
 
     .venv/bin/python benchmarks/loader.py [--root /tmp/pirecon-loader-bench] [--batches 25]
 
-The main process runs torch on --torch_threads threads (1, as in DataLoader workers): with the
-cores busy, torch's default intra-op threads made the per-sample preprocessing ~30x slower at 0
-workers here, which hides the decoder. The old decoder is slow enough on this dataset (a seek
+The loader runs per-sample work on one torch thread (busy cores made torch's intra-op threads
+~30x slower on these small tensors); --torch_threads sets the main process's count otherwise
+(default: torch's). The old decoder is slow enough on this dataset (a seek
 rarely happens, so requests decode on through long stretches of video) that its measurement stops
 after --seconds.
 
@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50, help="action horizon")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--decoders", nargs="+", default=["pyav", "old", "new"], choices=["pyav", "old", "new"])
-    parser.add_argument("--torch_threads", type=int, default=1, help="torch threads of the main process (0: leave)")
+    parser.add_argument("--torch_threads", type=int, default=0, help="torch threads of the main process (0: torch's default)")
     parser.add_argument("--old_rev", default="2f1d94b", help="git revision of the FrameDecoder before the fix")
     args = parser.parse_args()
 
