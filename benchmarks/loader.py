@@ -24,7 +24,9 @@ camera) is written once into --root and reused. Prints a table.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -162,7 +164,11 @@ def throughput(dataset, preprocessor, workers: int, batches: int, batch_size: in
         next(data)
         done += 1
     rate = done * batch_size / (time.perf_counter() - start)
-    del data, loader  # stops the workers
+    del data, loader  # stops the workers; wait until they are gone, lest they slow the next run
+    gc.collect()
+    deadline = time.perf_counter() + 60
+    while multiprocessing.active_children() and time.perf_counter() < deadline:
+        time.sleep(0.1)
     return rate, done
 
 
