@@ -18,14 +18,18 @@ from pirecon.data.normalize import default_norm_mode
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
 from pirecon.model import foreign
+from pirecon.model import rtc as rtc_module
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.placement import place, resolve_device
 
 
 class PolicyRunner:
     def __init__(self, policy: Pi0Policy, preprocessor: Preprocessor, n_action_steps: int | None = None,
-                 num_steps: int | None = None, seed: int = 0):
+                 num_steps: int | None = None, seed: int = 0, rtc: bool = False,
+                 max_guidance_weight: float = rtc_module.DEFAULT_MAX_GUIDANCE):
         self.policy = policy.eval()
+        self.rtc = rtc  # the closed loop passes the previous chunk's remaining actions
+        self.max_guidance_weight = max_guidance_weight
         self.preprocessor = preprocessor
         self.n_action_steps = n_action_steps or policy.config.n_action_steps
         self.num_steps = num_steps
@@ -50,12 +54,24 @@ class PolicyRunner:
         """Called at the start of every episode (the runner keeps no state between calls)."""
 
     @torch.no_grad()
-    def predict_chunk(self, obs: dict) -> np.ndarray:
-        """One observation (dataset keys + `task`) -> (chunk_size, action_dim) in robot units."""
+    def predict_chunk(self, obs: dict, prefix_actions: np.ndarray | None = None, inference_delay: int = 0,
+                      execution_horizon: int | None = None) -> np.ndarray:
+        """One observation (dataset keys + `task`) -> (chunk_size, action_dim) in robot units.
+
+        Real-time chunking: `prefix_actions` (P, action_dim), robot units, are the previous chunk's
+        actions still to run from this observation on; the first `inference_delay` of them run
+        while this chunk is computed (see Pi0Policy.sample_actions)."""
         batch = self.preprocessor.from_observation(obs).to(self.device)
         cfg = self.policy.config
         noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=self.generator).to(self.device)
-        actions = self.policy.sample_actions(batch, noise=noise, num_steps=self.num_steps)
+        guide = {}
+        if prefix_actions is not None and len(prefix_actions):
+            prefix = torch.tensor(np.asarray(prefix_actions, dtype=np.float32))  # a copy: msgpack arrays are read-only
+            if self.preprocessor.normalizer is not None:
+                prefix = self.preprocessor.normalizer.normalize_actions(prefix)
+            guide = {"prefix_actions": prefix[None].to(self.device), "inference_delay": inference_delay,
+                     "execution_horizon": execution_horizon, "max_guidance_weight": self.max_guidance_weight}
+        actions = self.policy.sample_actions(batch, noise=noise, num_steps=self.num_steps, **guide)
         return self.preprocessor.postprocess_actions(actions)[0]
 
     def __call__(self, obs: dict) -> np.ndarray:

@@ -144,6 +144,8 @@ def test_training_output_folder_resolves_to_last_checkpoint(tiny_checkpoint, tmp
     (["--policy.num_inference_steps=0"], r"--policy.num_inference_steps=0: expected a positive integer"),
     (["--eval.max_videos=-1"], r"--eval.max_videos=-1"),
     (["--env.type=libero", "--eval.baselines"], r"--eval.baselines=true: the scripted expert exists only"),
+    (["--policy.rtc=true"], r"--policy.rtc=true guides each chunk .* --eval.latency_steps=d"),
+    (["--eval.latency_steps=2"], r"--eval.latency_steps=2: expected 0 <= latency < n_action_steps \(2\)"),
 ])
 def test_bad_flags_are_clear_errors(tiny_checkpoint, tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
@@ -227,3 +229,14 @@ def test_sim_settings_come_from_the_recorded_dataset(tiny_checkpoint, sim_datase
     assert env["cells"] == "corners" and env["image_size"] == 32
     assert env["num_blocks"] == 1  # a flag still overrides the recorded value
     assert "meta/pirecon_sim.json" in capsys.readouterr().out
+
+
+def test_latency_and_real_time_chunking(tiny_checkpoint, tmp_path):
+    out = tmp_path / "rtc"
+    assert run(flags(tiny_checkpoint, out, "--eval.n_episodes=2", "--eval.latency_steps=1", "--policy.rtc=true",
+                     "--eval.video=false")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["latency_steps"] == 1 and summary["policy"]["rtc"] is True
+    assert summary["mean_abs_delta"] > 0 and summary["seam_abs_delta"] is not None
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert all(e["mean_abs_delta2"] is not None for e in episodes)

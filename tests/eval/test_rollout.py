@@ -120,3 +120,69 @@ def test_sim_task_filter_keeps_each_seed_s_layout():
         assert env.task == full.task and env.task.startswith("move to")
         np.testing.assert_array_equal(env.scene.blocks, full.scene.blocks)
         np.testing.assert_array_equal(env.render(), full.render())
+
+
+class _Chunks:
+    """A chunked policy whose k-th chunk is [100 k + i for i in range(H)] on every action dim,
+    recording what it was given (the previous chunk's remaining actions under RTC)."""
+
+    def __init__(self, horizon: int, action_dim: int, rtc: bool = False):
+        self.horizon, self.action_dim, self.rtc = horizon, action_dim, rtc
+        self.calls: list[tuple] = []
+
+    def reset(self):
+        self.calls.clear()
+
+    def predict_chunk(self, obs, prefix_actions=None, inference_delay=0, execution_horizon=None):
+        k = len(self.calls)
+        self.calls.append((None if prefix_actions is None else prefix_actions[:, 0].tolist(), inference_delay,
+                           execution_horizon))
+        return np.repeat((100.0 * k + np.arange(self.horizon))[:, None], self.action_dim, axis=1)
+
+
+class _Recorder:
+    """An environment that records the actions it is given and never ends early."""
+
+    fps, action_dim, max_steps = 10, 2, 17
+    task = "t"
+
+    def __init__(self):
+        self.actions, self.steps, self.success = [], 0, False
+
+    def reset(self, seed):
+        self.actions, self.steps = [], 0
+        return {"observation.state": np.zeros(2, np.float32)}
+
+    def step(self, action):
+        self.actions.append(float(action[0]))
+        self.steps += 1
+        return {"observation.state": np.zeros(2, np.float32)}, 0.0, False, {}
+
+    def render(self):
+        return np.zeros((4, 4, 3), np.uint8)
+
+    def close(self):
+        pass
+
+
+def test_the_latency_model_executes_exactly_the_actions_it_should():
+    from pirecon.eval.rollout import run_episode
+
+    env = _Recorder()
+    # No latency: chunks of 10, 4 executed each: 0 1 2 3 | 100 101 102 103 | 200 ...
+    result = run_episode(env, _Chunks(10, 2), seed=0, n_action_steps=4)
+    assert env.actions == [0, 1, 2, 3, 100, 101, 102, 103, 200, 201, 202, 203, 300, 301, 302, 303, 400]
+    assert result.chunks == 5
+    # Latency 2: after 4 - 2 actions the next chunk is asked for; 2 more of the old chunk run meanwhile,
+    # and the new chunk starts at its action 2.
+    policy = _Chunks(10, 2, rtc=True)
+    result = run_episode(env, policy, seed=0, n_action_steps=4, latency_steps=2)
+    assert env.actions == [0, 1, 2, 3, 102, 103, 104, 105, 202, 203, 204, 205, 302, 303, 304, 305, 402]
+    # Each request got the old chunk's actions from its moment on, a delay of 2 and s = n = 4.
+    assert policy.calls[1] == ([2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], 2, 4)
+    assert policy.calls[2] == ([104.0, 105.0, 106.0, 107.0, 108.0, 109.0], 2, 4)
+    # Smoothness: seams jump 3 -> 102 (99), then 105 -> 202 and so on (97); steps of 1 elsewhere.
+    assert result.seam_abs_delta == pytest.approx((99 + 97 + 97 + 97) / 4)
+    assert result.mean_abs_delta == pytest.approx((12 * 1 + 99 + 3 * 97) / 16)
+    with pytest.raises(Exception, match="latency_steps=4: expected 0 <= latency < n_action_steps"):
+        run_episode(env, _Chunks(10, 2), seed=0, n_action_steps=4, latency_steps=4)

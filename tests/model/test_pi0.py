@@ -195,3 +195,22 @@ def test_loss_reduction_real_and_all():
     kept[0, 3] = 0
     assert torch.allclose(a, kept.sum() / (7 * 3), rtol=1e-5)
     assert torch.allclose(b, per_element.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_sampling_skips_what_the_whole_batch_masks_with_the_same_result(kind):
+    from pirecon.batch import synthetic_batch
+    from pirecon.configs.policy import PolicyConfig
+    from pirecon.model.pi0 import Pi0Policy, trimmed
+
+    torch.manual_seed(0)
+    policy = Pi0Policy(PolicyConfig(type=kind, variant="tiny")).eval()
+    batch = synthetic_batch(policy.config, 2, missing_views=1, text_lengths=[5, 9])
+    short = trimmed(batch)
+    assert short.images.shape[1] == 2 and short.tokens.shape[1] == 9  # the third view and the padding are gone
+    noise = torch.randn(2, policy.config.chunk_size, policy.config.max_action_dim)
+    reference = policy.sample_actions(batch, noise=noise, trim=False)
+    assert torch.allclose(policy.sample_actions(batch, noise=noise), reference, atol=1e-5)
+    one_view_missing_in_one_sample = synthetic_batch(policy.config, 2)
+    one_view_missing_in_one_sample.image_masks[0, 1] = False
+    assert trimmed(one_view_missing_in_one_sample).images.shape[1] == 3  # not masked for the whole batch

@@ -247,3 +247,18 @@ def test_ctrl_c_stops_the_server_cleanly(trained_checkpoint):
     server.run(ready)  # returns only once SIGINT has stopped it
     assert signal.getsignal(signal.SIGINT) == previous
     assert outcome["shape"] == (4, 3) and server.served == 1
+
+
+def test_real_time_chunking_keys_guide_the_reply_and_are_checked(trained_checkpoint):
+    server = server_for(trained_checkpoint, preset="libero", obs_map=RETARGET, seed=3, reseed=True)
+    with serve_in_thread(server) as url, PolicyClient(url) as client:
+        plain = client.infer(libero_request(0))["actions"]  # (4, 3)
+        target = plain[:3] + 0.5  # "the previous chunk's remaining actions", away from the plain answer
+        guided = client.infer({**libero_request(0), "prev_actions": target, "inference_delay": 2})["actions"]
+        assert np.abs(guided[:2] - target[:2]).mean() < 0.5 * np.abs(plain[:2] - target[:2]).mean()
+        assert np.array_equal(client.infer(libero_request(0))["actions"], plain)  # without the keys: as before
+        with pytest.raises(ServerError, match=r"'prev_actions' has shape \(3, 5\); expected finite \(1..4, 3\)"):
+            client.infer({**libero_request(0), "prev_actions": np.zeros((3, 5), np.float32)})
+    with serve_in_thread(server) as url, PolicyClient(url) as client:
+        with pytest.raises(ServerError, match=r"'inference_delay' is 9; expected an integer in 0..3"):
+            client.infer({**libero_request(0), "prev_actions": target, "inference_delay": 9})

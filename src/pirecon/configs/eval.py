@@ -13,6 +13,8 @@ class EvalPolicyFlags:
     num_inference_steps: int | None = None  # flow-matching integration steps; None: the checkpoint's num_inference_steps
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
     tokenizer_path: str | None = None  # None: the copy inside the checkpoint
+    rtc: bool = False  # real-time chunking: guide each chunk toward the previous one's remaining actions (with --eval.latency_steps)
+    rtc_max_guidance_weight: float = 10.0  # the guidance clip beta of real-time chunking (LeRobot's default)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class EvalLoopFlags:
     max_videos: int | None = 10  # None: a video of every episode
     baselines: bool = False  # sim: also evaluate the scripted expert and a random policy
     progress_bar: bool = True  # show a tqdm progress bar
+    latency_steps: int = 0  # inference takes this many control steps; the robot runs the old chunk meanwhile
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,12 @@ def check_eval_config(cfg: EvalConfig) -> None:
         if value is not None and value <= 0:
             raise ConfigError(f"--policy.{name}={value}: expected a positive integer")
     check_device_flag(cfg.policy.device)
+    if cfg.eval.latency_steps < 0 or cfg.policy.rtc_max_guidance_weight <= 0:
+        raise ConfigError(f"--eval.latency_steps={cfg.eval.latency_steps}, --policy.rtc_max_guidance_weight="
+                          f"{cfg.policy.rtc_max_guidance_weight}: expected latency >= 0 and a positive weight")
+    if cfg.policy.rtc and cfg.eval.latency_steps == 0:
+        raise ConfigError("--policy.rtc=true guides each chunk toward the actions that run while it is computed; "
+                          "give that time with --eval.latency_steps=d (d > 0)")
     if cfg.eval.baselines and cfg.env.type != "sim":
         raise ConfigError(f"--eval.baselines=true: the scripted expert exists only in the built-in simulator, "
                           f"not in --env.type={cfg.env.type}")
@@ -262,6 +268,10 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     if n_action_steps > policy_cfg.chunk_size:
         raise ConfigError(f"--policy.n_action_steps={n_action_steps}: expected <= the checkpoint's chunk_size "
                           f"({policy_cfg.chunk_size})")
+    latency = cfg.eval.latency_steps
+    if latency and not (latency < n_action_steps and n_action_steps + latency <= policy_cfg.chunk_size):
+        raise ConfigError(f"--eval.latency_steps={latency}: expected 0 <= latency < n_action_steps ({n_action_steps}) "
+                          f"and n_action_steps + latency <= the checkpoint's chunk_size ({policy_cfg.chunk_size})")
     if cfg.use_ema and not (folder / EMA_FILE).is_file():
         raise CheckpointError(f"--use_ema=true but {folder} holds no {EMA_FILE}; train with --ema_decay=... to "
                               f"keep EMA weights, or evaluate the raw weights with --use_ema=false")
@@ -274,6 +284,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     runner = PolicyRunner.from_checkpoint(folder, use_ema=cfg.use_ema, device=device, n_action_steps=n_action_steps,
                                           num_steps=cfg.policy.num_inference_steps, seed=cfg.eval.seed,
                                           tokenizer_path=cfg.policy.tokenizer_path)
+    runner.rtc, runner.max_guidance_weight = cfg.policy.rtc, cfg.policy.rtc_max_guidance_weight
     started = time.perf_counter()
     try:
         with open(out / EPISODES_FILE, "w") as log:
@@ -282,7 +293,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
                 log.flush()
                 tqdm.write(_episode_line(result, len(seeds)))
 
-            results = evaluate(env, runner, seeds, n_action_steps,
+            results = evaluate(env, runner, seeds, n_action_steps, latency_steps=cfg.eval.latency_steps,
                                video_dir=out / VIDEOS_DIR if cfg.eval.video else None,
                                max_videos=cfg.eval.max_videos, progress=cfg.eval.progress_bar, on_episode=on_episode)
         baselines = run_baselines(env, seeds) if cfg.eval.baselines else None
@@ -295,7 +306,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
         "use_ema": cfg.use_ema,
         "policy": {"type": policy_cfg.type, "chunk_size": policy_cfg.chunk_size, "n_action_steps": n_action_steps,
                    "num_inference_steps": cfg.policy.num_inference_steps or policy_cfg.num_inference_steps,
-                   "device": str(device)},
+                   "device": str(device), "rtc": cfg.policy.rtc,
+                   "rtc_max_guidance_weight": cfg.policy.rtc_max_guidance_weight if cfg.policy.rtc else None},
+        "latency_steps": cfg.eval.latency_steps,
         "env": env_info,
         "seeds": [seeds[0], seeds[-1]],
         "total_wall_time_s": time.perf_counter() - started,

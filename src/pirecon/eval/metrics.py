@@ -47,7 +47,14 @@ def summarize(episodes: Iterable[Mapping]) -> dict:
         ok, count = per_task.get(e["task"], [0, 0])
         per_task[e["task"]] = [ok + bool(e["success"]), count + 1]
     won = [e["steps"] for e in episodes if e["success"]]
+
+    def mean_of(key: str) -> float | None:
+        values = [e[key] for e in episodes if e.get(key) is not None]
+        return sum(values) / len(values) if values else None
     return {
+        "mean_abs_delta": mean_of("mean_abs_delta"),
+        "mean_abs_delta2": mean_of("mean_abs_delta2"),
+        "seam_abs_delta": mean_of("seam_abs_delta"),
         **rate_entry(successes, n),
         "mean_steps": sum(e["steps"] for e in episodes) / n if n else 0.0,
         "mean_steps_success": sum(won) / len(won) if won else None,
@@ -69,4 +76,8 @@ def format_summary(summary: Mapping) -> str:
                  + (f" ({summary['mean_steps_success']:.1f} in successes)"
                     if summary.get("mean_steps_success") is not None else "")
                  + f", {summary['mean_wall_time_s']:.2f} s per episode")
+    if summary.get("mean_abs_delta") is not None:
+        seam = summary.get("seam_abs_delta")
+        lines.append(f"  smoothness: mean |da| {summary['mean_abs_delta']:.4f}, mean |d2a| "
+                     f"{summary.get('mean_abs_delta2') or 0:.4f}" + (f", at chunk seams |da| {seam:.4f}" if seam is not None else ""))
     return "\n".join(lines)

@@ -36,14 +36,25 @@ class EpisodeResult:
     wall_time_s: float
     chunks: int
     video: str | None = None
+    # Smoothness of the executed actions: mean |a_k+1 - a_k|, mean |a_k+2 - 2 a_k+1 + a_k|, and the
+    # mean |a_k+1 - a_k| across chunk seams only (None with fewer than 2 or 3 actions / no seam).
+    mean_abs_delta: float | None = None
+    mean_abs_delta2: float | None = None
+    seam_abs_delta: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def next_actions(policy, obs: dict, action_dim: int) -> np.ndarray:
-    """Ask `policy` for actions at `obs`: (n, action_dim) float32 in robot units."""
-    out = policy.predict_chunk(obs) if hasattr(policy, "predict_chunk") else policy(obs)
+def next_actions(policy, obs: dict, action_dim: int, previous: np.ndarray | None = None, delay: int = 0,
+                 execution_horizon: int | None = None) -> np.ndarray:
+    """Ask `policy` for actions at `obs`: (n, action_dim) float32 in robot units. A policy with
+    `rtc` set gets the previous chunk's remaining actions (`previous`) to guide its sampling."""
+    if previous is not None and getattr(policy, "rtc", False):
+        out = policy.predict_chunk(obs, prefix_actions=previous, inference_delay=delay,
+                                   execution_horizon=execution_horizon)
+    else:
+        out = policy.predict_chunk(obs) if hasattr(policy, "predict_chunk") else policy(obs)
     actions = np.asarray(out, dtype=np.float32)
     if actions.ndim == 1:
         actions = actions[None]
@@ -97,8 +108,16 @@ class _Video:
 
 
 def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, video_dir: Path | None = None,
-                progress: bool = False, desc: str | None = None) -> EpisodeResult:
+                progress: bool = False, desc: str | None = None, latency_steps: int = 0) -> EpisodeResult:
     """Roll `policy` out in `env` from `env.reset(seed)` until done or `env.max_steps` steps.
+
+    Latency model (`latency_steps` = d, inference taking d control steps): each chunk runs n =
+    `n_action_steps` actions; after n - d of them the next chunk is asked for from the observation
+    of that moment, and while it is computed the robot runs the current chunk's next d actions; the
+    new chunk's first d actions (those moments have passed) are skipped. So a chunk asked at
+    observation k runs its actions d .. d + n - 1 (the first chunk of an episode, when the robot
+    waits for it, 0 .. n - 1). d = 0 is plain receding-horizon execution. A policy with `rtc` set
+    is given the d + remaining actions of the current chunk to guide the next (real-time chunking).
 
     With `video_dir`, every rendered frame (reset + one per step) goes into
     `video_dir/episode_{index:03d}_{success|failure}.mp4`.
@@ -107,6 +126,9 @@ def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, 
 
     if n_action_steps < 1:
         raise ConfigError(f"n_action_steps={n_action_steps}: expected a positive integer")
+    if not 0 <= latency_steps < n_action_steps:
+        raise ConfigError(f"--eval.latency_steps={latency_steps}: expected 0 <= latency < n_action_steps "
+                          f"({n_action_steps}): the next chunk must be asked for while the current one runs")
     started = time.perf_counter()
     obs = env.reset(seed)
     seed_policy(policy, seed)
@@ -118,20 +140,40 @@ def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, 
     bar = tqdm(total=env.max_steps, desc=desc or f"seed {seed}", unit="step", leave=False, disable=not progress,
                dynamic_ncols=True)
     chunks, done = 0, False
+    executed, seams = [], []  # actions run, and the indices where a new chunk took over
+
+    def run(actions: np.ndarray) -> bool:
+        nonlocal obs
+        for action in actions:
+            obs, _, finished, _ = env.step(action)
+            executed.append(np.asarray(action, dtype=np.float64))
+            bar.update(1)
+            if video is not None:
+                video.add(env.render())
+            if finished or env.steps >= env.max_steps:
+                return True
+        return False
+
+    d, n = latency_steps, n_action_steps
     try:
         if video is not None:
             video.add(env.render())
-        while not done and env.steps < env.max_steps:
-            actions = next_actions(policy, obs, env.action_dim)[:n_action_steps]  # (n, A)
+        chunk, start = next_actions(policy, obs, env.action_dim), 0  # the robot waits for the first chunk
+        chunks = 1
+        while not done:
+            if d and start + n > len(chunk):
+                raise ConfigError(f"chunks of {len(chunk)} actions cannot cover n_action_steps={n} after skipping "
+                                  f"--eval.latency_steps={d}; expected n_action_steps + latency <= chunk size")
+            if executed:
+                seams.append(len(executed))
+            done = run(chunk[start:start + n - d])
+            if done:
+                break
+            remaining = chunk[start + n - d:]  # what runs while the next chunk is computed, and after
+            following = next_actions(policy, obs, env.action_dim, previous=remaining, delay=d, execution_horizon=n)
             chunks += 1
-            for action in actions:
-                obs, _, done, _ = env.step(action)
-                bar.update(1)
-                if video is not None:
-                    video.add(env.render())
-                if done or env.steps >= env.max_steps:
-                    done = True
-                    break
+            done = run(remaining[:d])
+            chunk, start = following, d
     except BaseException:
         if video is not None:
             video.discard()
@@ -146,12 +188,24 @@ def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, 
         video.path.replace(final)
         path = str(final)
     return EpisodeResult(index=index, seed=int(seed), task=task, success=success, steps=int(env.steps),
-                         wall_time_s=time.perf_counter() - started, chunks=chunks, video=path)
+                         wall_time_s=time.perf_counter() - started, chunks=chunks, video=path,
+                         **smoothness(np.asarray(executed), seams))
+
+
+def smoothness(actions: np.ndarray, seams: list[int]) -> dict[str, float | None]:
+    """actions (T, A) executed in order; seams: indices of the first action of each later chunk."""
+    first = np.abs(np.diff(actions, axis=0)).mean() if len(actions) > 1 else None
+    second = np.abs(np.diff(actions, n=2, axis=0)).mean() if len(actions) > 2 else None
+    at = [i for i in seams if 0 < i < len(actions)]
+    seam = np.abs(actions[at] - actions[[i - 1 for i in at]]).mean() if at else None
+    return {"mean_abs_delta": None if first is None else float(first),
+            "mean_abs_delta2": None if second is None else float(second),
+            "seam_abs_delta": None if seam is None else float(seam)}
 
 
 def evaluate(env, policy, seeds: Iterable[int], n_action_steps: int | None = None, *, video_dir: Path | None = None,
              max_videos: int | None = None, progress: bool = False,
-             on_episode: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+             on_episode: Callable[[EpisodeResult], None] | None = None, latency_steps: int = 0) -> list[EpisodeResult]:
     """One episode per seed; videos of the first `max_videos` episodes (None: all) when `video_dir` is set.
 
     n_action_steps: actions executed per chunk (None: `policy.n_action_steps`, else 1).
@@ -163,7 +217,8 @@ def evaluate(env, policy, seeds: Iterable[int], n_action_steps: int | None = Non
     for i, seed in enumerate(seeds):
         record = video_dir is not None and (max_videos is None or i < max_videos)
         result = run_episode(env, policy, seed, n, index=i, video_dir=video_dir if record else None,
-                             progress=progress, desc=f"episode {i + 1}/{len(seeds)} (seed {seed})")
+                             progress=progress, desc=f"episode {i + 1}/{len(seeds)} (seed {seed})",
+                             latency_steps=latency_steps)
         results.append(result)
         if on_episode is not None:
             on_episode(result)

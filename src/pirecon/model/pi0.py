@@ -9,6 +9,7 @@ Pi0.5: suffix = H action tokens; the time embedding goes through `time_mlp_{in,o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from torch import nn
 
 from pirecon.batch import Batch
 from pirecon.configs.policy import PolicyConfig
+from pirecon.errors import InputError
+from pirecon.model import rtc
 from pirecon.model.backbone import Backbone, KVCache, make_attention_mask, position_ids
 from pirecon.model.gemma import AdaRMSNorm, RMSNorm
 from pirecon.model.siglip import FP32LayerNorm
@@ -51,6 +54,19 @@ class Suffix:
     pad_masks: torch.Tensor  # (B, Ls) bool
     block_starts: torch.Tensor  # (B, Ls) int
     adarms_cond: torch.Tensor | None  # (B, Wexp) for Pi0.5
+
+
+def trimmed(batch: Batch) -> Batch:
+    """`batch` without the views every sample masks and the prompt padding past its longest prompt
+    (tokens are right-padded). At least one view stays."""
+    views = batch.image_masks.bool().any(dim=0)  # (V,)
+    if not views.any():
+        views[0] = True
+    length = int(batch.token_masks.bool().any(dim=0).nonzero().max()) + 1 if batch.token_masks.any() else 1
+    if views.all() and length == batch.tokens.shape[1]:
+        return batch
+    return dataclasses.replace(batch, images=batch.images[:, views], image_masks=batch.image_masks[:, views],
+                               tokens=batch.tokens[:, :length], token_masks=batch.token_masks[:, :length])
 
 
 class Pi0Policy(nn.Module):
@@ -160,6 +176,23 @@ class Pi0Policy(nn.Module):
         return Suffix(embs.to(expert_dtype), pads, starts[None].expand(b, -1), cond)
 
     # -- forward passes ----------------------------------------------------------------------------
+    def _rtc_target(self, prefix_actions: torch.Tensor, delay: int, execution_horizon: int | None,
+                    x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target Y (B, H, A) zero-padded, soft mask W (H,)) of real-time chunking."""
+        horizon = self.config.chunk_size
+        length = prefix_actions.shape[1]
+        if prefix_actions.dim() != 3 or prefix_actions.shape[0] != x.shape[0] or not 0 < length <= horizon:
+            raise InputError(f"prefix_actions has shape {tuple(prefix_actions.shape)}; expected (batch {x.shape[0]}, "
+                             f"1..{horizon} steps, action dims)")
+        s = horizon - length if execution_horizon is None else execution_horizon
+        if not 0 <= delay <= length or not 0 <= s < horizon:
+            raise InputError(f"inference_delay={delay}, execution_horizon={s}: expected 0 <= delay <= "
+                             f"{length} (the previous actions given) and 0 <= execution_horizon < {horizon}")
+        target = torch.zeros_like(x)
+        width = min(prefix_actions.shape[2], x.shape[2])
+        target[:, :length, :width] = prefix_actions[:, :, :width].to(x.device, x.dtype)
+        return target, rtc.soft_mask(horizon, delay, s, length)
+
     def _pad_to(self, x: torch.Tensor, width: int) -> torch.Tensor:
         return F.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
 
@@ -256,11 +289,24 @@ class Pi0Policy(nn.Module):
 
     @torch.no_grad()
     def sample_actions(self, batch: Batch, noise: torch.Tensor | None = None, num_steps: int | None = None,
-                       use_cache: bool = True) -> torch.Tensor:
+                       use_cache: bool = True, prefix_actions: torch.Tensor | None = None, inference_delay: int = 0,
+                       execution_horizon: int | None = None,
+                       max_guidance_weight: float = rtc.DEFAULT_MAX_GUIDANCE, trim: bool = True) -> torch.Tensor:
         """Euler integration of the learned velocity from t=1 (noise) to t=0.
 
         Returns (B, chunk_size, action_dim) float32, normalised, cut to `batch.action_dim`.
         `use_cache=False` recomputes the prefix at every step (for testing the cache).
+
+        Real-time chunking (model/rtc.py): `prefix_actions` (B, P, a) are the previous chunk's
+        actions still to run, aligned to this chunk's first step (normalised, as this returns
+        them); the first `inference_delay` are executed while this chunk is computed, and
+        `execution_horizon` (default: the chunk minus P) is the paper's s. Without them the
+        sampling is the plain one.
+
+        `trim` skips what every sample of the batch masks (camera views without an image, prompt
+        padding past the longest prompt): attention never reads those tokens and positions count
+        real tokens only, so the result is the same up to float rounding; `trim=False` computes
+        everything, as openpi does (the "reference work" the benchmarks compare against).
         """
         cfg = self.config
         batch.validate(cfg)
@@ -269,14 +315,21 @@ class Pi0Policy(nn.Module):
         device = batch.images.device
         state = self._pad_to(batch.state.float(), cfg.max_state_dim)
         x = noise.float() if noise is not None else torch.randn(b, cfg.chunk_size, cfg.max_action_dim, device=device)
-        prefix = self.embed_prefix(batch)
+        prefix = self.embed_prefix(trimmed(batch) if trim else batch)
         kv = self.prefix_cache(prefix) if use_cache else None
+        guide = self._rtc_target(prefix_actions, inference_delay, execution_horizon, x) \
+            if prefix_actions is not None else None
         dt = -1.0 / steps
         for step in range(steps):
             time = torch.full((b,), 1.0 + step * dt, device=device)
-            if use_cache:
-                v = self.velocity_cached(prefix, kv, state, x, time)
+
+            def velocity(x_t: torch.Tensor, time=time) -> torch.Tensor:
+                if use_cache:
+                    return self.velocity_cached(prefix, kv, state, x_t, time)
+                return self.velocity_joint(prefix, state, x_t, time)[0]
+            if guide is None:
+                v = velocity(x)
             else:
-                v, _ = self.velocity_joint(prefix, state, x, time)
+                v = rtc.guided_velocity(velocity, x, 1.0 + step * dt, *guide, max_guidance_weight)
             x = x + dt * v
         return x[..., :batch.action_dim or cfg.max_action_dim]

@@ -6,6 +6,12 @@
     a bad message    -> a text frame naming the problem, then close code 1011 (that connection only)
     GET /healthz     -> 200 "OK" (never needs the API key)
 
+Real-time chunking (optional request keys, ignored by plain openpi clients who never send them):
+    "prev_actions"       (P, action_dim) float, robot units: the previous chunk's actions still to
+                         run from this observation on
+    "inference_delay"    int d: how many of them run while this chunk is computed (default 0)
+    "execution_horizon"  int s, the paper's execution horizon (default: chunk_size - P)
+
 With an API key, a connection must send `Authorization: Api-Key <key>` (what openpi_client's
 `WebsocketClientPolicy(api_key=...)` sends); other handshakes get HTTP 401. The reply never holds a
 non-finite action: such an output becomes an error frame.
@@ -97,11 +103,11 @@ class PolicyServer:
         self.rejected = 0  # error frames sent (bad requests and server errors); each closed its connection
 
     # Inference (worker thread) ----------------------------------------------------------------
-    def _infer(self, obs: dict, submitted: float) -> tuple[Any, float, float]:
+    def _infer(self, obs: dict, submitted: float, guide: dict) -> tuple[Any, float, float]:
         started = time.monotonic()
         if self.reseed_each_request:
             self.runner.generator.manual_seed(self.seed)
-        actions = self.runner.predict_chunk(obs)
+        actions = self.runner.predict_chunk(obs, **guide)
         if not np.isfinite(actions).all():
             raise InputError("the policy produced non-finite actions for this observation (is it far outside the "
                              "training data?); nothing was sent to the robot")
@@ -123,11 +129,36 @@ class PolicyServer:
         if isinstance(message, str):
             raise InputError("got a text frame; send each observation as a binary msgpack message "
                              "(openpi_client's msgpack_numpy.packb)")
-        obs = self.mapper(unpackb(message))
+        request = unpackb(message)
+        obs = self.mapper(request)
+        guide = self._rtc_keys(request)
         loop = asyncio.get_running_loop()
-        actions, queue_ms, infer_ms = await loop.run_in_executor(self._executor, self._infer, obs, time.monotonic())
+        actions, queue_ms, infer_ms = await loop.run_in_executor(self._executor, self._infer, obs, time.monotonic(),
+                                                                 guide)
         timing = {"infer_ms": infer_ms, "queue_ms": queue_ms, "total_ms": (time.monotonic() - received) * 1e3}
         return {"actions": actions, "server_timing": timing}
+
+    def _rtc_keys(self, request: dict) -> dict:
+        """The optional real-time chunking keys of a request, checked; {} when absent."""
+        if not isinstance(request, dict) or "prev_actions" not in request:
+            return {}
+        try:
+            prev = np.asarray(request["prev_actions"], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InputError("'prev_actions' is not a numeric array; expected (steps, action_dim) floats") from None
+        chunk, width = self.metadata["chunk_size"], self.metadata["action_dim"]
+        if prev.ndim != 2 or not 0 < prev.shape[0] <= chunk or prev.shape[1] != width or not np.isfinite(prev).all():
+            raise InputError(f"'prev_actions' has shape {prev.shape}; expected finite (1..{chunk}, {width}) actions "
+                             f"in robot units")
+        guide = {"prefix_actions": prev}
+        for key, low, high in (("inference_delay", 0, prev.shape[0]), ("execution_horizon", 0, chunk - 1)):
+            if key in request:
+                value = request[key]
+                if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
+                        not low <= int(value) <= high:
+                    raise InputError(f"{key!r} is {value!r}; expected an integer in {low}..{high}")
+                guide[key] = int(value)
+        return guide
 
     async def _handler(self, ws: ServerConnection) -> None:
         peer = ws.remote_address
