@@ -186,3 +186,19 @@ def test_the_latency_model_executes_exactly_the_actions_it_should():
     assert result.mean_abs_delta == pytest.approx((12 * 1 + 99 + 3 * 97) / 16)
     with pytest.raises(Exception, match="latency_steps=4: expected 0 <= latency < n_action_steps"):
         run_episode(env, _Chunks(10, 2), seed=0, n_action_steps=4, latency_steps=4)
+
+
+class _IdleRecorder(_Recorder):
+    def idle_action(self):
+        return np.full(2, -1.0, np.float32)
+
+
+def test_a_synchronous_robot_waits_out_every_inference():
+    from pirecon.eval.rollout import run_episode
+
+    env = _IdleRecorder()
+    result = run_episode(env, _Chunks(10, 2), seed=0, n_action_steps=4, latency_steps=2, latency_mode="sync")
+    assert env.actions == [-1, -1, 0, 1, 2, 3, -1, -1, 100, 101, 102, 103, -1, -1, 200, 201, 202]
+    assert result.chunks == 3
+    with pytest.raises(ConfigError, match="latency_mode=sync needs an environment that can wait"):
+        run_episode(_Recorder(), _Chunks(10, 2), seed=0, n_action_steps=4, latency_steps=2, latency_mode="sync")

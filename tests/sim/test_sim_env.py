@@ -280,3 +280,24 @@ def test_free_layout_and_random_start_options():
 def test_impossible_boards_are_rejected(overrides, match):
     with pytest.raises(ConfigError, match=match):
         SimConfig(**overrides)
+
+
+
+def test_a_drifting_block_moves_until_grasped_and_the_expert_still_succeeds():
+    import numpy as np
+
+    from pirecon.sim import SimConfig, SimEnv, ScriptedExpert
+    from pirecon.sim.expert import evaluate
+
+    still = SimEnv(SimConfig(num_blocks=1, cells="corners"))
+    drifting = SimEnv(SimConfig(num_blocks=1, cells="corners", drift=0.005))
+    still.reset(3)
+    drifting.reset(3)
+    assert np.array_equal(still.scene.blocks, drifting.scene.blocks)  # the same layout at reset
+    start = drifting.scene.blocks[0].copy()
+    for _ in range(4):
+        drifting.step(drifting.idle_action())
+    assert np.linalg.norm(drifting.scene.blocks[0] - start) == pytest.approx(4 * 0.005)
+    assert evaluate(ScriptedExpert, 30, 0, SimConfig(num_blocks=1, cells="corners", drift=0.005)).successes == 30
+    with pytest.raises(Exception, match="drift=0.01: expected 0..0.007"):
+        SimConfig(drift=0.01)

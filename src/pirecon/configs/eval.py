@@ -33,6 +33,7 @@ class EvalLoopFlags:
     baselines: bool = False  # sim: also evaluate the scripted expert and a random policy
     progress_bar: bool = True  # show a tqdm progress bar
     latency_steps: int = 0  # inference takes this many control steps; the robot runs the old chunk meanwhile
+    latency_mode: str = "async"  # async: the robot runs on while a chunk is computed | sync: it waits (sim only)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class RecordFlags:
     max_steps: int = 80  # episode step limit
     num_blocks: int = 3  # blocks on the table, 1..3 (the demo uses 1)
     action_noise: float = 0.0  # std of the noise on the executed velocity (the expert's action is recorded)
+    drift: float = 0.0  # the named block drifts this far per step until grasped (a task where latency matters)
 
 
 @dataclass(frozen=True)

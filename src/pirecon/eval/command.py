@@ -79,6 +79,11 @@ def check_eval_config(cfg: EvalConfig) -> None:
     if cfg.eval.latency_steps < 0 or cfg.policy.rtc_max_guidance_weight <= 0:
         raise ConfigError(f"--eval.latency_steps={cfg.eval.latency_steps}, --policy.rtc_max_guidance_weight="
                           f"{cfg.policy.rtc_max_guidance_weight}: expected latency >= 0 and a positive weight")
+    if cfg.eval.latency_mode not in ("async", "sync"):
+        raise ConfigError(f"--eval.latency_mode={cfg.eval.latency_mode!r}: expected async or sync")
+    if cfg.eval.latency_mode == "sync" and cfg.env.type != "sim":
+        raise ConfigError(f"--eval.latency_mode=sync: a waiting robot is modelled in the built-in simulator only, "
+                          f"not in --env.type={cfg.env.type}")
     if cfg.policy.rtc and cfg.eval.latency_steps == 0:
         raise ConfigError("--policy.rtc=true guides each chunk toward the actions that run while it is computed; "
                           "give that time with --eval.latency_steps=d (d > 0)")
@@ -294,6 +299,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
                 tqdm.write(_episode_line(result, len(seeds)))
 
             results = evaluate(env, runner, seeds, n_action_steps, latency_steps=cfg.eval.latency_steps,
+                               latency_mode=cfg.eval.latency_mode,
                                video_dir=out / VIDEOS_DIR if cfg.eval.video else None,
                                max_videos=cfg.eval.max_videos, progress=cfg.eval.progress_bar, on_episode=on_episode)
         baselines = run_baselines(env, seeds) if cfg.eval.baselines else None
@@ -308,7 +314,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
                    "num_inference_steps": cfg.policy.num_inference_steps or policy_cfg.num_inference_steps,
                    "device": str(device), "rtc": cfg.policy.rtc,
                    "rtc_max_guidance_weight": cfg.policy.rtc_max_guidance_weight if cfg.policy.rtc else None},
-        "latency_steps": cfg.eval.latency_steps,
+        "latency_steps": cfg.eval.latency_steps, "latency_mode": cfg.eval.latency_mode,
         "env": env_info,
         "seeds": [seeds[0], seeds[-1]],
         "total_wall_time_s": time.perf_counter() - started,

@@ -108,7 +108,8 @@ class _Video:
 
 
 def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, video_dir: Path | None = None,
-                progress: bool = False, desc: str | None = None, latency_steps: int = 0) -> EpisodeResult:
+                progress: bool = False, desc: str | None = None, latency_steps: int = 0,
+                latency_mode: str = "async") -> EpisodeResult:
     """Roll `policy` out in `env` from `env.reset(seed)` until done or `env.max_steps` steps.
 
     Latency model (`latency_steps` = d, inference taking d control steps): each chunk runs n =
@@ -118,6 +119,9 @@ def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, 
     observation k runs its actions d .. d + n - 1 (the first chunk of an episode, when the robot
     waits for it, 0 .. n - 1). d = 0 is plain receding-horizon execution. A policy with `rtc` set
     is given the d + remaining actions of the current chunk to guide the next (real-time chunking).
+    `latency_mode="sync"`: the robot instead waits out every inference (d steps of
+    `env.idle_action()` while the world moves on) and runs each chunk from its first action. Where
+    the environment can idle, the wait for an episode's first chunk is modelled in both modes.
 
     With `video_dir`, every rendered frame (reset + one per step) goes into
     `video_dir/episode_{index:03d}_{success|failure}.mp4`.
@@ -126,6 +130,11 @@ def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, 
 
     if n_action_steps < 1:
         raise ConfigError(f"n_action_steps={n_action_steps}: expected a positive integer")
+    if latency_mode not in ("async", "sync"):
+        raise ConfigError(f"--eval.latency_mode={latency_mode!r}: expected async or sync")
+    if latency_mode == "sync" and latency_steps and not hasattr(env, "idle_action"):
+        raise ConfigError("--eval.latency_mode=sync needs an environment that can wait in place (the built-in "
+                          "simulator); this one has no idle action")
     if not 0 <= latency_steps < n_action_steps:
         raise ConfigError(f"--eval.latency_steps={latency_steps}: expected 0 <= latency < n_action_steps "
                           f"({n_action_steps}): the next chunk must be asked for while the current one runs")
@@ -155,11 +164,24 @@ def run_episode(env, policy, seed: int, n_action_steps: int, *, index: int = 0, 
         return False
 
     d, n = latency_steps, n_action_steps
+    sync = latency_mode == "sync"
+
+    def wait() -> bool:  # the robot idles while a chunk is computed (the world does not)
+        return bool(d) and hasattr(env, "idle_action") and run([env.idle_action()] * d)
     try:
         if video is not None:
             video.add(env.render())
         chunk, start = next_actions(policy, obs, env.action_dim), 0  # the robot waits for the first chunk
         chunks = 1
+        done = wait()
+        while not done and sync:
+            if executed:
+                seams.append(len(executed))
+            done = run(chunk[:n])
+            if not done:
+                chunk = next_actions(policy, obs, env.action_dim)
+                chunks += 1
+                done = wait()
         while not done:
             if d and start + n > len(chunk):
                 raise ConfigError(f"chunks of {len(chunk)} actions cannot cover n_action_steps={n} after skipping "
@@ -205,7 +227,8 @@ def smoothness(actions: np.ndarray, seams: list[int]) -> dict[str, float | None]
 
 def evaluate(env, policy, seeds: Iterable[int], n_action_steps: int | None = None, *, video_dir: Path | None = None,
              max_videos: int | None = None, progress: bool = False,
-             on_episode: Callable[[EpisodeResult], None] | None = None, latency_steps: int = 0) -> list[EpisodeResult]:
+             on_episode: Callable[[EpisodeResult], None] | None = None, latency_steps: int = 0,
+             latency_mode: str = "async") -> list[EpisodeResult]:
     """One episode per seed; videos of the first `max_videos` episodes (None: all) when `video_dir` is set.
 
     n_action_steps: actions executed per chunk (None: `policy.n_action_steps`, else 1).
@@ -218,7 +241,7 @@ def evaluate(env, policy, seeds: Iterable[int], n_action_steps: int | None = Non
         record = video_dir is not None and (max_videos is None or i < max_videos)
         result = run_episode(env, policy, seed, n, index=i, video_dir=video_dir if record else None,
                              progress=progress, desc=f"episode {i + 1}/{len(seeds)} (seed {seed})",
-                             latency_steps=latency_steps)
+                             latency_steps=latency_steps, latency_mode=latency_mode)
         results.append(result)
         if on_episode is not None:
             on_episode(result)

@@ -14,7 +14,6 @@ Three call modes, all through `Backbone.forward`:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -37,11 +36,13 @@ def joint_layer(
     mask: torch.Tensor,
     positions: torch.Tensor,
     past_kv: tuple[torch.Tensor, torch.Tensor] | None,
+    biases: dict | None = None,
 ) -> tuple[list[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]:
     """One layer over several streams.
 
     xs[i]: (B, L_i, W_i) or None; mask: (B, Lq, Lk) bool with Lq = sum L_i, Lk = past + Lq;
-    positions: (B, Lq). Returns the new xs and this layer's (K, V) over the new tokens.
+    positions: (B, Lq). `biases` keeps the additive mask per dtype across the layers of one pass
+    (built once, not once per layer). Returns the new xs and this layer's (K, V) over the new tokens.
     """
     active = [i for i, x in enumerate(xs) if x is not None]
     spec = layers[active[0]].spec
@@ -66,7 +67,11 @@ def joint_layer(
     if groups > 1:  # query heads share the KV heads
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, MASK_VALUE)
+    bias = None if biases is None else biases.get(q.dtype)
+    if bias is None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, MASK_VALUE)
+        if biases is not None:
+            biases[q.dtype] = bias
     attn = scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None])  # scale 1/sqrt(Dh)
     attn = attn.transpose(1, 2).reshape(q.shape[0], q.shape[2], spec.num_heads * spec.head_dim)
 
@@ -126,13 +131,14 @@ class Backbone(nn.Module):
         conds = [None, adarms_cond]
         kv_out: KVCache = []
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        biases: dict = {}
         for index, layers in enumerate(zip(self.vlm.layers, self.expert.layers)):
             past = past_kv[index] if past_kv is not None else None
             if use_ckpt:
-                xs, kv = checkpoint(joint_layer, list(layers), xs, conds, mask, positions, past,
+                xs, kv = checkpoint(joint_layer, list(layers), xs, conds, mask, positions, past, biases,
                                     use_reentrant=False)
             else:
-                xs, kv = joint_layer(list(layers), xs, conds, mask, positions, past)
+                xs, kv = joint_layer(list(layers), xs, conds, mask, positions, past, biases)
             if return_kv:
                 kv_out.append(kv)
         prefix_out = self.vlm.norm(xs[0])[0] if xs[0] is not None else None

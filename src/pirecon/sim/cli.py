@@ -1,7 +1,7 @@
 """`pirecon sim <record|eval|preview> [--flags]`: the built-in simulator on the command line.
 
     pirecon sim record --episodes=50 --output=data/sim [--seed=0] [--image_size=96] [--version=v3.0]
-                       [--num_blocks=3] [--action_noise=0]
+                       [--num_blocks=3] [--action_noise=0] [--drift=0]
     pirecon sim eval --episodes=50 [--policy=expert|random]
     pirecon sim preview --output=sim.png [--seed=0]
 
@@ -58,7 +58,7 @@ def _record(flags: RecordFlags) -> int:
             print(f"  {done}/{total} episodes", flush=True)
 
     config = SimConfig(image_size=flags.image_size, cells=flags.cells, max_steps=flags.max_steps,
-                       num_blocks=flags.num_blocks)
+                       num_blocks=flags.num_blocks, drift=flags.drift)
     summary = record(flags.output, flags.episodes, seed=flags.seed, image_size=flags.image_size,
                      version=flags.version, config=config, overwrite=flags.overwrite,
                      action_noise=flags.action_noise, progress=progress)

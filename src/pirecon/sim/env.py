@@ -71,6 +71,7 @@ class SimConfig:
     jitter: float = 0.02  # with grid > 0: random offset (up to +-jitter) from the cell centres
     cells: str = "all"  # with grid > 0: "all" cells or only the 4 "corners" hold the zone and blocks
     random_start: bool = False  # False: the gripper starts at HOME; True: anywhere away from the blocks
+    drift: float = 0.0  # the named block drifts this far per step (direction drawn per episode) until grasped: latency matters
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "colors", tuple(self.colors))
@@ -96,6 +97,9 @@ class SimConfig:
                               f"corner); got grid={self.grid}, num_blocks={self.num_blocks}")
         if self.grid:
             self._check_grid()
+        if not 0.0 <= self.drift <= 0.2 * self.max_speed:
+            raise ConfigError(f"drift={self.drift}: expected 0..{0.2 * self.max_speed:g} table units per step "
+                              f"(a fifth of max_speed, so the expert can stop over a drifting block)")
         if self.max_steps <= 0 or self.fps <= 0:
             raise ConfigError(f"max_steps={self.max_steps}, fps={self.fps}: expected positive integers")
 
@@ -128,6 +132,7 @@ class Scene:
     held: int | None = None  # index of the block in the gripper
     touched: bool = False  # the named block has been picked up this episode (a reach then fails)
     moved: float = 0.0  # how far (Chebyshev) the gripper moved in the last step
+    drift: np.ndarray | None = None  # (2,) per-step motion of the named block until it is grasped
 
 
 def sample_scene(config: SimConfig, seed: int) -> Scene:
@@ -161,7 +166,11 @@ def sample_scene(config: SimConfig, seed: int) -> Scene:
         break
     target = int(rng.integers(config.num_blocks))
     kind = config.tasks[int(rng.integers(len(config.tasks)))]
-    return Scene(blocks=blocks, colors=colors, zone=zone, gripper=g, target=target, kind=kind)
+    drift = None
+    if config.drift > 0:  # its own stream: layouts stay those of drift = 0
+        angle = np.random.default_rng([seed, 1]).uniform(0, 2 * np.pi)
+        drift = config.drift * np.array([np.cos(angle), np.sin(angle)])
+    return Scene(blocks=blocks, colors=colors, zone=zone, gripper=g, target=target, kind=kind, drift=drift)
 
 
 def _start_clearance(config: SimConfig) -> float:
@@ -315,6 +324,8 @@ class SimEnv:
             raise InputError(f"action {a.tolist()} contains NaN or inf")
         a = np.clip(a, -1.0, 1.0)
 
+        if scene.drift is not None and scene.held != scene.target:
+            self._drift(scene)
         old = scene.gripper
         scene.gripper = np.clip(old + self.config.max_speed * a[:2], *GRIPPER_LIMITS)
         scene.moved = float(np.abs(scene.gripper - old).max())
@@ -368,6 +379,20 @@ class SimEnv:
         if self.scene is None:
             raise RuntimeError("SimEnv: call reset(seed) before using the environment")
         return self.scene
+
+    def _drift(self, scene: Scene) -> None:
+        """Move the named block by its drift, bouncing off the table's edges."""
+        half = self.config.block_size / 2
+        moved = scene.blocks[scene.target] + scene.drift
+        for axis in range(2):
+            if not half <= moved[axis] <= 1 - half:
+                scene.drift[axis] = -scene.drift[axis]
+                moved[axis] = np.clip(moved[axis], half, 1 - half)
+        scene.blocks[scene.target] = moved
+
+    def idle_action(self) -> np.ndarray:
+        """What a waiting robot does: no motion, the gripper as it is (3,) float32."""
+        return np.array([0.0, 0.0, 1.0 if self._require_scene().closed else -1.0], dtype=np.float32)
 
     def _block_under_gripper(self) -> int | None:
         """Index of the block whose square contains the gripper (the nearest one), or None."""
