@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -89,6 +90,29 @@ def test_v3_layout_follows_lerobot(tmp_path):
     item = open_dataset(root, action_horizon=2)[6]  # episode 1, frame 1
     assert item["task"] == "place" and item["observation.gaze_bbox"].dtype == torch.float32
     np.testing.assert_allclose(item["observation.gaze_bbox"].numpy(), [0.1, 0.2, 0.5, 0.61], rtol=1e-6)
+
+
+@pytest.mark.skipif("libsvtav1" not in av.codecs_available, reason="no AV1 encoder in this PyAV build")
+def test_av1_episodes_concatenate_and_read_back(tmp_path):
+    """vcodec="av1" writes LeRobot's default codec (libsvtav1, keyframe every `gop` frames); the
+    per-episode files remux into one v3.0 file whose frames sit at the episodes' offsets."""
+    lengths = (7, 6)
+    root = write_demo_dataset(tmp_path / "ds", "v3.0", lengths, cameras=("top",), image_size=64, vcodec="av1")
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["features"]["observation.images.top"]["info"]["video.codec"] == "av1"
+    video = root / "videos/observation.images.top/chunk-000/file-000.mp4"
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.codec.id == av.Codec("libsvtav1", "w").id
+        keys = [p.is_keyframe for p in container.demux(stream) if p.dts is not None]
+    assert keys == [i % 2 == 0 for i in range(7)] + [i % 2 == 0 for i in range(6)]  # gop 2, restarted per episode
+    frames, times = read_all_frames(video)
+    np.testing.assert_allclose(times, np.arange(13) / 10)
+    ds = open_dataset(root, action_horizon=1)
+    item = ds[8]  # episode 1, frame 1
+    expected = demo_image(1, 1, 0, 64).transpose(2, 0, 1) / 255.0
+    assert np.abs(item["observation.images.top"].numpy() - expected).mean() < 0.02
+    np.testing.assert_array_equal((item["observation.images.top"].numpy() * 255).round(), frames[8].transpose(2, 0, 1))
 
 
 def test_v21_layout_follows_lerobot(tmp_path):

@@ -1,13 +1,15 @@
-"""Video decoding by timestamp and H.264 encoding with PyAV.
+"""Video decoding by timestamp and H.264 / AV1 encoding with PyAV.
 
 Decoding follows LeRobot's rule: the frame whose presentation time (pts) is closest to the
 requested timestamp, within a tolerance. `FrameDecoder` keeps a few containers open per process
 and remembers where each decoder stands, so sequential requests decode forward without seeking
-and random requests seek to the keyframe before the timestamp, then decode forward.
+and random requests seek to the keyframe before the timestamp (the container's keyframe index
+tells which is cheaper), then decode forward only up to the frame asked for.
 
-Encoding writes yuv420p H.264 (libx264; mpeg4 if this FFmpeg build lacks it) with a short GOP and
-no B-frames, like LeRobot's recorder, so that random access stays cheap and per-episode files can
-be concatenated by remuxing packets (`concat_videos`) without re-encoding.
+Encoding writes yuv420p H.264 (libx264; mpeg4 if this FFmpeg build lacks it) or AV1 (libsvtav1,
+LeRobot's default) with a short GOP and no B-frames, like LeRobot's recorder, so that random
+access stays cheap and per-episode files can be concatenated by remuxing packets
+(`VideoConcatenator`) without re-encoding.
 """
 
 from __future__ import annotations
@@ -115,18 +117,35 @@ class _OpenVideo:
         self.stream.codec_context.thread_count = 1
         rate = self.stream.average_rate or self.stream.guessed_rate or 30
         self.period = 1.0 / float(rate)  # seconds per frame
+        self.step = self.period  # smallest gap seen between consecutive frames (the period at CFR)
         self.frames = None  # iterator of decoded frames from the current position
         self.last = None  # last decoded av.VideoFrame, or None after a seek
         self.last_t = -1.0
-        self.forward_limit = 10 * self.period  # decode forward rather than seek up to this far
-        self._last_key_t = None
+        # Keyframe times from the container's index (mp4 reads its sync-sample table on open):
+        # they tell whether a later request is reached sooner by decoding on or by seeking.
+        tb = float(self.stream.time_base)
+        self.keys = np.asarray([e.timestamp * tb for e in self.stream.index_entries if e.is_keyframe])
+        self.gop = None  # largest keyframe spacing seen while decoding on (seconds)
+        self._last_key_t = None  # last keyframe decoded since the last seek
+
+    def reachable(self, t: float, target: float) -> bool:
+        """Whether decoding on from the current position reaches time `t` with no more frames
+        than a seek to `target` would: the seek would land on a keyframe no later than the frame
+        after the current one."""
+        if self.last is None or t <= self.last_t:
+            return False
+        if len(self.keys):
+            i = int(np.searchsorted(self.keys, target, side="right")) - 1  # where the seek lands
+            return i < 0 or self.keys[i] < self.last_t + 1.5 * self.step
+        return t - self.last_t <= (self.gop or 10 * self.period)  # no index: the GOP seen so far
 
     def seek(self, t: float) -> None:
-        target = max(0.0, t - self.period / 2)
-        self.container.seek(int(target / self.stream.time_base), stream=self.stream, backward=True,
+        """Position the decoder at the last keyframe at or before time `t` (seconds)."""
+        self.container.seek(max(0, int(t / self.stream.time_base)), stream=self.stream, backward=True,
                             any_frame=False)
         self.frames = iter(self.container.decode(self.stream))
         self.last, self.last_t = None, -1.0
+        self._last_key_t = None  # keyframes before and after a seek are not one GOP apart
 
     def advance(self) -> bool:
         """Decode the next frame into `last`; False at the end of the stream."""
@@ -136,12 +155,15 @@ class _OpenVideo:
             return False
         except av.error.FFmpegError as exc:
             raise DatasetError(f"{self.path}: cannot decode video ({exc})") from None
-        self.last, self.last_t = frame, float(frame.time)
-        self.cache.put(self.path, self.slot(self.last_t), frame)
-        if frame.key_frame:  # learn the keyframe spacing: forward decoding is cheaper within a GOP
-            if self._last_key_t is not None and self.last_t > self._last_key_t:
-                self.forward_limit = max(self.forward_limit, self.last_t - self._last_key_t)
-            self._last_key_t = self.last_t
+        t = float(frame.time)
+        if self.last is not None and t > self.last_t:
+            self.step = min(self.step, t - self.last_t)
+        self.last, self.last_t = frame, t
+        self.cache.put(self.path, self.slot(t), frame)
+        if frame.key_frame:  # learn the keyframe spacing (used when the container has no index)
+            if self._last_key_t is not None and t > self._last_key_t:
+                self.gop = max(self.gop or 0.0, t - self._last_key_t)
+            self._last_key_t = t
         return True
 
     def slot(self, t: float) -> int:
@@ -213,6 +235,7 @@ class FrameDecoder:
         self._open: OrderedDict[Path, _OpenVideo] = OrderedDict()
         self._cache = _FrameCache(int(cache_mb * 2**20))
         self._pid = os.getpid()
+        self.requests = self.decoded = self.seeks = 0  # counters: frame_at calls, frames decoded, seeks
         _DECODERS.add(self)
 
     def _forget(self) -> None:
@@ -247,24 +270,41 @@ class FrameDecoder:
         `end` excludes frames at or after it (the next episode in a concatenated file). A time
         after the last frame but within that frame's display period maps to the last frame.
         Raises DatasetError naming the file and timestamp when no frame is within `tolerance`.
+
+        Work per request: a frame decoded earlier (cache, or where the decoder stands) costs
+        nothing; a time ahead with no keyframe in between decodes on from where the decoder
+        stands; anything else seeks to the last keyframe before `t`. Decoding stops at the first
+        frame that is surely the closest, and only the returned frame is converted to RGB.
         """
         video = self._get(Path(path))
+        self.requests += 1
         near = min(video.period / 2, tolerance)  # closer than half a frame: the nearest frame
         cached = self._cache.get(video.path, video.slot(t))
         if cached is not None and abs(float(cached.time) - t) <= near and (end is None or cached.time < end):
             return _rgb(cached)
         if video.last is not None and abs(video.last_t - t) <= near and (end is None or video.last_t < end):
             return _rgb(video.last)
-        if video.last is None or not (0 < t - video.last_t <= video.forward_limit):
-            video.seek(t)
+        # A frame no further than `sure` before t is the closest one: the next frame lies at least
+        # `step` after it, so farther from t (ties go to the earlier frame, as in LeRobot).
+        sure = min(near, video.step / 2)
+        # Seek to just under `sure` past t: a keyframe landed on after t is then the closest frame
+        # itself. At the end of a segment the frame before t may be the answer: seek to t there.
+        target = t + sure - 1e-6
+        target = target if end is None or target < end - 1e-6 else t
+        if not video.reachable(t, target):
+            video.seek(target)
+            self.seeks += 1
         prev = video.last if video.last is not None and video.last_t <= t else None
         nxt = None
         while True:
             if video.last is not None and video.last_t > t:
                 nxt = video.last
                 break
+            if prev is not None and t - video.last_t <= sure and (end is None or video.last_t < end - 1e-6):
+                break
             if not video.advance():
                 break
+            self.decoded += 1
             if video.last_t <= t:
                 prev = video.last
         if nxt is not None and end is not None and float(nxt.time) >= end - 1e-6:
@@ -293,16 +333,28 @@ class FrameDecoder:
 # Encoding
 
 
+CODEC_ALIASES = {"h264": "libx264", "av1": "libsvtav1"}  # LeRobot's names -> FFmpeg encoders
+DEFAULT_CRF = {"libx264": 23, "libsvtav1": 30}  # LeRobot records AV1 at crf 30
+
+
 def pick_codec(codec: str = "auto") -> str:
-    """'libx264' when this FFmpeg build has it, else 'mpeg4'; an explicit name is checked."""
+    """'libx264' when this FFmpeg build has it, else 'mpeg4'; an explicit name is checked.
+
+    'av1' means libsvtav1 (LeRobot's default encoder), 'h264' means libx264."""
     if codec == "auto":
         for name in ("libx264", "mpeg4"):
             if name in av.codecs_available:
                 return name
         raise DatasetError("no H.264 (libx264) or mpeg4 encoder in this PyAV/FFmpeg build")
-    if codec not in av.codecs_available:
+    name = CODEC_ALIASES.get(codec, codec)
+    if name not in av.codecs_available:
         raise DatasetError(f"video codec {codec!r} is not available in this PyAV/FFmpeg build")
-    return codec
+    return name
+
+
+def codec_label(encoder: str) -> str:
+    """The codec name LeRobot's info.json stores for an encoder ('h264', 'av1', ...)."""
+    return {"libx264": "h264", "libsvtav1": "av1"}.get(encoder, encoder)
 
 
 def fps_fraction(fps: float) -> Fraction:
@@ -313,7 +365,7 @@ class VideoEncoder:
     """Write RGB frames (H, W, 3) uint8 into one yuv420p mp4 at a constant frame rate."""
 
     def __init__(self, path: str | Path, fps: float, width: int, height: int, codec: str = "auto",
-                 crf: int = 23, gop: int = 2):
+                 crf: int | None = None, gop: int = 2):
         if width % 2 or height % 2:
             raise DatasetError(f"{path}: yuv420p video needs an even width and height, got {width}x{height}")
         self.path = Path(path)
@@ -321,8 +373,14 @@ class VideoEncoder:
         self.width, self.height = width, height
         self.frames = 0
         self._container = av.open(str(self.path), "w")
+        crf = DEFAULT_CRF.get(self.codec, 23) if crf is None else crf
         if self.codec == "libx264":
             options = {"crf": str(crf), "g": str(gop), "bf": "0", "preset": "veryfast"}
+        elif self.codec == "libsvtav1":
+            # As LeRobot's recorder (g=2, crf 30); AV1 has no B-frame reordering (pts == dts), so
+            # episodes concatenate by remuxing. SVT-AV1 prints its banner unless SVT_LOG says not to.
+            os.environ.setdefault("SVT_LOG", "1")
+            options = {"crf": str(crf), "g": str(gop)}
         else:
             options = {"g": str(gop), "bf": "0", "b": str(max(200_000, int(width * height * fps * 0.5)))}
         self._stream = self._container.add_stream(self.codec, rate=fps_fraction(fps), options=options)
@@ -363,7 +421,9 @@ class VideoConcatenator:
         try:
             in_stream = src.streams.video[0]
             if self._stream is None:
-                self._stream = self._container.add_stream_from_template(in_stream)
+                # opaque: copy the codec parameters as they are; rebuilding the codec by name fails
+                # when the input was opened with a decoder-only codec such as libdav1d (AV1).
+                self._stream = self._container.add_stream_from_template(in_stream, opaque=True)
                 self._time_base = in_stream.time_base
             end = self._offset
             for packet in src.demux(in_stream):

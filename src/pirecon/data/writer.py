@@ -11,7 +11,9 @@
         writer.save_episode()          # or writer.clear_episode() to drop a failed demo
     writer.finalize()                  # writes meta/, then moves the folder into place
 
-Video frames are encoded as they arrive (one mp4 per episode and camera); v3.0 then appends each
+Video frames are encoded as they arrive (one mp4 per episode and camera): H.264 by default,
+`vcodec="av1"` for AV1 (libsvtav1, LeRobot's default; crf 30 unless given); `gop` is the keyframe
+interval (2, as LeRobot's recorder, keeps random access cheap). v3.0 then appends each
 episode's packets to the shared `file-XXX.mp4` without re-encoding. Everything is written into a
 hidden sibling folder that replaces `root` only in `finalize()`; an exception inside a `with`
 block, or a writer that is never finalized, leaves no folder behind.
@@ -33,7 +35,7 @@ from PIL import Image
 
 from pirecon.data.layout import V2_DATA_PATH, V2_VIDEO_PATH, V3_DATA_PATH, V3_VIDEO_PATH
 from pirecon.data.stats import aggregate_stats
-from pirecon.data.video import VideoConcatenator, VideoEncoder, pick_codec
+from pirecon.data.video import VideoConcatenator, VideoEncoder, codec_label, pick_codec
 from pirecon.errors import DatasetError
 
 VERSIONS = ("v3.0", "v2.1")
@@ -88,7 +90,7 @@ class LeRobotWriter:
     """Record episodes frame by frame into a new LeRobot dataset folder (see module docstring)."""
 
     def __init__(self, root: str | Path, fps: float, features: dict, version: str = "v3.0",
-                 robot_type: str | None = None, *, vcodec: str = "auto", crf: int = 23, gop: int = 2,
+                 robot_type: str | None = None, *, vcodec: str = "auto", crf: int | None = None, gop: int = 2,
                  chunks_size: int = 1000, data_files_size_in_mb: float = 100,
                  video_files_size_in_mb: float = 500):
         self.root = Path(root)
@@ -377,7 +379,7 @@ class LeRobotWriter:
             if ft["dtype"] == "video":
                 h, w, c = ft["shape"]
                 ft["info"] = {"video.height": h, "video.width": w,
-                              "video.codec": "h264" if self.vcodec == "libx264" else self.vcodec,
+                              "video.codec": codec_label(self.vcodec),
                               "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": self.fps,
                               "video.channels": c, "has_audio": False}
             features[key] = ft
@@ -467,13 +469,15 @@ def demo_action(episode: int, frame: int, dim: int = 3) -> np.ndarray:
 
 def write_demo_dataset(root: str | Path, version: str = "v3.0", episode_lengths=(12, 15, 10),
                        cameras=("top", "wrist"), image_size: int = 32, image_dtype: str = "video",
-                       state_dim: int = 4, action_dim: int = 3, fps: int = 10) -> Path:
+                       state_dim: int = 4, action_dim: int = 3, fps: int = 10, vcodec: str = "auto",
+                       gop: int = 2) -> Path:
     """Write a tiny dataset with `demo_*` content; episode e has task f"task {e % 2}"."""
     features = {f"observation.images.{cam}": {"dtype": image_dtype, "shape": [image_size, image_size, 3],
                                               "names": ["height", "width", "channels"]} for cam in cameras}
     features["observation.state"] = {"dtype": "float32", "shape": [state_dim], "names": None}
     features["action"] = {"dtype": "float32", "shape": [action_dim], "names": None}
-    with LeRobotWriter(root, fps, features, version=version, robot_type="demo") as writer:
+    with LeRobotWriter(root, fps, features, version=version, robot_type="demo", vcodec=vcodec,
+                       gop=gop) as writer:
         for episode, length in enumerate(episode_lengths):
             for i in range(length):
                 frame = {f"observation.images.{cam}": demo_image(episode, i, c, image_size)
