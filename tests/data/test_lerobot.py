@@ -236,3 +236,18 @@ def test_nan_action_names_file_column_episode_and_row(v3, tmp_path):
     pq.write_table(table.set_column(table.column_names.index("action"), "action", column), path)
     with pytest.raises(DatasetError, match=r"file-000\.parquet: column 'action' holds nan in episode 1 at row 16"):
         open_dataset(root)
+
+
+def test_dataset_revision_picks_the_cached_snapshot(monkeypatch, tmp_path):
+    import pirecon.data.layout as layout
+    from pirecon.configs.data import DatasetConfig
+    from pirecon.errors import ConfigError
+
+    asked = []
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(layout, "resolve_dataset", lambda value: asked.append(value) or tmp_path)
+    layout.dataset_root(DatasetConfig(repo_id="org/data", revision="v2.1"))
+    layout.dataset_root(DatasetConfig(repo_id="org/data"))
+    assert asked == ["org/data@v2.1", "org/data"]
+    with pytest.raises(ConfigError, match="--dataset.revision=v1 and --dataset.repo_id=org/data@v2 both name"):
+        DatasetConfig(repo_id="org/data@v2", revision="v1")

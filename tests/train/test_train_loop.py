@@ -147,3 +147,17 @@ def test_unknown_flag_suggests(sim_dataset, tmp_path):
     res = run_cli(["--optimizer.learning_rate=1"])
     assert res.returncode == 2 and "unknown flag --optimizer.learning_rate" in res.stderr
     assert "--optimizer.lr" in res.stderr or "did you mean" in res.stderr
+
+
+def test_lerobots_resume_idiom(sim_dataset, sim_tokenizer, tmp_path):
+    out = tmp_path / "run"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=2", "--save_freq=1",
+                                             "--keep_last_checkpoints=2")))
+    saved = out / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    assert json.loads(saved.read_text())["steps"] == 2
+    # As lerobot-train resumes: the config file of the last checkpoint, --resume=true, more steps.
+    result = train(parse_train_flags([f"--config_path={saved}", "--resume=true", "--steps=3"]))
+    assert result.steps == 3 and sorted(logged(out)) == [1, 2, 3]
+    earlier = out / "checkpoints" / "000002" / "pretrained_model" / "train_config.json"
+    with pytest.raises(ConfigError, match="resuming continues from the run's last checkpoint"):
+        parse_train_flags([f"--config_path={earlier}", "--resume=true", "--steps=4"])

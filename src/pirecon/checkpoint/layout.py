@@ -39,6 +39,10 @@ TRAINING_STATE = "training_state.pt"
 EMA_FILE = "ema.safetensors"
 TRAINABLE_FILE = "trainable.safetensors"
 ADAPTER_DIR = "adapter"
+# LeRobot's folder of the model in a checkpoint; ours holds the run's train_config.json there, so
+# LeRobot's resume idiom (--config_path=OUT/checkpoints/last/pretrained_model/train_config.json) works.
+PRETRAINED_MODEL = "pretrained_model"
+TRAIN_CONFIG = "train_config.json"
 TRAINING_MARKERS = (TRAINING_STATE, ADAPTER_DIR, TRAINABLE_FILE)  # "export before uploading"
 # LeRobot and openpi side files
 PREPROCESSOR_FILE = "policy_preprocessor.json"

@@ -12,6 +12,7 @@ A checkpoint folder holds:
   tokenizer.model|.json  a copy of the tokenizer
   training_state.pt      optimizer, scheduler, RNG states, data position, step
   data_info.json         cameras, dims and normalisation mode, to rebuild the preprocessing
+  pretrained_model/train_config.json   the run's configuration, where LeRobot keeps it (its resume idiom)
 
 Everything is written into a temporary sibling folder which is renamed into place, and `last` is
 swapped with an atomic rename, so a kill at any moment leaves the previous checkpoint intact.
@@ -29,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from pirecon.checkpoint.layout import (ADAPTER_DIR, CHECKPOINTS, CONFIG_FILE, EMA_FILE, LAST, NORM_STATS,
-                                       TRAINABLE_FILE, TRAINING_STATE)
+                                       PRETRAINED_MODEL, TRAIN_CONFIG, TRAINABLE_FILE, TRAINING_STATE)
 from pirecon.checkpoint.write_pirecon import copy_tokenizer, pirecon_config, write_json, write_weights
 from pirecon.model import lora
 
@@ -92,6 +93,8 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, train_c
         "tokenizer": tokenizer_file}))
     for name, body in (extra_json or {}).items():
         write_json(tmp / name, body)
+    (tmp / PRETRAINED_MODEL).mkdir()
+    write_json(tmp / PRETRAINED_MODEL / TRAIN_CONFIG, train_config)
     torch.save(training_state, tmp / TRAINING_STATE)
     _fsync_tree(tmp)
     if final.exists():  # re-saving the same step: move the old one out of the way first

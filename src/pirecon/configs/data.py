@@ -74,6 +74,7 @@ class DatasetConfig:
 
     root: str | None = None  # local dataset folder (LeRobot v2.0-v3.0 layout)
     repo_id: str | None = None  # without root: $HF_LEROBOT_HOME/<repo_id>, else a Hub dataset id in the local HF cache
+    revision: str | None = None  # with a Hub repo_id: the branch, tag or commit of the cached snapshot (none: main)
     episodes: list[int] | None = None  # episode indices to use (none: all)
     camera_map: dict[str, str] = field(default_factory=dict)  # dataset camera key -> model camera view (JSON)
     action_dims: list[int] | None = None  # keep only these action dimensions (none: all)
@@ -85,6 +86,9 @@ class DatasetConfig:
     val_episodes: int = 0  # last N of the selected episodes held out for offline evaluation
 
     def __post_init__(self) -> None:
+        if self.revision is not None and self.repo_id is not None and "@" in self.repo_id:
+            raise ConfigError(f"--dataset.revision={self.revision} and --dataset.repo_id={self.repo_id} both name a "
+                              f"revision; give one")
         if self.video_backend not in VIDEO_BACKENDS:
             raise ConfigError(f"--dataset.video_backend={self.video_backend!r}: expected one of {list(VIDEO_BACKENDS)}")
         if self.val_episodes < 0:

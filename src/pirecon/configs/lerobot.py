@@ -85,7 +85,6 @@ FLAGS: tuple[Flag, ...] = (
     _default_only("eval.recording", False, "evaluation episodes are not recorded as datasets"),
     _default_only("eval.recording_repo_id", None, "evaluation episodes are not recorded as datasets"),
     _default_only("eval.recording_private", False, "evaluation episodes are not recorded as datasets"),
-    _default_only("dataset.revision", None, "pin a revision in the id instead: --dataset.repo_id=ORG/NAME@REV"),
     _default_only("parallelism.dp_replicate", 1, "data parallel: `accelerate launch`"),
     _default_only("parallelism.dp_shard", 1, "sharding: an accelerate FSDP config file"),
     _default_only("parallelism.context_parallel.ring_degree", 1, "no context parallelism"),

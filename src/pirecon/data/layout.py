@@ -49,7 +49,7 @@ def dataset_root(cfg: DatasetConfig) -> Path:
         local = Path(home).expanduser() / cfg.repo_id
         if local.is_dir():
             return local
-        return resolve_dataset(cfg.repo_id)
+        return resolve_dataset(f"{cfg.repo_id}@{cfg.revision}" if cfg.revision else cfg.repo_id)
     raise ConfigError("--dataset.root: expected a dataset folder (or --dataset.repo_id=ORG/NAME of a Hub "
                       "dataset or a local copy)")
 

@@ -6,7 +6,8 @@ cannot take is an error naming the flag, the folder and both values. `--config_p
 `train_config.json` or a checkpoint's `config.json`.
 
 `--resume=true --output_dir=OUT` continues the run in OUT from its last checkpoint with the saved
-configuration; flags typed now still override it (e.g. a larger `--steps`).
+configuration; flags typed now still override it (e.g. a larger `--steps`). LeRobot's idiom,
+`--resume=true --config_path=OUT/checkpoints/last/pretrained_model/train_config.json`, does the same.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pirecon.checkpoint.layout import last_checkpoint, read_config
+from pirecon.checkpoint.layout import PRETRAINED_MODEL, last_checkpoint, read_config
 from pirecon.configs.parse import Parsed, format_help, load_json, parse_command, split_env_options, wants_help
 from pirecon.configs.lerobot import looks_like_lerobot, translate_flags, translate_train_config
 from pirecon.configs.train import TrainConfig, upgrade_saved
@@ -47,6 +48,11 @@ def parse_train_command(argv: list[str]) -> Parsed:
     last = last_checkpoint(cfg.output_dir)
     if last is None:
         raise ConfigError(f"--resume=true but {Path(cfg.output_dir) / 'checkpoints'} holds no checkpoint")
+    named = parsed.config_file
+    if named is not None and named.parent.name == PRETRAINED_MODEL and \
+            named.parent.parent.resolve() != Path(last).resolve():
+        raise ConfigError(f"--config_path={named}: resuming continues from the run's last checkpoint ({last}); "
+                          f"an earlier one cannot be resumed with later checkpoints in the folder")
     # The saved config is the base; only the flags typed now override it.
     return with_env_options(parse_command(argv, TrainConfig, base=upgrade_saved(read_config(last)["train"]),
                                           config_path_flag=True, read_config_file=read_config_file,
