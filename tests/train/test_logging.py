@@ -116,7 +116,7 @@ def test_closed_loop_evaluation_during_training(sim_dataset, sim_tokenizer, tmp_
     plain = {r["step"]: r["loss"] for r in map(json.loads, (without / "log.jsonl").read_text().splitlines())}
     assert losses == plain
     assert "  evaluation  sim, 2 episodes (seeds 100000..100001), one at a time; the simulator settings the " \
-           "training data was recorded with, every 2 steps" in printed
+           "training data was recorded with (meta/pirecon_sim.json), every 2 steps" in printed
     assert "sim_pi0" in json.loads((with_eval / "train_config.json").read_text())["job_name"]
     with pytest.raises(ConfigError, match="--env.max_steps: environment settings need --env.type=sim|libero"):
         Trainer(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "x", "--env.max_steps=6")))

@@ -17,12 +17,10 @@ sim's image_size defaults to the camera size of the dataset the checkpoint was t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import shutil
 import sys
 import time
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +29,16 @@ from pirecon.checkpoint.layout import require_ema, resolve_checkpoint, training_
 from pirecon.configs.data import DatasetConfig
 from pirecon.configs.eval import EnvFlags, EvalConfig
 from pirecon.configs.policy import check_device_flag
-from pirecon.configs.parse import format_help, from_dict, join_flag_values, parse_flags, to_dict
+from pirecon.configs.parse import format_help, parse_flags, split_env_options, to_dict
 from pirecon.errors import ConfigError
-from pirecon.eval.envs import ENV_TYPES, make_env
+from pirecon.eval.envs import ENV_TYPES, make_env, sim_settings
 from pirecon.eval.metrics import format_summary, summarize
 from pirecon.eval.rollout import evaluate, run_baselines
-from pirecon.sim.env import CAMERA_KEYS, SimConfig
-from pirecon.sim.record import recorded_sim_config
+from pirecon.sim.env import SimConfig
 
 EPISODES_FILE = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
 VIDEOS_DIR = "videos"
-ENV_FIXED = ("type", "task", "options")  # --env.* flags that are not environment options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,17 +47,7 @@ ENV_FIXED = ("type", "task", "options")  # --env.* flags that are not environmen
 
 def parse_eval_flags(argv: list[str]) -> EvalConfig:
     """Flags -> EvalConfig; `--env.<name>=value` (other than type and task) become env options (strings)."""
-    rest, options = [], {}
-    for arg in join_flag_values(argv):
-        if arg.startswith("--env."):
-            name, sep, value = arg[len("--env."):].partition("=")
-            if name not in ENV_FIXED:
-                if not name.isidentifier():
-                    raise ConfigError(f"unknown flag {arg.partition('=')[0]}: environment settings look like "
-                                      f"--env.<name>=value")
-                options[name] = value if sep else "true"
-                continue
-        rest.append(arg)
+    rest, options = split_env_options(argv)
     cfg = parse_flags(rest, EvalConfig)
     cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, options={**cfg.env.options, **options}))
     check_eval_config(cfg)
@@ -119,59 +105,14 @@ def training_dataset_root(folder: Path) -> Path | None:
     return root if root.is_dir() else None
 
 
-def dataset_camera_shapes(root: Path) -> dict[str, list[int]] | None:
-    """{camera key: [H, W, C]} from a dataset's meta/info.json, None when it cannot be read."""
-    try:
-        info = json.loads((root / "meta" / "info.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return {key: list(ft.get("shape", [])) for key, ft in (info.get("features") or {}).items()
-            if ft.get("dtype") in ("video", "image")}
-
-
 # ---------------------------------------------------------------------------------------------
 # Environment options
 
 
 def sim_options(options: dict[str, Any], checkpoint: Path | None) -> tuple[dict[str, Any], str | None]:
-    """String options -> typed SimConfig fields, on top of the training data's simulator settings.
-
-    Defaults come from the checkpoint's training dataset: the settings `pirecon sim record` stored
-    there, else (an older or foreign recording) just its cameras' image_size. Returns (options,
-    note) where note says where the defaults came from.
-    """
-    names = [f.name for f in dataclasses.fields(SimConfig)]
-    for key in options:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
-            hint = f"; did you mean {', '.join('--env.' + c for c in close)}?" if close else ""
-            raise ConfigError(f"unknown flag --env.{key} for --env.type=sim{hint} (the sim's settings: "
-                              f"{', '.join(names)})")
-    hints = typing.get_type_hints(SimConfig)
-    converted = {key: getattr(from_dict(_single(key, hints[key]), {key: value}, where="--env"), key)
-                 for key, value in options.items()}
-    note = None
+    """`--env.*` strings -> the sim's settings, on top of those of the data `checkpoint` was trained on."""
     root = training_dataset_root(checkpoint) if checkpoint is not None else None
-    recorded = recorded_sim_config(root) if root is not None else None
-    if recorded is not None:
-        # The dataset was recorded by `pirecon sim record`: rebuild the same world, flags override.
-        note = "the simulator settings the training data was recorded with (meta/pirecon_sim.json)"
-        converted = {**dataclasses.asdict(recorded), **converted}
-    elif "image_size" not in converted and checkpoint is not None:
-        shapes = (dataset_camera_shapes(root) if root is not None else None) or {}
-        sizes = {tuple(shapes[k][:2]) for k in CAMERA_KEYS if len(shapes.get(k, [])) >= 2}  # {(H, W)}
-        if len(sizes) == 1 and len(set(*sizes)) == 1:  # both cameras square and of one size
-            converted["image_size"] = int(next(iter(sizes))[0])
-            note = f"image_size={converted['image_size']} (the training dataset's cameras)"
-        else:
-            note = (f"image_size={SimConfig.image_size} (the sim default: the training dataset's sim cameras were not "
-                    f"found; pass --env.image_size to match them)")
-    return converted, note
-
-
-def _single(name: str, tp: Any) -> type:
-    """A one-field dataclass of type `tp`, to reuse the flag parser's conversion and messages."""
-    return dataclasses.make_dataclass("EnvOption", [(name, tp)])
+    return sim_settings(options, root, from_training=checkpoint is not None)
 
 
 def build_env(cfg: EnvFlags, checkpoint: Path | None = None):

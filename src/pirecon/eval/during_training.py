@@ -9,53 +9,19 @@ them), else the dataset's camera size; typed `--env.*` settings win.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import random
 import time
-import typing
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from pirecon.configs.parse import from_dict
 from pirecon.configs.train import TrainEnvFlags, TrainEvalFlags
 from pirecon.errors import ConfigError
-from pirecon.eval.envs import make_env
+from pirecon.eval.envs import make_env, sim_settings
 from pirecon.eval.metrics import summarize
 from pirecon.eval.rollout import evaluate
 from pirecon.inference import PolicyRunner
-from pirecon.sim.env import CAMERA_KEYS, SimConfig
-from pirecon.sim.record import recorded_sim_config
-
-
-def env_options_for_dataset(env_type: str, options: dict[str, Any], root: Path | None) -> tuple[dict, str | None]:
-    """Typed `--env.*` strings -> the environment's settings, on top of the training data's (sim).
-    Returns (settings, a note on where the defaults came from)."""
-    if env_type != "sim":
-        return dict(options), None  # LiberoEnv.from_task converts and checks its own --env.* settings
-    names = [f.name for f in dataclasses.fields(SimConfig)]
-    unknown = [key for key in options if key not in names]
-    if unknown:
-        raise ConfigError(f"unknown flag --env.{unknown[0]} for --env.type=sim (the sim's settings: {', '.join(names)})")
-    hints = typing.get_type_hints(SimConfig)
-    settings = {key: getattr(from_dict(dataclasses.make_dataclass("EnvOption", [(key, hints[key])]), {key: value},
-                                       where="--env"), key) for key, value in options.items()}
-    recorded = recorded_sim_config(root) if root is not None else None
-    if recorded is not None:
-        return {**dataclasses.asdict(recorded), **settings}, "the simulator settings the training data was recorded with"
-    if "image_size" not in settings and root is not None:
-        try:
-            features = json.loads((root / "meta" / "info.json").read_text()).get("features") or {}
-        except (OSError, json.JSONDecodeError):
-            features = {}
-        sizes = {tuple(features[k].get("shape", [])[:2]) for k in CAMERA_KEYS if k in features}
-        if len(sizes) == 1 and len(set(*sizes)) == 1:
-            settings["image_size"] = int(next(iter(sizes))[0])
-            return settings, f"image_size={settings['image_size']} (the training dataset's cameras)"
-    return settings, None
 
 
 class TrainingEvaluator:
@@ -63,7 +29,8 @@ class TrainingEvaluator:
 
     def __init__(self, env_flags: TrainEnvFlags, eval_flags: TrainEvalFlags, n_action_steps: int,
                  dataset_root: Path | None):
-        settings, self.note = env_options_for_dataset(env_flags.type, env_flags.options, dataset_root)
+        settings, self.note = (sim_settings(env_flags.options, dataset_root) if env_flags.type == "sim"
+                               else (dict(env_flags.options), None))  # LIBERO converts its own settings
         try:
             self.env = make_env(env_flags.type, env_flags.task, **settings)
         except ConfigError as exc:
