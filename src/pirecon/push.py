@@ -8,19 +8,10 @@ and a token with write access (`hf auth login` or HF_TOKEN); fails at once under
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pirecon.checkpoint.upload import push
+from pirecon.configs.checkpoint import PushFlags
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class PushFlags:
-    private: bool = False  # create the Hub repo as private
-    revision: str | None = None  # branch to upload to (none: the default branch)
-    use_ema: bool = False  # upload the EMA weights
-    commit_message: str | None = None  # the Hub commit message (none: a generated one)
 
 
 def run(argv: list[str]) -> int:

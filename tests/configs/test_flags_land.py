@@ -19,8 +19,8 @@ from pirecon.errors import ConfigError
 COMMAND_CONFIGS = {
     "demo": ("pirecon.configs.demo", "DemoConfig"), "smoke": ("pirecon.configs.demo", "SmokeConfig"),
     "stats": ("pirecon.configs.data", "StatsConfig"), "doctor": ("pirecon.configs.data", "DoctorConfig"),
-    "train": ("pirecon.configs.train", "TrainConfig"), "export": ("pirecon.export", "ExportConfig"),
-    "push": ("pirecon.push", "PushFlags"), "recon-viz": ("pirecon.configs.recon", "ReconVizConfig"),
+    "train": ("pirecon.configs.train", "TrainConfig"), "export": ("pirecon.configs.checkpoint", "ExportConfig"),
+    "push": ("pirecon.configs.checkpoint", "PushFlags"), "recon-viz": ("pirecon.configs.recon", "ReconVizConfig"),
     "serve": ("pirecon.configs.serve", "ServeConfig"), "eval": ("pirecon.configs.eval", "EvalConfig"),
     "eval-offline": ("pirecon.configs.eval", "OfflineConfig"),
     "tokenizer": ("pirecon.configs.data", "TokenizerConfig"),
@@ -36,6 +36,8 @@ def config_class(command: str) -> type:
 
 def test_every_command_is_listed():
     assert {c.split()[0] for c in COMMAND_CONFIGS} == set(COMMANDS)
+    # One configuration package: every command's flags are declared in pirecon.configs.
+    assert all(module.startswith("pirecon.configs.") for module, _ in COMMAND_CONFIGS.values())
 
 
 def leaf(cls: type, dotted: str) -> tuple[type, dataclasses.Field, typing.Any]:
