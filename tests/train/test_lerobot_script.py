@@ -51,7 +51,13 @@ def test_the_lerobot_pi05_script_trains_with_lerobots_meanings(tmp_path, monkeyp
     assert (cfg.batch_size, cfg.output_dir, cfg.job_name, cfg.wandb.enable, cfg.wandb.project) == \
         (32, "outputs/x", "pi05_libero", True, "myproj")
     assert (cfg.peft.method_type, cfg.peft.r, cfg.peft.target_modules) == ("lora", 16, ["q_proj", "v_proj"])
-    result = train(cfg, typed=parsed.typed)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # bf16 autocast: one Accelerator setting per process
+    try:
+        result = train(cfg, typed=parsed.typed)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     printed = capsys.readouterr().out
     out = tmp_path / "outputs" / "x"
     assert result.steps == 2 and (result.checkpoint / "adapter" / "adapter_config.json").is_file()
