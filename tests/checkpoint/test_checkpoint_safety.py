@@ -1,3 +1,4 @@
+import errno
 import os
 import random
 import signal
@@ -11,6 +12,7 @@ import torch
 from pirecon.checkpoint import training as ckpt
 from pirecon.checkpoint.layout import last_checkpoint
 from pirecon.checkpoint.load import load_model
+from pirecon.errors import CheckpointError
 from pirecon.train.command import parse_train_flags
 from pirecon.train.loop import Trainer, train
 from tests.train.helpers import tiny_train_flags
@@ -25,16 +27,55 @@ def test_failed_save_leaves_last_intact(sim_dataset, sim_tokenizer, tmp_path, mo
 
     def failing_save(obj, path, *a, **kw):
         calls["n"] += 1
-        if calls["n"] == 2:  # the second checkpoint dies half-written
-            raise OSError("disk full")
+        if calls["n"] == 2:  # the second checkpoint dies half-written: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, path, *a, **kw)
 
     monkeypatch.setattr(ckpt.torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=rf"{out / 'checkpoints'}: could not write checkpoint 000004 \(no space "
+                                              r"left on device\); the earlier checkpoints are intact"):
         trainer.run()
     assert last_checkpoint(out).name == "000002"
-    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")) == ["000002", "last"]
+    # Nothing half-written stays behind.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000002", "last"]
     load_model(last_checkpoint(out))
+
+
+def test_a_damaged_or_half_pruned_checkpoint_is_named(sim_dataset, sim_tokenizer, tmp_path, capsys):
+    from pirecon.cli import main
+
+    out = tmp_path / "run"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=2")))
+    last = last_checkpoint(out)
+    weights = last / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(CheckpointError, match=r"model.safetensors: \d+ bytes, the checkpoint's manifest says"):
+        load_model(last)
+    (last / "manifest.json").unlink()  # without a manifest the file itself is checked
+    for command in (["eval", f"--policy.path={last}", "--env.max_steps=4", f"--output_dir={tmp_path / 'e'}"],
+                    ["export", f"--policy.path={last}", f"--output={tmp_path / 'x'}"],
+                    ["serve", f"--policy.path={last}", "--port=0"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "model.safetensors: not a readable safetensors file" in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+    (last / "config.json").write_text('{"format": "pirecon", ')
+    assert main(["export", f"--policy.path={last}", f"--output={tmp_path / 'x'}"]) == 2
+    assert "config.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_an_interrupted_prune_leaves_no_half_folder_that_passes_for_a_checkpoint(sim_dataset, sim_tokenizer,
+                                                                                 tmp_path):
+    out = tmp_path / "run"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=3", "--save_freq=1",
+                                             "--keep_last_checkpoints=1")))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000003", "last"]
+    # A folder a kill left half deleted by an older pirecon is named as such when loaded by name.
+    half = out / "checkpoints" / "000003"
+    (half / "training_state.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"000003: the checkpoint is incomplete \(\['training_state.pt'\] missing"):
+        load_model(half)
 
 
 @pytest.mark.slow

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 
 from pirecon.checkpoint import keys
-from pirecon.checkpoint.layout import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, detect_format, read_config
+from pirecon.checkpoint.layout import (CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE, detect_format, open_safetensors,
+                                       read_config)
 from pirecon.configs.parse import from_dict
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.recon import ReconConfig
@@ -72,7 +72,7 @@ def inspect(folder: Path) -> tuple[PolicyConfig, Path, dict[str, str], str]:
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE} (found {found or 'nothing'}); expected a pirecon, "
                               f"openpi or LeRobot checkpoint folder")
     config_json = read_config(folder)
-    with safe_open(str(weights), framework="pt") as f:
+    with open_safetensors(weights) as f:
         names = list(f.keys())
         metadata = f.metadata() or {}
     layout = detect_format(config_json, names, metadata)

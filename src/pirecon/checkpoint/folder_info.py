@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from pirecon.checkpoint.folder_config import (ACTION_FEATURE, IMAGE_PREFIX, STATE_FEATURE, STATS_FEATURES,
                                                feature_width, lerobot_cameras, lerobot_mode)
 from pirecon.checkpoint.layout import (ASSETS_DIR, CONFIG_FILE, DATA_INFO, NORM_STATS, POSTPROCESSOR_FILE,
-                                       PREPROCESSOR_FILE, TOKENIZER_FILES, folder_format)
+                                       PREPROCESSOR_FILE, TOKENIZER_FILES, folder_format, read_safetensors)
 from pirecon.configs.parse import load_json
 from pirecon.data.normalize import Normalizer, Stats, load_norm_stats_json
 from pirecon.errors import CheckpointError, ConfigError
@@ -236,7 +235,7 @@ def read_stats_file(path: Path, named_in: Path) -> Stats:
     if not path.is_file():
         raise CheckpointError(f"{named_in} names the statistics file {path.name}, which is not in {path.parent}")
     try:
-        flat = load_file(str(path))
+        flat = read_safetensors(path)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a safetensors file ({exc})") from None
     ours = {name: key for key, name in STATS_FEATURES.items()}

@@ -16,10 +16,12 @@ LeRobot and openpi folders: see `pirecon.checkpoint.folder_info`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from pirecon.checkpoint import keys
 from pirecon.configs.parse import load_json
@@ -61,6 +63,55 @@ def is_lora(folder: Path) -> bool:
     return (Path(folder) / CONFIG_FILE).is_file() and bool(read_config(folder).get("peft"))
 
 
+@contextlib.contextmanager
+def open_safetensors(path: str | Path, **kwargs) -> Iterator:
+    """`safe_open(path)`; a missing, truncated or foreign file is one CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        handle = safe_open(str(path), framework="pt", **kwargs)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]}); it is damaged "
+                              f"or truncated (a copy cut short?)") from None
+    with handle as f:
+        yield f
+
+
+def read_safetensors(path: str | Path) -> dict:
+    """Every tensor of a safetensors file (CheckpointError naming a damaged file)."""
+    with open_safetensors(path) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+# Sizes of the files of a training checkpoint, written last at save and checked at load: a
+# truncated file or one deleted by an interrupted prune is named instead of failing later.
+MANIFEST = "manifest.json"
+
+
+def write_manifest(folder: Path) -> None:
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size
+             for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (Path(folder) / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def verify_manifest(folder: Path) -> None:
+    """Every file the manifest lists is there with its size (folders without a manifest pass)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return
+    listed = load_json(path, CheckpointError).get("files") or {}
+    missing = [name for name in listed if not (Path(folder) / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: the checkpoint is incomplete ({missing[:3]} missing; damaged, or cut short "
+                              f"by an interrupted prune); use another checkpoint, e.g. checkpoints/last")
+    for name, size in listed.items():
+        actual = (Path(folder) / name).stat().st_size
+        if actual != size:
+            raise CheckpointError(f"{Path(folder) / name}: {actual} bytes, the checkpoint's manifest says {size}: "
+                                  f"the file is damaged or truncated")
+
+
 def is_training_checkpoint(folder: Path) -> bool:
     return any((Path(folder) / name).exists() for name in TRAINING_MARKERS)
 
@@ -74,7 +125,7 @@ def folder_format(folder: str | Path) -> str:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}; expected a pirecon, openpi or LeRobot checkpoint folder")
-    with safe_open(str(weights), framework="pt") as f:
+    with open_safetensors(weights) as f:
         return detect_format(config_json, list(f.keys()), f.metadata() or {})
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from pirecon import hubcache
 from pirecon.checkpoint import weights
@@ -21,7 +20,7 @@ from pirecon.checkpoint.folder_config import policy_config
 from pirecon.checkpoint.folder_info import (FolderInfo, folder_normalizer, local_tokenizer, read_folder_info,
                                            resolve_tokenizer)
 from pirecon.checkpoint.layout import (ADAPTER_DIR, CHECKPOINTS, CONFIG_FILE, EMA_FILE, LAST, TRAINABLE_FILE,
-                                       is_lora, read_config)
+                                       is_lora, read_config, read_safetensors, verify_manifest)
 from pirecon.configs.parse import from_dict
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.recon import ReconConfig
@@ -86,6 +85,7 @@ def load(path: str | Path, *, with_weights: bool = True, with_stats: bool = True
     with_stats: read the statistics into `normalizer` (openpi folders with several assets need
         `asset_id`); `tokenizer_path` replaces the tokenizer the folder names."""
     folder = resolve(path)
+    verify_manifest(folder)
     config = policy_config(folder)
     info = read_folder_info(folder, asset_id=asset_id or config.asset_id, with_stats=with_stats)
     model = None
@@ -132,6 +132,7 @@ def load_model(folder: Path, trainable: bool = False, use_ema: bool = False, mer
     `use_ema` copies the EMA weights in; `merge_lora` folds the adapters into the base weights and
     returns a plain Pi0Policy."""
     folder = Path(folder)
+    verify_manifest(folder)
     if is_lora(folder):
         model = _lora_model(folder, read_config(folder), trainable, dtype)
     else:
@@ -158,7 +159,7 @@ def _lora_model(folder: Path, config: dict, trainable: bool, dtype: str | None) 
     if config.get("recon", {}).get("enable"):
         base.add_recon_head(from_dict(ReconConfig, config["recon"], where=f"{where}:recon"))
     model = lora.load_lora(base, folder / ADAPTER_DIR, trainable=trainable)
-    lora.load_trainable_non_lora(model, load_file(str(folder / TRAINABLE_FILE)), folder / TRAINABLE_FILE,
+    lora.load_trainable_non_lora(model, read_safetensors(folder / TRAINABLE_FILE), folder / TRAINABLE_FILE,
                                  trainable=trainable)
     return model
 
@@ -167,7 +168,7 @@ def _copy_ema(model: torch.nn.Module, folder: Path) -> None:
     ema_path = folder / EMA_FILE
     if not ema_path.is_file():
         raise CheckpointError(f"{folder}: --use_ema=true but the checkpoint has no {EMA_FILE} (train with --ema_decay)")
-    ema = load_file(str(ema_path))
+    ema = read_safetensors(ema_path)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in ema.items():

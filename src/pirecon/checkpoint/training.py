@@ -20,6 +20,7 @@ swapped with an atomic rename, so a kill at any moment leaves the previous check
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -30,8 +31,9 @@ import torch
 from safetensors.torch import save_file
 
 from pirecon.checkpoint.layout import (ADAPTER_DIR, CHECKPOINTS, CONFIG_FILE, EMA_FILE, LAST, NORM_STATS,
-                                       PRETRAINED_MODEL, TRAIN_CONFIG, TRAINABLE_FILE, TRAINING_STATE)
+                                       PRETRAINED_MODEL, TRAIN_CONFIG, TRAINABLE_FILE, TRAINING_STATE, write_manifest)
 from pirecon.checkpoint.write_pirecon import copy_tokenizer, pirecon_config, write_json, write_weights
+from pirecon.errors import CheckpointError
 from pirecon.model import lora
 
 
@@ -74,7 +76,47 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, train_c
     tmp = root / f".tmp-{step:06d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    check_free_space(root)
     tmp.mkdir()
+    try:
+        _write(tmp, step, model, train_config, training_state, ema_state, norm_stats_writer, tokenizer_path,
+               base_path, extra_json)
+    except (OSError, RuntimeError) as exc:  # e.g. a full disk; torch.save says "unexpected pos"
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{root}: could not write checkpoint {step:06d} ({_cause(exc, root)}); the earlier "
+                              f"checkpoints are intact") from None
+    if final.exists():  # re-saving the same step: move the old one out of the way first
+        old = root / f".old-{step:06d}-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    _point_last(root, final.name)
+    _prune(root, keep_last)
+    return final
+
+
+def check_free_space(root: Path, margin: float = 1.1) -> None:
+    """Refuse to start a checkpoint that will not fit: the last one's size (plus 10 %) must be free."""
+    last = root / LAST
+    if not last.exists():
+        return
+    needed = sum(p.stat().st_size for p in last.resolve().rglob("*") if p.is_file()) * margin
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise CheckpointError(f"{root}: {free / 2**30:.2f} GiB free, a checkpoint needs about {needed / 2**30:.2f} GiB "
+                              f"(the last one's size); free some space or point --output_dir elsewhere")
+
+
+def _cause(exc: BaseException, root: Path) -> str:
+    if getattr(exc, "errno", None) == errno.ENOSPC or shutil.disk_usage(root).free < 2**20:
+        return "no space left on device"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _write(tmp: Path, step: int, model, train_config: dict, training_state: dict, ema_state, norm_stats_writer,
+           tokenizer_path, base_path, extra_json) -> None:
     policy = lora.base_policy(model)
     is_peft = model is not policy
     if is_peft:
@@ -96,17 +138,8 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, train_c
     (tmp / PRETRAINED_MODEL).mkdir()
     write_json(tmp / PRETRAINED_MODEL / TRAIN_CONFIG, train_config)
     torch.save(training_state, tmp / TRAINING_STATE)
+    write_manifest(tmp)
     _fsync_tree(tmp)
-    if final.exists():  # re-saving the same step: move the old one out of the way first
-        old = root / f".old-{step:06d}-{os.getpid()}"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
-    _point_last(root, final.name)
-    _prune(root, keep_last)
-    return final
 
 
 def _point_last(root: Path, name: str) -> None:
@@ -122,8 +155,11 @@ def _prune(root: Path, keep_last: int) -> None:
     steps = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit())
     current = (root / LAST).resolve().name if (root / LAST).exists() else None
     for path in steps[:-keep_last]:
-        if path.name != current:
-            shutil.rmtree(path)
-    for leftover in root.glob(".tmp-*"):  # from a run killed mid-save
-        if leftover.is_dir() and not leftover.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        if path.name != current:  # renamed away first: a kill mid-delete leaves no half step folder
+            trash = root / f".trash-{path.name}-{os.getpid()}"
+            path.rename(trash)
+            shutil.rmtree(trash)
+    for pattern in (".tmp-*", ".trash-*"):  # from a run killed mid-save or mid-prune
+        for leftover in root.glob(pattern):
+            if leftover.is_dir() and not leftover.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(leftover, ignore_errors=True)

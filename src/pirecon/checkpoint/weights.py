@@ -14,11 +14,10 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from pirecon.checkpoint import keys
 from pirecon.checkpoint.folder_config import inspect, read_recon_config
-from pirecon.checkpoint.layout import FORMAT_NAME
+from pirecon.checkpoint.layout import FORMAT_NAME, open_safetensors
 from pirecon.configs.policy import PolicyConfig
 from pirecon.errors import CheckpointError
 from pirecon.model.adapt import ADAPTABLE, adapt_policy, needs_adapting
@@ -102,7 +101,7 @@ def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], l
                               f"{config.paligemma_variant}/{config.action_expert_variant}: " + "; ".join(parts))
     state: dict[str, torch.Tensor] = {}
     expected_shapes = {k: v.shape for k, v in policy.state_dict().items()}
-    with safe_open(str(weights), framework="pt", device=str(device)) as f:
+    with open_safetensors(weights, device=str(device)) as f:
         for key in ours:
             tensor = f.get_tensor(mapping[to_file[key]])
             if tuple(tensor.shape) != tuple(expected_shapes[key]):
@@ -117,7 +116,7 @@ def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], l
         if expected != found:
             raise CheckpointError(f"{weights}: reconstruction head keys differ from the config's head: missing "
                                   f"{sorted(expected - found)[:10]}, unexpected {sorted(found - expected)[:10]}")
-        with safe_open(str(weights), framework="pt") as f:
+        with open_safetensors(weights) as f:
             policy.recon_head.load_state_dict({k: f.get_tensor(keys.RECON_PREFIX + k) for k in expected})
     if convert:
         policy.apply_dtype(config.torch_dtype)

@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from pirecon import hubcache
@@ -29,7 +28,8 @@ from pirecon.checkpoint.keys import lerobot_module_name
 from pirecon.checkpoint.folder_config import policy_config
 from pirecon.checkpoint.folder_info import (folder_camera_map, folder_normalizer, local_tokenizer, read_folder_info,
                                            resolve_tokenizer)
-from pirecon.checkpoint.layout import CHECKPOINTS, EMA_FILE, TRAINING_STATE, folder_format, last_checkpoint, read_config
+from pirecon.checkpoint.layout import (CHECKPOINTS, EMA_FILE, TRAINING_STATE, folder_format, last_checkpoint,
+                                       read_config, read_safetensors)
 from pirecon.checkpoint.load import load_model, load_policy
 from pirecon.checkpoint.weights import overrides_for
 from pirecon.checkpoint.write_pirecon import save_policy
@@ -295,7 +295,7 @@ class Trainer:
             self.loader.load_state_dict(state["loader"][acc.process_index] if isinstance(state["loader"], list)
                                         else state["loader"])
             if self.ema is not None:
-                self.ema.load_state_dict(load_file(str(resume_from / EMA_FILE)))
+                self.ema.load_state_dict(read_safetensors(resume_from / EMA_FILE))
             self.step = state["step"]
             training.set_rng_state(state["rng"][acc.process_index] if isinstance(state["rng"], list) else state["rng"])
         else:
