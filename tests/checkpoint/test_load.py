@@ -82,3 +82,32 @@ def test_foreign_folders(tmp_path, sim_tokenizer):
     pi0 = tiny_policy("pi0")
     openpi = load(openpi_folder(tmp_path / "openpi", pi0, {"trossen": stats_arrays(8, 8)}), with_weights=False)
     assert openpi.layout == "openpi" and openpi.info.asset_id == "trossen" and openpi.config.type == "pi0"
+
+
+def test_another_tokenizer_than_the_checkpoints_is_checked(lora_run, tmp_path):
+    import warnings
+
+    from pirecon.checkpoint.export import export
+    from pirecon.data.tokenizer import load_tokenizer, train_tiny_tokenizer
+    from pirecon.errors import ConfigError
+
+    folder = last_checkpoint(lora_run)
+    own = load_tokenizer(folder / "tokenizer.model")
+    from pirecon.sim import SimEnv
+
+    tasks = SimEnv().all_tasks()  # what the checkpoint's tokenizer was trained on
+    same_size = train_tiny_tokenizer([t.replace("green", "brown") for t in tasks], tmp_path / "same.model")
+    other_size = train_tiny_tokenizer(tasks, tmp_path / "other.model", whole_words=False)
+    assert load_tokenizer(same_size).vocab_size == own.vocab_size
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load(folder, with_weights=False, tokenizer_path=str(same_size))
+    assert any("differs from the tokenizer the checkpoint was trained with" in str(w.message) for w in caught)
+    other = load_tokenizer(other_size).vocab_size
+    with pytest.raises(CheckpointError, match=rf"has {other} tokens but the checkpoint was trained "
+                                              rf"with .*tokenizer.model \({own.vocab_size} tokens\)"):
+        load(folder, with_weights=False, tokenizer_path=str(other_size))
+    (tmp_path / "garbage.model").write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="garbage.model: not a SentencePiece model"):
+        export(folder, tmp_path / "out", tokenizer_path=str(tmp_path / "garbage.model"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

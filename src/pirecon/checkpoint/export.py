@@ -45,7 +45,7 @@ def export(source: str | Path, output: str | Path, merge_lora: bool = True, use_
         if not overwrite:
             raise ConfigError(f"--output={output} is not empty; pass --overwrite=true or choose another folder")
         shutil.rmtree(output)
-    loaded = load(source, use_ema=use_ema, asset_id=source_asset_id)
+    loaded = load(source, use_ema=use_ema, asset_id=source_asset_id, tokenizer_path=tokenizer_path)
     info, policy = loaded.info, loaded.policy
     if not keep_recon_head:
         policy.recon_head, policy.recon_config = None, None
@@ -53,6 +53,18 @@ def export(source: str | Path, output: str | Path, merge_lora: bool = True, use_
     if tmp.exists():
         shutil.rmtree(tmp)
     tokenizer = tokenizer_path or local_tokenizer(info)
+    try:
+        _write(policy, source, tmp, config, info, use_ema, tokenizer, tokenizer_path, format, asset_id,
+               tokenizer_name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never a half-written export
+        raise
+    tmp.rename(output)
+    return output
+
+
+def _write(policy, source: Path, tmp: Path, config: dict, info: FolderInfo, use_ema: bool, tokenizer: str | None,
+           tokenizer_path: str | None, format: str, asset_id: str | None, tokenizer_name: str | None) -> None:
     if format == "pirecon":
         _export_pirecon(policy, source, tmp, config, info, use_ema, tokenizer, tokenizer_path)
     else:
@@ -71,8 +83,6 @@ def export(source: str | Path, output: str | Path, merge_lora: bool = True, use_
             write_openpi(policy, tmp, stats, asset)
         if tokenizer:
             copy_tokenizer(tokenizer, tmp)
-    tmp.rename(output)
-    return output
 
 
 def _export_pirecon(policy, source: Path, tmp: Path, config: dict, info: FolderInfo, use_ema: bool,

@@ -9,6 +9,8 @@ training output folder stands for its `checkpoints/last`.
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from pirecon.configs.parse import from_dict
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.recon import ReconConfig
 from pirecon.data.normalize import Normalizer, default_norm_mode
+from pirecon.data.tokenizer import check_vocab, load_tokenizer
 from pirecon.errors import CheckpointError
 from pirecon.model import lora
 from pirecon.model.pi0 import Pi0Policy
@@ -95,9 +98,34 @@ def load(path: str | Path, *, with_weights: bool = True, with_stats: bool = True
             place(model, device, lora.base_policy(model).config.torch_dtype)
         config = lora.base_policy(model).config
     stored = read_config(folder) if info.layout == "pirecon" else {}
+    if tokenizer_path:
+        check_tokenizer_override(local_tokenizer(info), tokenizer_path, config.vlm.vocab_size)
     return Loaded(folder=folder, layout=info.layout, config=config, info=info, model=model,
                   tokenizer_path=tokenizer_path or local_tokenizer(info),
                   peft=bool(stored.get("peft")), step=stored.get("step"), has_ema=(folder / EMA_FILE).is_file())
+
+
+def check_tokenizer_override(own: str | None, override: str, model_vocab: int) -> None:
+    """--policy.tokenizer_path against the tokenizer a checkpoint carries: it must load and fit the
+    model; another vocabulary than the checkpoint's is an error, the same size but other bytes a
+    warning naming both (token ids may mean other words)."""
+    given = load_tokenizer(override)
+    check_vocab(given, model_vocab)
+    if own is None or Path(own).resolve() == Path(override).resolve():
+        return
+    mine = load_tokenizer(own)
+    if _digest(mine.path) == _digest(given.path):
+        return
+    if mine.vocab_size != given.vocab_size:
+        raise CheckpointError(f"--policy.tokenizer_path={override} has {given.vocab_size} tokens but the checkpoint was "
+                              f"trained with {own} ({mine.vocab_size} tokens); drop the flag to use the checkpoint's")
+    warnings.warn(f"--policy.tokenizer_path={override} differs from the tokenizer the checkpoint was trained with "
+                  f"({own}), though both have {given.vocab_size} tokens: token ids may mean other words",
+                  stacklevel=2)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def resolve(path: str | Path) -> Path:
