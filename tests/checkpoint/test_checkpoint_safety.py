@@ -1,4 +1,5 @@
 import errno
+import json
 import os
 import random
 import signal
@@ -107,6 +108,9 @@ def test_kill_9_during_saves_never_corrupts_last(sim_dataset, sim_tokenizer, tmp
                           "--steps=" + str(int(last_checkpoint(out).name) + 2), "--progress_bar=false"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    # Every step is logged once, in order, however often the run was killed and resumed.
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1))
 
 
 @pytest.mark.slow
@@ -133,3 +137,12 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+
+
+def test_a_damaged_adapter_is_named(sim_dataset, sim_tokenizer, tmp_path):
+    out = tmp_path / "run"
+    train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=1", "--policy.use_peft")))
+    adapter = last_checkpoint(out) / "adapter"
+    (adapter / "adapter_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"adapter: cannot read the PEFT adapter"):
+        load_model(last_checkpoint(out))

@@ -84,14 +84,17 @@ def read_safetensors(path: str | Path) -> dict:
         return {name: f.get_tensor(name) for name in f.keys()}
 
 
-# Sizes of the files of a training checkpoint, written last at save and checked at load: a
-# truncated file or one deleted by an interrupted prune is named instead of failing later.
+# Sizes of the weight and state files of a training checkpoint, written last at save and checked at
+# load: a truncated file or one deleted by an interrupted prune is named instead of failing later.
+# (JSON files are read with their own checks; the EMA file may be removed to save space.)
 MANIFEST = "manifest.json"
+PAYLOAD = (".safetensors", ".pt", ".bin")
+OPTIONAL = (EMA_FILE,)
 
 
 def write_manifest(folder: Path) -> None:
     files = {p.relative_to(folder).as_posix(): p.stat().st_size
-             for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != MANIFEST}
+             for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.suffix in PAYLOAD}
     (Path(folder) / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
 
@@ -101,11 +104,13 @@ def verify_manifest(folder: Path) -> None:
     if not path.is_file():
         return
     listed = load_json(path, CheckpointError).get("files") or {}
-    missing = [name for name in listed if not (Path(folder) / name).is_file()]
+    missing = [name for name in listed if not (Path(folder) / name).is_file() and name not in OPTIONAL]
     if missing:
         raise CheckpointError(f"{folder}: the checkpoint is incomplete ({missing[:3]} missing; damaged, or cut short "
                               f"by an interrupted prune); use another checkpoint, e.g. checkpoints/last")
     for name, size in listed.items():
+        if name in OPTIONAL and not (Path(folder) / name).is_file():
+            continue
         actual = (Path(folder) / name).stat().st_size
         if actual != size:
             raise CheckpointError(f"{Path(folder) / name}: {actual} bytes, the checkpoint's manifest says {size}: "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
 from torch import nn
 
 from pirecon.configs.train import PeftConfig
@@ -65,7 +66,11 @@ def load_lora(policy: Pi0Policy, adapter_dir: Path, trainable: bool) -> PeftMode
     the modules trained in full are made trainable by `load_trainable_non_lora`)."""
     if not (adapter_dir / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json; expected a PEFT adapter folder")
-    return PeftModel.from_pretrained(policy, str(adapter_dir), is_trainable=trainable)
+    try:
+        return PeftModel.from_pretrained(policy, str(adapter_dir), is_trainable=trainable)
+    except (ValueError, OSError, KeyError, RuntimeError, SafetensorError) as exc:  # bad JSON, a damaged file
+        raise CheckpointError(f"{adapter_dir}: cannot read the PEFT adapter ({str(exc).splitlines()[0]}); it is "
+                              f"damaged or truncated") from None
 
 
 def is_lora_param(name: str) -> bool:
