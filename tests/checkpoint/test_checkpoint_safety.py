@@ -62,8 +62,12 @@ def test_a_damaged_or_half_pruned_checkpoint_is_named(sim_dataset, sim_tokenizer
         assert "model.safetensors: not a readable safetensors file" in err and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()
     (last / "config.json").write_text('{"format": "pirecon", ')
-    assert main(["export", f"--policy.path={last}", f"--output={tmp_path / 'x'}"]) == 2
-    assert "config.json: not valid JSON" in capsys.readouterr().err
+    for command in (["eval", f"--policy.path={last}", f"--output_dir={tmp_path / 'e2'}"],
+                    ["export", f"--policy.path={last}", f"--output={tmp_path / 'x'}"],
+                    ["serve", f"--policy.path={last}", "--port=0"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "config.json: not valid JSON" in err and "Traceback" not in err, err
 
 
 def test_an_interrupted_prune_leaves_no_half_folder_that_passes_for_a_checkpoint(sim_dataset, sim_tokenizer,

@@ -107,6 +107,8 @@ def test_another_tokenizer_than_the_checkpoints_is_checked(lora_run, tmp_path):
     with pytest.raises(CheckpointError, match=rf"has {other} tokens but the checkpoint was trained "
                                               rf"with .*tokenizer.model \({own.vocab_size} tokens\)"):
         load(folder, with_weights=False, tokenizer_path=str(other_size))
+    with pytest.raises(ConfigError, match="--policy.tokenizer_path=.*missing.model: no such file"):
+        export(folder, tmp_path / "out", tokenizer_path=str(tmp_path / "missing.model"))
     (tmp_path / "garbage.model").write_bytes(b"not a model")
     with pytest.raises(ConfigError, match="garbage.model: not a SentencePiece model"):
         export(folder, tmp_path / "out", tokenizer_path=str(tmp_path / "garbage.model"))
