@@ -132,3 +132,25 @@ def test_dtype_override_on_load(tmp_path):
     assert loaded.config.dtype == "bfloat16"
     assert loaded.backbone.expert.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert loaded.backbone.expert.layers[0].input_norm.weight.dtype == torch.float32
+
+
+def test_the_shape_only_model_config_is_saved_with_the_weights(tmp_path):
+    import json
+
+    from pirecon.checkpoint.folder_config import policy_config
+    from pirecon.checkpoint.load import load_policy
+    from pirecon.checkpoint.write_pirecon import save_policy
+    from pirecon.configs.policy import PolicyConfig
+    from pirecon.errors import CheckpointError
+
+    folder = save_policy(load_policy(PolicyConfig(type="pi05", variant="tiny", image_resolution=28,
+                                                  max_action_dim=8, max_state_dim=8, chunk_size=4,
+                                                  n_action_steps=4)), tmp_path / "f")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"] == {"type": "pi05", "vision_variant": "siglip_tiny", "paligemma_variant": "gemma_tiny",
+                               "action_expert_variant": "gemma_tiny_expert", "image_resolution": 28,
+                               "max_state_dim": 8, "max_action_dim": 8}
+    config["policy"]["max_action_dim"] = 16  # a hand edit the weights cannot follow
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: model.max_action_dim=8 but policy.max_action_dim=16"):
+        policy_config(folder)

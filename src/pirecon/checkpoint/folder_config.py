@@ -57,8 +57,20 @@ def policy_config(folder: str | Path) -> PolicyConfig:
     if folder.is_dir() and (folder / CONFIG_FILE).is_file():
         data = read_config(folder)
         if isinstance(data.get("policy"), dict):
-            return from_dict(PolicyConfig, data["policy"], where=f"{folder / CONFIG_FILE}:policy")
+            return stored_policy(data, folder)
     return inspect(folder)[0]
+
+
+def stored_policy(data: dict, folder: Path) -> PolicyConfig:
+    """The PolicyConfig a pirecon config.json records, checked against its shape-only "model"
+    config (the weights' shapes), when it has one."""
+    config = from_dict(PolicyConfig, data["policy"], where=f"{folder / CONFIG_FILE}:policy")
+    for name, value in (data.get("model") or {}).items():
+        ours = getattr(config, name, None)
+        if ours != value:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: model.{name}={value} but policy.{name}={ours}; the two "
+                                  f"must agree (the weights were saved with model.{name})")
+    return config
 
 
 def inspect(folder: Path) -> tuple[PolicyConfig, Path, dict[str, str], str]:
@@ -77,8 +89,7 @@ def inspect(folder: Path) -> tuple[PolicyConfig, Path, dict[str, str], str]:
         metadata = f.metadata() or {}
     layout = detect_format(config_json, names, metadata)
     if layout == FORMAT_NAME:
-        config = from_dict(PolicyConfig, config_json["policy"], where=f"{folder / CONFIG_FILE}:policy")
-        return config, weights, {k: k for k in names}, layout
+        return stored_policy(config_json, folder), weights, {k: k for k in names}, layout
     config = config_from_foreign(config_json, weights, names, layout, folder)
     return config, weights, keys.file_names(names, layout), layout
 

@@ -1,7 +1,8 @@
 """File names inside checkpoint folders, and telling a folder's kind without reading tensors.
 
 A pirecon folder:
-  config.json            {"format": "pirecon", "policy": {...}, ["recon": {...}], ...}
+  config.json            {"format": "pirecon", "model": {the fields the weights' shapes follow},
+                          "policy": {...}, ["recon": {...}], ...}
   model.safetensors      the weights under our key names (absent in a LoRA training checkpoint)
   norm_stats.json        openpi-format normalisation statistics
   data_info.json         cameras, dims and normalisation mode, to rebuild the preprocessing

@@ -10,6 +10,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from pirecon.checkpoint.layout import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE
+from pirecon.configs.policy import model_config
 from pirecon.configs.parse import to_dict
 from pirecon.model.pi0 import Pi0Policy
 
@@ -22,8 +23,10 @@ def write_weights(policy: Pi0Policy, folder: Path) -> Path:
 
 
 def pirecon_config(policy: Pi0Policy, extra: dict | None = None) -> dict:
-    """The body of a pirecon config.json: the policy (and reconstruction head) config, then `extra`."""
-    config = {"format": FORMAT_NAME, "policy": to_dict(policy.config), **(extra or {})}
+    """The body of a pirecon config.json: the shape-only model config (what the weights need), the
+    policy config (how the model runs), the reconstruction head's config, then `extra`."""
+    config = {"format": FORMAT_NAME, "model": model_config(policy.config), "policy": to_dict(policy.config),
+              **(extra or {})}
     if policy.recon_head is not None:
         config["recon"] = to_dict(policy.recon_config)
     return config

@@ -282,3 +282,12 @@ def merge_with_folder(cfg: PolicyConfig, folder_cfg: PolicyConfig, typed: set[st
     elif "normalization_mode" in typed and "normalization_mapping" not in typed:
         values["normalization_mapping"] = None
     return PolicyConfig(**values), notes
+
+
+# The fields that decide the shapes of the weights: saved beside them as config.json's "model".
+MODEL_FIELDS = tuple(name for name, rule in FOLDER_RULES.items() if rule in (FIXED, ADAPT) and name != "variant")
+
+
+def model_config(cfg: PolicyConfig) -> dict:
+    """The shape-only model config of `cfg` ({field: value} for MODEL_FIELDS)."""
+    return {name: getattr(cfg, name) for name in MODEL_FIELDS}
