@@ -156,8 +156,8 @@ def uniform(bounds: tuple[float, float], n: int, generator: torch.Generator, lik
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    f = f.view(-1, 1, 1, 1)
-    return (f * a + (1.0 - f) * b).clamp(0.0, 1.0)
+    """f a + (1 - f) b, clamped to [0, 1] (b + f (a - b): two passes over the image, not four)."""
+    return torch.lerp(b.expand_as(a), a, f.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, torch.zeros_like(x), f)
+    return (x * f.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)  # a blend with black
 
 
 def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -216,11 +216,11 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
 def adjust_sharpness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] <= 2 or x.shape[-2] <= 2:
         return x
-    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
+    # The 3x3 kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as shifted sums (faster than a grouped conv).
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]  # (N, C, H-2, W)
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]  # (N, C, H-2, W-2): the 3x3 sums
     blurred = x.clone()
-    blurred[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=x.shape[1]).clamp(0.0, 1.0)
+    blurred[..., 1:-1, 1:-1] = ((box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0).clamp_(0.0, 1.0)
     return _blend(x, blurred, f)
 
 
