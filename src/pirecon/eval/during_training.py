@@ -9,13 +9,11 @@ them), else the dataset's camera size; typed `--env.*` settings win.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 
+from pirecon.checkpoint.training import rng_state, set_rng_state
 from pirecon.configs.train import TrainEnvFlags, TrainEvalFlags
 from pirecon.errors import ConfigError
 from pirecon.eval.envs import make_env, sim_settings
@@ -48,8 +46,7 @@ class TrainingEvaluator:
     def __call__(self, policy, preprocessor, autocast) -> dict:
         """Roll `policy` (the Pi0Policy being trained, adapters active) out; training's random
         state is left as it was, so a run with evaluation trains exactly as one without."""
-        states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        state = rng_state()
         was_training = policy.training
         started = time.perf_counter()
         try:
@@ -58,11 +55,7 @@ class TrainingEvaluator:
                 results = evaluate(self.env, runner, self.seeds, self.n_action_steps, video_dir=None, progress=False)
         finally:
             policy.train(was_training)
-            torch.set_rng_state(states[0])
-            np.random.set_state(states[1])
-            random.setstate(states[2])
-            if cuda is not None:
-                torch.cuda.set_rng_state_all(cuda)
+            set_rng_state(state)
         summary = summarize(r.to_json() for r in results)
         return {"eval/success_rate": summary["success_rate"], "eval/ci95_low": summary["ci95"][0],
                 "eval/ci95_high": summary["ci95"][1], "eval/mean_steps": summary["mean_steps"],

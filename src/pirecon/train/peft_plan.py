@@ -54,14 +54,14 @@ def lora_plan(policy: nn.Module, cfg: PeftConfig, foreign_name: Callable[[str], 
     """The plan for `policy` (a Pi0Policy); `foreign_name(module name) -> LeRobot's name or None`."""
     linear = {name: m for name, m in policy.named_modules()
               if isinstance(m, nn.Linear) and not name.startswith(AUXILIARY)}
-    names = {name: (name, foreign_name(name)) for name in linear}
+    names = {name: foreign_name(name) for name in linear}  # ours -> LeRobot's (None: it has none)
     if cfg.target_modules is not None:
-        targets = _match_targets(cfg.target_modules, names, policy)
+        targets = _match_targets(cfg.target_modules, names, policy, foreign_name)
     elif cfg.preset == "openpi":
         targets = [n for n in linear if re.fullmatch(
             rf"backbone\.(vlm|expert)\.layers\.\d+\.({'|'.join(map(re.escape, OPENPI_LAYER_TARGETS))})", n)]
     else:
-        targets = _match_targets(LEROBOT_TARGETS, names, policy)
+        targets = _match_targets(LEROBOT_TARGETS, names, policy, foreign_name)
     if not targets:
         raise ConfigError(f"--peft.target_modules={cfg.target_modules!r} matches no linear layer of the model")
     ranks = {t: cfg.r if cfg.r is not None else
@@ -77,7 +77,8 @@ def lora_plan(policy: nn.Module, cfg: PeftConfig, foreign_name: Callable[[str], 
     return LoraPlan(tuple(targets), ranks, alphas, tuple(full), _describe(cfg, targets, ranks, alphas, full))
 
 
-def _match_targets(target, names: dict[str, tuple[str, str | None]], policy: nn.Module) -> list[str]:
+def _match_targets(target, names: dict[str, str | None], policy: nn.Module,
+                   foreign_name: Callable[[str], str | None]) -> list[str]:
     """PEFT's rule: a string is a regex that must match a whole name; a list entry matches the
     name itself or a `.`-separated suffix of it. 'all-linear' is every linear layer."""
     if target == "all-linear":
@@ -89,19 +90,15 @@ def _match_targets(target, names: dict[str, tuple[str, str | None]], policy: nn.
             raise ConfigError(f"--peft.target_modules={target!r}: not a regular expression ({exc})") from None
         hit = lambda name: pattern.fullmatch(name) is not None  # noqa: E731
         wrong = [n for n, _ in policy.named_modules() if n and n not in names and not n.startswith(AUXILIARY)
-                 and (pattern.fullmatch(n) or pattern.fullmatch(_lerobot(n, names)))]
+                 and (hit(n) or hit(foreign_name(n) or n))]
     else:
         hit = lambda name: any(name == t or name.endswith("." + t) for t in target)  # noqa: E731
         wrong = []
-    found = [ours for ours, (_, theirs) in names.items() if hit(ours) or (theirs is not None and hit(theirs))]
+    found = [ours for ours, theirs in names.items() if hit(ours) or (theirs is not None and hit(theirs))]
     if isinstance(target, str) and not found and wrong:
         raise ConfigError(f"--peft.target_modules={target!r} matches {wrong[:3]}, which are not linear layers; "
                           f"LoRA adapts linear layers")
     return found
-
-
-def _lerobot(name: str, names: dict) -> str:
-    return (names.get(name) or (name, ""))[1] or ""
 
 
 def _full_modules(policy: nn.Module, cfg: PeftConfig, foreign_name: Callable[[str], str | None]) -> list[str]:
