@@ -168,10 +168,12 @@ def resolve_optimization(cfg: "TrainConfig", typed: frozenset[str] | set[str]) -
         for f in dataclasses.fields(given):
             name = f"{group}.{f.name}"
             if name in typed and getattr(given, f.name) != getattr(preset, f.name):
+                instead = (f"set the preset with --policy.{PRESET_FLAGS[name]}" if name in PRESET_FLAGS
+                           else "the preset is AdamW with cosine decay")
                 raise ConfigError(
                     f"--{name}={getattr(given, f.name)} has no effect while --use_policy_training_preset=true (LeRobot "
-                    f"ignores it silently): set the preset with --policy.{PRESET_FLAGS.get(name, 'optimizer_lr')}, or "
-                    f"pass --use_policy_training_preset=false with --optimizer.* and --scheduler.*")
+                    f"ignores it silently): {instead}, or pass --use_policy_training_preset=false with --optimizer.* "
+                    f"and --scheduler.*")
     return optimizer, scheduler
 
 

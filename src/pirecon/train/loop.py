@@ -131,7 +131,7 @@ def build_preprocessor(cfg: TrainConfig, policy_cfg: PolicyConfig, dataset, verb
     if not policy_cfg.tokenizer_path:
         if info is not None and info.tokenizer_name:
             resolve_tokenizer(info)  # raises, naming what the folder refers to
-        built = tokenizer_for_model(dataset_root(cfg.dataset), cfg.output_dir, policy_cfg.vlm.vocab_size)
+        built = tokenizer_for_model(dataset.root, cfg.output_dir, policy_cfg.vlm.vocab_size)
         if verbose:
             print(built.summary(), flush=True)
         policy_cfg = dataclasses.replace(policy_cfg, tokenizer_path=str(built.path))
@@ -232,7 +232,7 @@ class Trainer:
             raise ConfigError(f"--env.{next(iter(cfg.env.options))}: environment settings need --env.type=sim|libero")
         if cfg.env.type and cfg.env_eval_freq > 0 and self.is_main:
             from pirecon.eval.during_training import TrainingEvaluator  # lazy: simulators load only when asked
-            self.evaluator = TrainingEvaluator(cfg.env, cfg.eval, cfg.policy.n_action_steps, dataset_root(cfg.dataset))
+            self.evaluator = TrainingEvaluator(cfg.env, cfg.eval, cfg.policy.n_action_steps, self.dataset.root)
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
                                       cache_in_memory=cfg.dataset.cache_in_memory, prefetch_factor=cfg.prefetch_factor,
@@ -303,7 +303,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
         self.forward = torch.compile(self.model, mode=policy_cfg.compile_mode) if policy_cfg.compile_model else self.model
         self.resumed_from = resume_from
-        tags = [cfg.policy.type, cfg.dataset.repo_id or Path(dataset_root(cfg.dataset)).name]
+        tags = [cfg.policy.type, cfg.dataset.repo_id or Path(self.dataset.root).name]
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
                                 name=cfg.job_name, tags=tags,
                                 resume_step=self.step if resume_from is not None else None)
@@ -360,7 +360,7 @@ class Trainer:
         dataset = self.dataset
         cameras = ", ".join(f"{k} -> {v}" for k, v in (self.preprocessor.camera_map or {}).items()) or \
             ", ".join(dataset.camera_keys)
-        described = (f"{dataset_root(self.cfg.dataset)}: {len(dataset.episodes)} episodes, {len(dataset)} frames; "
+        described = (f"{dataset.root}: {len(dataset.episodes)} episodes, {len(dataset)} frames; "
                      f"cameras {cameras}")
         autocast = "bfloat16" if acc.mixed_precision == "bf16" else None
         return summary_block(self.cfg, acc.unwrap_model(self.model), weights_from=weights_from, adapted=self.adapted,
