@@ -100,6 +100,17 @@ def resolve_policy_config(cfg: PolicyConfig, typed: frozenset[str] | None = None
     return resolved
 
 
+def run_policy_config(cfg: TrainConfig, typed: frozenset[str],
+                      adapted: list[str] | None = None) -> tuple[PolicyConfig, str | None]:
+    """The policy config a run trains (`resolve_policy_config`; adapted weights noted in
+    `adapted`) and a note when typing a --peft.* flag turned LoRA on, as in lerobot-train (so does
+    --policy.use_peft=true)."""
+    policy_cfg = resolve_policy_config(cfg.policy, typed, adapted)
+    if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
+        return dataclasses.replace(policy_cfg, use_peft=True), "LoRA turned on by --peft.* (as lerobot-train does)"
+    return policy_cfg, None
+
+
 # Policy fields a resumed run may change: they alter neither the weights nor what trains.
 RESUMABLE_POLICY_FIELDS = ("n_action_steps", "num_inference_steps", "gradient_checkpointing", "compile_model",
                            "device", "push_to_hub", "repo_id")
@@ -190,12 +201,7 @@ class Trainer:
         self.cfg = cfg
         self.adapted: list[str] = []
         typed = typed_by_value(cfg) if typed is None else typed
-        policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
-        # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true).
-        self.peft_note = None
-        if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
-            policy_cfg = dataclasses.replace(policy_cfg, use_peft=True)
-            self.peft_note = "LoRA turned on by --peft.* (as lerobot-train does)"
+        policy_cfg, self.peft_note = run_policy_config(cfg, typed, self.adapted)
         self.peft_plan = None
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
         optimizer_cfg, scheduler_cfg = resolve_optimization(cfg, typed)
