@@ -213,12 +213,12 @@ def test_plan_reads_the_folder_config_never_the_weights(tmp_path, capsys):
     cfg = PolicyConfig(type="pi05", variant="tiny")
     (folder / "config.json").write_text(json.dumps({"format": "pirecon", "policy": to_dict(cfg)}))
     code, out, err = run_plan(capsys, f"--policy.pretrained_path={folder}", "--policy.use_peft=true",
-                              "--plan.gpu=cpu")
+                              "--plan.gpu=H100")
     assert code == 0, err
     assert "pi05 (siglip_tiny / gemma_tiny / gemma_tiny_expert), LoRA" in out
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     code, again, err = run_plan(capsys, f"--policy.pretrained_path={folder}", "--policy.use_peft=true",
-                                "--plan.gpu=cpu")
+                                "--plan.gpu=H100")
     assert code == 0, err
     assert again.split("\n", 1)[1] == out.split("\n", 1)[1]  # all but the timing line
 
@@ -258,5 +258,5 @@ def test_fsdp_and_ddp_memory_per_process():
 def test_serve_mode_prints_memory_and_latency(capsys):
     code, out, err = run_plan(capsys, "--policy.type=pi0", *TINY, "--plan.mode=serve", "--plan.gpu=L4")
     assert code == 0, err
-    for text in ("KV cache of the prefix", "per request", "each denoising step", ": fits"):
+    for text in ("prefix's KV cache", "per request", "each denoising step", ": fits"):
         assert text in out

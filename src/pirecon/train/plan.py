@@ -335,23 +335,34 @@ def _bfloat16(planner: Planner, s: Setting, strongest: bool = False) -> Suggesti
 
 
 def _smaller_batch(planner: Planner, s: Setting, strongest: bool = False) -> Suggestion | None:
-    """The largest per-process batch (halving) that fits, with more accumulation: the same
-    effective batch, more micro-steps."""
-    b, a = s.step.batch_size, s.step.grad_accum_steps
-    tried = None
+    """The largest per-process batch (halving it) that fits, with as much more accumulation: the
+    same effective batch in more micro-steps. Memory grows linearly with the batch, so the counts at
+    the run's batch and at batch 1 say which batch to count; the suggestion is counted."""
+    b0, total = s.step.batch_size, s.step.batch_size * s.step.grad_accum_steps
+    options = []
+    b = b0
     while b > 1:
         b = max(1, b // 2)
-        a = s.step.grad_accum_steps * s.step.batch_size // b if s.step.batch_size % b == 0 else None
-        if a is None:
-            continue
-        changed = dataclasses.replace(s, step=dataclasses.replace(s.step, batch_size=b, grad_accum_steps=a))
-        if strongest and b > 1:
-            continue
-        tried = Suggestion([f"--batch_size={b}", f"--grad_accum_steps={a}"],
-                           f"the same effective batch in {a} micro-steps of {b}", planner.estimate(changed))
-        if tried.estimate.fits:
-            return tried
-    return tried
+        if total % b == 0:
+            options.append(b)
+    if not options:
+        return None
+
+    def counted(b: int) -> Suggestion:
+        changed = dataclasses.replace(s, step=dataclasses.replace(s.step, batch_size=b, grad_accum_steps=total // b))
+        return Suggestion([f"--batch_size={b}", f"--grad_accum_steps={total // b}"],
+                          f"the same effective batch in {total // b} micro-steps of {b}", planner.estimate(changed))
+
+    smallest = counted(1)
+    if strongest or not smallest.estimate.fits:
+        return smallest
+    largest = planner.estimate(s).needed
+    for b in options[:-1]:
+        if smallest.estimate.needed + (largest - smallest.estimate.needed) * (b - 1) / (b0 - 1) <= planner.capacity:
+            tried = counted(b)
+            if tried.estimate.fits:
+                return tried
+    return smallest
 
 
 def _fsdp(planner: Planner, s: Setting, strongest: bool = False) -> Suggestion | None:

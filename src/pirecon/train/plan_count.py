@@ -122,6 +122,7 @@ class Weights:
     bytes: int  # parameters and buffers
     trainable_bytes: int
     frozen_bytes_by_dtype: dict[str, int]
+    bytes_by_dtype: dict[str, int]  # every parameter
     fsdp_root_bytes: int  # weights outside the per-layer FSDP units (embeddings, projections, norms)
     fsdp_unit_bytes: int  # the largest unit: one VLM + expert layer pair, or one SigLIP layer
     fsdp_unit_trainable_bytes: int
@@ -134,7 +135,9 @@ class Weights:
         params = list(model.parameters())
         trainable = [p for p in params if p.requires_grad]
         frozen: dict[str, int] = defaultdict(int)
+        every: dict[str, int] = defaultdict(int)
         for p in params:
+            every[str(p.dtype).replace("torch.", "")] += p.nbytes
             if not p.requires_grad:
                 frozen[str(p.dtype).replace("torch.", "")] += p.nbytes
         bb = policy.backbone
@@ -147,6 +150,7 @@ class Weights:
             "time_mlp_in", "time_mlp_out")) if m is not None]
         return cls(params=sum(p.numel() for p in params), trainable_params=sum(p.numel() for p in trainable),
                    bytes=total, trainable_bytes=sum(p.nbytes for p in trainable), frozen_bytes_by_dtype=dict(frozen),
+                   bytes_by_dtype=dict(every),
                    fsdp_root_bytes=total - sum(p.nbytes for u in units for p in u),
                    fsdp_unit_bytes=sum(p.nbytes for p in biggest),
                    fsdp_unit_trainable_bytes=sum(p.nbytes for p in biggest if p.requires_grad),

@@ -144,11 +144,11 @@ def serve_report(planner: Planner, result: ServePlan, cfg: TrainConfig, plan: Pl
     lines += [f"note     {n}" for n in notes]
     lines += ["", "memory of the server process at the peak of one request"]
     lines.append(f"  {'weights':<26} {size(result.at_peak['weights']):>11}   {count(w.params)} parameters "
-                 f"as loaded ({', '.join(f'{size(n)} {d}' for d, n in sorted(w.frozen_bytes_by_dtype.items()))})")
-    lines.append(f"  {'activations':<26} {size(result.at_peak['activations']):>11}   of which the KV cache of the prefix "
-                 f"{size(result.kv_cache)}; per camera view {size(result.per_view)}, per prompt token "
+                 f"as loaded ({', '.join(f'{size(n)} {d}' for d, n in sorted(w.bytes_by_dtype.items()))})")
+    transient = result.peak - result.at_peak["weights"]
+    lines.append(f"  {'activations':<26} {size(transient):>11}   the passes' buffers at the peak, with the prefix's KV "
+                 f"cache ({size(result.kv_cache)}); per camera view {size(result.per_view)}, per prompt token "
                  f"{size(result.per_token)}")
-    lines.append(f"  {'temporary buffers':<26} {size(result.at_peak['temporary buffers']):>11}")
     lines.append(f"  {'peak':<26} {size(result.peak):>11}")
     lines.append(verdict(planner, result.needed, result.capacity, result.peak))
     lines += ["", "latency of one request (sample_actions, batch 1; preprocessing and network not counted)"]
