@@ -9,8 +9,11 @@ asked for `--plan.gpu=cpu` (this machine: float32 products for frozen bfloat16 l
 has no bfloat16 arithmetic, the optimizer one tensor at a time). Every plan and every measurement
 runs in its own process; a measured peak is VmHWM after resetting it (/proc/self/clear_refs) just
 before the measured call, so loading the model does not count: the second training step (the
-optimizer state exists) and one `sample_actions` call. The plan's CPU total is its peak plus the
-RSS of a pirecon process before any model (measured by the plan in its own process).
+optimizer state exists) and the second `sample_actions` call (the first ones count the FLOPs: the
+counter itself holds memory). The weights are copied out of the memory-mapped safetensors file
+first, so that RSS counts all of them as a GPU would hold them. The plan's CPU total is its peak
+plus the RSS of a pirecon process before any model (measured by the plan in its own process) and
+the library code a first pass pages in.
 
 Targets: FLOPs within 5 %, memory within 15 %. A full-size training step takes several minutes
 on a 2-core CPU (two are run) and about 7 GiB; --skip-full runs the tiny rows only.
@@ -46,7 +49,7 @@ print(json.dumps({**out, "baseline": planner.baseline, "seconds": planner.elapse
 """
 
 MEASURE = r"""
-import json, sys
+import contextlib, json, sys
 import torch
 import pirecon.train.loop  # what `pirecon train` imports (the baseline of a pirecon process)
 from torch.utils.flop_counter import FlopCounterMode
@@ -68,6 +71,14 @@ def counter():  # PyTorch's counter with the plan's one addition, the fused CPU 
     extra = {k: v.__wrapped__ for k, v in FLOP_FORMULAS.items() if k not in FlopCounterMode(display=False).flop_registry}
     return FlopCounterMode(display=False, custom_mapping=extra)
 
+def materialise(model):
+    # Weights read from safetensors are memory-mapped: RSS would count only the pages a pass touches
+    # (not the embedding rows no prompt looks up) and the kernel may drop them under memory pressure.
+    # Copied into anonymous memory they count in full, as on a GPU.
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.data = t.data.clone()
+
 mode, kind, source, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 baseline = rss("VmRSS")
 runtime = dict(dtype="bfloat16", gradient_checkpointing=True, freeze_vision_encoder=True, num_inference_steps=steps)
@@ -77,34 +88,39 @@ out = {"baseline": baseline}
 if mode == "train":
     model = apply_lora(policy, PeftConfig(r=16, preset="openpi"))
     place(model, "cpu", torch.bfloat16, train=True)
+    materialise(model)
     policy.backbone.set_gradient_checkpointing(True)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
     batch = synthetic_batch(policy.config, 1, action_dim=7)
-    for step in range(2):
+    for step in range(2):  # the first counts FLOPs and creates the optimizer state; the second is measured
+        forward, backward = (counter(), counter()) if step == 0 else (None, None)
         if step == 1:
             out["resident"] = rss("VmRSS")
             reset_peak()
-        forward, backward = counter(), counter()
-        with forward, torch.autocast("cpu", dtype=torch.bfloat16):
+        with forward or contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(batch)["loss"]
-        with backward:
+        with backward or contextlib.nullcontext():
             loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         del loss
+        if step == 0:
+            out.update(forward=forward.get_total_flops(), backward=backward.get_total_flops())
         print(f"step {step + 1} done", file=sys.stderr, flush=True)
-    out.update(peak_rss=rss("VmHWM"), forward=forward.get_total_flops(), backward=backward.get_total_flops())
+    out["peak_rss"] = rss("VmHWM")
 else:
     policy.eval()
+    materialise(policy)
     batch = synthetic_batch(policy.config, 1, action_dim=7)
+    flops = counter()
+    with flops:  # the first call counts FLOPs; the second is measured
+        policy.sample_actions(batch, trim=False)
     out["resident"] = rss("VmRSS")
     reset_peak()
-    flops = counter()
-    with flops:
-        policy.sample_actions(batch, trim=False)
+    policy.sample_actions(batch, trim=False)
     out.update(peak_rss=rss("VmHWM"), sample=flops.get_total_flops())
 print(json.dumps(out))
 """
