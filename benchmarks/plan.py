@@ -9,8 +9,8 @@ asked for `--plan.gpu=cpu` (this machine: float32 products for frozen bfloat16 l
 has no bfloat16 arithmetic, the optimizer one tensor at a time). Every plan and every measurement
 runs in its own process; a measured peak is VmHWM after resetting it (/proc/self/clear_refs) just
 before the measured call, so loading the model does not count: the second training step (the
-optimizer state exists) and the second `sample_actions` call (the first ones count the FLOPs: the
-counter itself holds memory). The weights are copied out of the memory-mapped safetensors file
+optimizer state exists) and the second `sample_actions` call; a third one counts the FLOPs (a step
+under the counter holds more, and glibc's heap keeps what a step grew to). The weights are copied out of the memory-mapped safetensors file
 first, so that RSS counts all of them as a GPU would hold them. The plan's CPU total is its peak
 plus the RSS of a pirecon process before any model (measured by the plan in its own process) and
 the library code a first pass pages in.
@@ -94,11 +94,8 @@ if mode == "train":
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
     batch = synthetic_batch(policy.config, 1, action_dim=7)
-    for step in range(2):  # the first counts FLOPs and creates the optimizer state; the second is measured
-        forward, backward = (counter(), counter()) if step == 0 else (None, None)
-        if step == 1:
-            out["resident"] = rss("VmRSS")
-            reset_peak()
+    def step(flops=None):
+        forward, backward = (counter(), counter()) if flops is not None else (None, None)
         with forward or contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(batch)["loss"]
         with backward or contextlib.nullcontext():
@@ -106,22 +103,32 @@ if mode == "train":
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        del loss
-        if step == 0:
-            out.update(forward=forward.get_total_flops(), backward=backward.get_total_flops())
-        print(f"step {step + 1} done", file=sys.stderr, flush=True)
+        if flops is not None:
+            flops.update(forward=forward.get_total_flops(), backward=backward.get_total_flops())
+        print("step done", file=sys.stderr, flush=True)
+
+    # The first step creates the optimizer state and pages the kernels in; the second is measured; the
+    # third counts FLOPs (measured under the counter a full-size step held 4 GiB more, which glibc's
+    # heap then kept).
+    step()
+    out["resident"] = rss("VmRSS")
+    reset_peak()
+    step()
     out["peak_rss"] = rss("VmHWM")
+    step(out)
 else:
     policy.eval()
     materialise(policy)
     batch = synthetic_batch(policy.config, 1, action_dim=7)
-    flops = counter()
-    with flops:  # the first call counts FLOPs; the second is measured
-        policy.sample_actions(batch, trim=False)
+    policy.sample_actions(batch, trim=False)  # pages the kernels in
     out["resident"] = rss("VmRSS")
     reset_peak()
     policy.sample_actions(batch, trim=False)
-    out.update(peak_rss=rss("VmHWM"), sample=flops.get_total_flops())
+    out["peak_rss"] = rss("VmHWM")
+    flops = counter()
+    with flops:
+        policy.sample_actions(batch, trim=False)
+    out["sample"] = flops.get_total_flops()
 print(json.dumps(out))
 """
 
@@ -145,6 +152,7 @@ def main() -> None:
                         help="denoising steps of the measured sample_actions call (the peak does not depend on it; "
                              "10 take many minutes at full size on a CPU)")
     parser.add_argument("--kinds", default="pi0,pi05", help="tiny policies to run")
+    parser.add_argument("--skip-tiny", action="store_true", help="only the full-size rows")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from model import write_random_checkpoint
@@ -169,7 +177,7 @@ def main() -> None:
             memory_rows.append((f"{name}, {'training step' if mode == 'train' else 'sample_actions'}", planned,
                                 measured, planned["seconds"]))
 
-    for kind in args.kinds.split(","):
+    for kind in [] if args.skip_tiny else args.kinds.split(","):
         compare(f"tiny {kind}", kind, "tiny", "tiny")
     if not args.skip_full:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pirecon-bench-"))

@@ -138,10 +138,10 @@ def deeper_tiny(monkeypatch):
                         camera_names=("base_0_rgb", "left_wrist_0_rgb"), tokenizer_max_length=24)
 
 
-@pytest.mark.parametrize("checkpointing", [True, False])
-def test_extrapolated_counts_equal_a_direct_count(deeper_tiny, checkpointing):
+def test_extrapolated_counts_equal_a_direct_count(deeper_tiny):
+    """With gradient checkpointing, where the backward's peak moves with the depth."""
     count = ModelCount(deeper_tiny, PeftConfig(r=4, preset="openpi"), GPU)
-    spec = StepSpec(2, 1, OptimizerConfig(type="adamw"), ema=False, gradient_checkpointing=checkpointing)
+    spec = StepSpec(2, 1, OptimizerConfig(type="adamw"), ema=False, gradient_checkpointing=True)
     direct = count.direct(lambda: count.count_step(spec))
     from_peaks = count.extrapolated(lambda: count.count_step(spec), PEAK_LAYERS, 4, 4)
     from_sums = count.extrapolated(lambda: count.count_step(spec, forward_only=True), SUM_LAYERS, 4, 4)
