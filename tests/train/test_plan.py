@@ -256,7 +256,9 @@ def test_fsdp_and_ddp_memory_per_process():
 
 
 def test_serve_mode_prints_memory_and_latency(capsys):
-    code, out, err = run_plan(capsys, "--policy.type=pi0", *TINY, "--plan.mode=serve", "--plan.gpu=L4")
+    code, out, err = run_plan(capsys, "--policy.type=pi0", *TINY, "--plan.mode=serve", "--plan.gpu=L4",
+                              "--batch_size=4", "--policy.num_inference_steps=4")
     assert code == 0, err
-    for text in ("prefix's KV cache", "per request", "each denoising step", ": fits"):
+    for text in ("prefix's KV cache", "per request", "each denoising step", ": fits", "4 denoising steps"):
         assert text in out
+    assert "note     --batch_size: training flags; a served request" in out  # typed, and said to change nothing

@@ -43,6 +43,12 @@ CUDA_CONTEXT = 0.5 * GiB  # CUDA context, cuBLAS / cuDNN workspaces and kernels 
 # counts in the resident memory: measured with torch 2.13 on x86 (benchmarks/plan.py, tiny models).
 CPU_KERNEL_CODE = {"train": 96 * 2 ** 20, "serve": 32 * 2 ** 20}
 PHASES = ("forward", "backward", "optimizer")
+# The policy fields a served request depends on (the others shape training only).
+SERVE_POLICY_FIELDS = ("type", "variant", "vision_variant", "paligemma_variant", "action_expert_variant", "chunk_size",
+                       "n_action_steps", "max_state_dim", "max_action_dim", "num_inference_steps",
+                       "tokenizer_max_length", "image_resolution", "camera_names", "empty_cameras", "dtype", "device",
+                       "pretrained_path", "path", "tokenizer_path", "normalization_mode", "normalization_mapping",
+                       "use_dataset_stats", "asset_id")
 FSDP_OPTIONS = (2, 4, 8, 16)
 
 
@@ -160,6 +166,12 @@ def planned_policy(cfg: TrainConfig, typed: frozenset[str], plan: PlanConfig) ->
                           f"--plan.gpu=cpu")
     if policy_cfg.compile_model:
         notes.append("--policy.compile_model=true: counted without torch.compile, which usually needs less memory")
+    if plan.mode == "serve":
+        training = sorted(name for name in typed if not name.startswith("policy.")
+                          or name[len("policy."):] not in SERVE_POLICY_FIELDS)
+        if training:
+            notes.append(f"{', '.join('--' + n for n in training[:6])}{' ...' if len(training) > 6 else ''}: "
+                         f"training flags; a served request (batch 1, the loaded weights) does not depend on them")
     return cfg, notes
 
 
