@@ -22,10 +22,6 @@ from pirecon.model.cpu_bf16 import scaled_dot_product_attention
 from pirecon.model.gemma import GemmaLayer, GemmaStack, gated_residual, rope
 from pirecon.model.siglip import SiglipVision
 
-# The additive mask value the reference implementation uses (finite, so fully masked rows of
-# padding queries give a uniform attention instead of NaN).
-MASK_VALUE = -2.3819763e38
-
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (B, Hkv, Lp, Dh) each
 
 
@@ -36,13 +32,12 @@ def joint_layer(
     mask: torch.Tensor,
     positions: torch.Tensor,
     past_kv: tuple[torch.Tensor, torch.Tensor] | None,
-    biases: dict | None = None,
 ) -> tuple[list[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]:
     """One layer over several streams.
 
-    xs[i]: (B, L_i, W_i) or None; mask: (B, Lq, Lk) bool with Lq = sum L_i, Lk = past + Lq;
-    positions: (B, Lq). `biases` keeps the additive mask per dtype across the layers of one pass
-    (built once, not once per layer). Returns the new xs and this layer's (K, V) over the new tokens.
+    xs[i]: (B, L_i, W_i) or None; mask: (B, 1, Lq, Lk) bool (True: may attend) with Lq = sum L_i,
+    Lk = past + Lq, given to the attention as it is; positions: (B, Lq). Returns the new xs and
+    this layer's (K, V) over the new tokens.
     """
     active = [i for i, x in enumerate(xs) if x is not None]
     spec = layers[active[0]].spec
@@ -67,12 +62,7 @@ def joint_layer(
     if groups > 1:  # query heads share the KV heads
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    bias = None if biases is None else biases.get(q.dtype)
-    if bias is None:
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, MASK_VALUE)
-        if biases is not None:
-            biases[q.dtype] = bias
-    attn = scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None])  # scale 1/sqrt(Dh)
+    attn = scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale 1/sqrt(Dh)
     attn = attn.transpose(1, 2).reshape(q.shape[0], q.shape[2], spec.num_heads * spec.head_dim)
 
     out: list[torch.Tensor | None] = [None] * len(xs)
@@ -131,14 +121,18 @@ class Backbone(nn.Module):
         conds = [None, adarms_cond]
         kv_out: KVCache = []
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        biases: dict = {}
+        # One boolean mask for every layer and head. A boolean mask (not an additive bias) lets
+        # SDPA pick its memory-efficient kernels; a query that may see nothing (padding) gets a
+        # zero output instead of the reference's uniform average. No real token reads a padded
+        # one, so the outputs of real tokens are the same bit for bit.
+        mask = mask[:, None]
         for index, layers in enumerate(zip(self.vlm.layers, self.expert.layers)):
             past = past_kv[index] if past_kv is not None else None
             if use_ckpt:
-                xs, kv = checkpoint(joint_layer, list(layers), xs, conds, mask, positions, past, biases,
+                xs, kv = checkpoint(joint_layer, list(layers), xs, conds, mask, positions, past,
                                     use_reentrant=False)
             else:
-                xs, kv = joint_layer(list(layers), xs, conds, mask, positions, past, biases)
+                xs, kv = joint_layer(list(layers), xs, conds, mask, positions, past)
             if return_kv:
                 kv_out.append(kv)
         prefix_out = self.vlm.norm(xs[0])[0] if xs[0] is not None else None
