@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from safetensors import SafetensorError, safe_open
 
 from pirecon.checkpoint import keys
 from pirecon.configs.parse import load_json
 from pirecon.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_NAME = "pirecon"
 FORMATS = ("pirecon", "lerobot", "openpi")
@@ -65,24 +70,78 @@ def is_lora(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def open_safetensors(path: str | Path, **kwargs) -> Iterator:
-    """`safe_open(path)`; a missing, truncated or foreign file is one CheckpointError naming it."""
+def open_safetensors(path: str | Path, device: str | torch.device = "cpu") -> Iterator[SafetensorsFile]:
+    """A safetensors file to read tensor by tensor (`keys()`, `metadata()`, `get_tensor(name)`); a
+    missing, truncated or foreign file is one CheckpointError naming it.
+
+    Every tensor comes in memory of its own (plain reads, no memory map): a loaded model never
+    keeps the file mapped, nor its pages counted in the process's memory, and reading converts
+    one tensor at a time."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        handle = safe_open(str(path), framework="pt", **kwargs)
+        handle = safe_open(str(path), framework="pt")  # validates the header and the offsets
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]}); it is damaged "
                               f"or truncated (a copy cut short?)") from None
-    with handle as f:
-        yield f
+    with handle as checked, open(path, "rb", buffering=0) as raw:
+        yield SafetensorsFile(path, checked, raw, device)
 
 
 def read_safetensors(path: str | Path) -> dict:
     """Every tensor of a safetensors file (CheckpointError naming a damaged file)."""
     with open_safetensors(path) as f:
         return {name: f.get_tensor(name) for name in f.keys()}
+
+
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # torch's names
+_CHUNK = 1 << 30  # bytes per read call (Linux caps one read near 2 GiB)
+
+
+class SafetensorsFile:
+    """An open safetensors file whose tensors are read into memory each of them owns."""
+
+    def __init__(self, path: Path, checked, raw, device: str | torch.device):
+        self.path, self._checked, self._raw, self.device = path, checked, raw, device
+        if hasattr(os, "posix_fadvise"):  # read ahead: the tensors are read front to back
+            os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        length = int.from_bytes(os.pread(raw.fileno(), 8, 0), "little")
+        self._header = json.loads(os.pread(raw.fileno(), length, 8))
+        self._data_start = 8 + length
+
+    def keys(self) -> list[str]:
+        return self._checked.keys()
+
+    def metadata(self) -> dict | None:
+        return self._checked.metadata()
+
+    def get_tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor `name`, in `dtype` when given (converted right after reading)."""
+        import torch  # lazy: telling a folder's kind needs no torch
+
+        entry = self._header[name]
+        stored = _DTYPES.get(entry["dtype"])
+        if stored is None or sys.byteorder != "little":  # exotic: safetensors' own copy
+            tensor = self._checked.get_tensor(name).clone()
+        else:
+            tensor = torch.empty(entry["shape"], dtype=getattr(torch, stored))
+            begin, end = (self._data_start + offset for offset in entry["data_offsets"])
+            self._read_into(tensor.reshape(-1).view(torch.uint8).numpy(), begin, end)
+        if dtype is not None:
+            tensor = tensor.to(dtype)
+        return tensor.to(self.device)
+
+    def _read_into(self, buffer, begin: int, end: int) -> None:
+        view = memoryview(buffer)
+        done = 0
+        while begin + done < end:
+            got = os.preadv(self._raw.fileno(), [view[done:done + _CHUNK]], begin + done)
+            if got <= 0:
+                raise CheckpointError(f"{self.path}: ends inside a tensor; it is damaged or truncated "
+                                      f"(a copy cut short?)")
+            done += got
 
 
 # Sizes of the weight and state files of a training checkpoint, written last at save and checked at
