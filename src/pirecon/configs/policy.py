@@ -67,7 +67,7 @@ class PolicyConfig:
     freeze_vision_encoder: bool = False  # keep SigLIP and the projector frozen
     train_expert_only: bool = False  # train only the action expert and the heads around it (VLM frozen)
     gradient_checkpointing: bool = False  # recompute layer activations in the backward pass to save memory
-    compile_model: bool = False  # torch.compile the training forward
+    compile_model: bool = False  # torch.compile the training forward and sample_actions' denoising step (as LeRobot)
     compile_mode: str = "max-autotune"  # torch.compile mode (LeRobot's default)
     loss_reduction: str = "real"  # real: mean over the real action dims and chunk steps (LeRobot) | all: over every padded dim and step (openpi)
     time_beta_alpha: float = 1.5  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: alpha

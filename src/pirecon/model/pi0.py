@@ -10,6 +10,7 @@ Pi0.5: suffix = H action tokens; the time embedding goes through `time_mlp_{in,o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -68,6 +69,18 @@ def trimmed(batch: Batch) -> Batch:
         return batch
     return dataclasses.replace(batch, images=batch.images[:, views], image_masks=batch.image_masks[:, views],
                                tokens=batch.tokens[:, :length], token_masks=batch.token_masks[:, :length])
+
+
+_COMPILED_STEPS: dict[str, object] = {}
+
+
+def compiled_velocity_cached(mode: str):
+    """`Pi0Policy.velocity_cached` through `torch.compile(mode=mode)`, called with the policy as its
+    first argument: one compiled function per mode, shared by every policy (a copy of a policy, or
+    another policy, gets graphs of its own, never the first one's weights)."""
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(Pi0Policy.velocity_cached, mode=mode)
+    return _COMPILED_STEPS[mode]
 
 
 class Pi0Policy(nn.Module):
@@ -307,6 +320,10 @@ class Pi0Policy(nn.Module):
         padding past the longest prompt): attention never reads those tokens and positions count
         real tokens only, so the result is the same up to float rounding; `trim=False` computes
         everything, as openpi does (the "reference work" the benchmarks compare against).
+
+        `--policy.compile_model` runs the denoising step (the suffix against the cached prefix)
+        through `torch.compile` with `--policy.compile_mode`: compiled once, reused at every step
+        and call of the same shapes.
         """
         cfg = self.config
         batch.validate(cfg)
@@ -317,6 +334,9 @@ class Pi0Policy(nn.Module):
         x = noise.float() if noise is not None else torch.randn(b, cfg.chunk_size, cfg.max_action_dim, device=device)
         prefix = self.embed_prefix(trimmed(batch) if trim else batch)
         kv = self.prefix_cache(prefix) if use_cache else None
+        velocity_cached = self.velocity_cached
+        if cfg.compile_model:  # the denoising step, run `steps` times, through torch.compile
+            velocity_cached = functools.partial(compiled_velocity_cached(cfg.compile_mode), self)
         guide = self._rtc_target(prefix_actions, inference_delay, execution_horizon, x) \
             if prefix_actions is not None else None
         dt = -1.0 / steps
@@ -325,7 +345,7 @@ class Pi0Policy(nn.Module):
 
             def velocity(x_t: torch.Tensor, time=time) -> torch.Tensor:
                 if use_cache:
-                    return self.velocity_cached(prefix, kv, state, x_t, time)
+                    return velocity_cached(prefix, kv, state, x_t, time)
                 return self.velocity_joint(prefix, state, x_t, time)[0]
             if guide is None:
                 v = velocity(x)
