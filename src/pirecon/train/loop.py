@@ -224,7 +224,8 @@ class Trainer:
 
         # Data: each rank reads its own share of every epoch.
         self.dataset = open_dataset(dataset_root(cfg.dataset), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
-                                    split="train", val_episodes=cfg.dataset.val_episodes, tolerance_s=cfg.tolerance_s)
+                                    split="train", val_episodes=cfg.dataset.val_episodes, tolerance_s=cfg.tolerance_s,
+                                    video_backend=cfg.dataset.video_backend)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset, verbose=self.is_main)
         self.cfg = cfg = dataclasses.replace(cfg, policy=self.preprocessor.config)  # with the tokenizer it uses
         self.evaluator = None

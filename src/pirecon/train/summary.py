@@ -77,9 +77,6 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
     if cfg.wandb.enable and not cfg.wandb.disable_artifact:
         lines.append("  note        W&B gets the logs, not the checkpoints (LeRobot uploads them as artifacts unless "
                      "--wandb.disable_artifact=true)")
-    if cfg.dataset.video_backend != "pyav":
-        lines.append(f"  note        --dataset.video_backend={cfg.dataset.video_backend}: decoding with PyAV, "
-                     f"which gives the same frames")
     if policy.use_amp:
         lines.append("  note        --policy.use_amp=true is not used by training (as in LeRobot): --policy.dtype decides")
     lines.append(f"  device      {device} x {processes} process(es)")
