@@ -193,6 +193,10 @@ class Trainer:
         self.adapted: list[str] = []
         typed = typed_by_value(cfg) if typed is None else typed
         policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
+        if policy_cfg.full_bf16 and policy_cfg.dtype != "bfloat16":  # checked once the folder's dtype is known
+            raise ConfigError(f"--policy.full_bf16=true keeps the trained weights in bfloat16, but the policy's dtype "
+                              f"is {policy_cfg.dtype} (--policy.dtype, or the pretrained folder's); expected "
+                              f"--policy.dtype=bfloat16 with it")
         # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true).
         self.peft_note = None
         if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
@@ -278,7 +282,8 @@ class Trainer:
             else:
                 model = policy
         lora.base_policy(model).backbone.set_gradient_checkpointing(policy_cfg.gradient_checkpointing)
-        self.placement = placement.place(model, acc.device, policy_cfg.torch_dtype, train=True)
+        self.placement = placement.place(model, acc.device, policy_cfg.torch_dtype, train=True,
+                                         full_bf16=policy_cfg.full_bf16)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ConfigError("nothing to train: every weight is frozen (check --policy.train_expert_only, "

@@ -74,6 +74,10 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         kinds = ", ".join(f"{_count(n)} {k}" for k, n in sorted(row.items()) if " " in k)
         lines.append(f"    {part:<11} {kinds}")
     lines.append(f"  precision   policy.dtype={policy.dtype}, autocast {autocast or 'off'}")
+    if policy.full_bf16:
+        lines.append("  note        --policy.full_bf16=true: trained weights and optimizer state in bfloat16, no float32 "
+                     "master copies; an update smaller than bfloat16's step (0.2-0.4 % of the weight) rounds away, so the loss "
+                     "may end higher than with float32 masters (openpi notes the same)")
     if cfg.wandb.enable and not cfg.wandb.disable_artifact:
         lines.append("  note        W&B gets the logs, not the checkpoints (LeRobot uploads them as artifacts unless "
                      "--wandb.disable_artifact=true)")
