@@ -13,7 +13,9 @@ openpi does, `compute_loss(trim=False)`); the ratio trim / reference closes the 
 Each configuration runs in its own process (so peak RSS is its own). FLOPs are counted once, on the
 first (warm-up) step, with torch.utils.flop_counter.FlopCounterMode (matrix products, convolutions and
 attention, forward and backward, recomputation included); FLOP/s = those FLOPs / the median step time.
-Full-size models start from a random openpi-layout bf16 checkpoint written to --workdir first.
+Full-size models start from a random openpi-layout bf16 checkpoint written to --workdir first; their
+FLOPs per step are also counted without weights or compute on the meta device (seconds, always
+printed), so the trim / reference ratio at full size shows even where a full-size step takes minutes.
 """
 
 from __future__ import annotations
@@ -76,6 +78,41 @@ print(json.dumps({"load_s": load_s, "first_step_s": times[0], "step_s": rest[len
                   "peak_rss_gib": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 2**20,
                   "trainable_m": sum(p.numel() for p in trainable) / 1e6, "loss": loss.item()}))
 """
+
+
+META_FLOPS = r"""
+import json, sys
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from pirecon import PolicyConfig
+from pirecon.batch import synthetic_batch
+from pirecon.configs.train import PeftConfig
+from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.trim import trim_plan
+from pirecon.train.peft_plan import apply_lora
+
+kind, views = sys.argv[1], int(sys.argv[2])
+cameras = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")[:views]
+config = PolicyConfig(type=kind, variant="full", dtype="bfloat16", gradient_checkpointing=True,
+                      freeze_vision_encoder=True, camera_names=cameras)
+with torch.device("meta"):
+    model = apply_lora(Pi0Policy(config), PeftConfig(r=16, preset="openpi")).train()
+host = synthetic_batch(config, 1, action_dim=7, missing_views=1 if views == 3 else 0, text_lengths=[20])
+out = {}
+for mode, trim in (("trim", trim_plan(host.image_masks, host.token_masks)), ("reference", False)):
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(host.to("meta"), trim=trim)["loss"]
+        loss.backward()
+    out[mode] = counter.get_total_flops()
+print(json.dumps(out))
+"""
+
+
+def meta_flops(kind: str, views: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", META_FLOPS, kind, str(views)], stdout=subprocess.PIPE, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_child(kind: str, source: str, steps: int, views: int, recon: bool = False, dtype: str = "bfloat16",
@@ -147,6 +184,12 @@ def main() -> None:
     by_name = {}
     for name, mode, r in rows:
         by_name.setdefault(name, {})[mode] = r
+    print(f"\n{'full size, counted on the meta device':<{width}}  {'TFLOP/step':>10} {'trim/ref':>8}")
+    for kind in args.kinds.split(","):
+        counted = meta_flops(kind, args.views)
+        for mode in ("trim", "reference"):
+            print(f"{f'full {kind}, {args.views} view(s) [{mode}]':<{width}}  {counted[mode] / 1e12:>10.2f}"
+                  + (f" {counted['trim'] / counted['reference']:>8.2f}" if mode == "trim" else ""))
     pairs = [(name, m) for name, m in by_name.items() if len(m) == 2]
     if pairs:
         print(f"\n{'trim / reference work (target <= 0.6)':<{width}}  {'step':>8} {'FLOPs':>10}")
