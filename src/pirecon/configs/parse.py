@@ -187,6 +187,7 @@ class Parsed:
     config: Any
     typed: frozenset[str]
     config_file: Path | None = None
+    from_preset: frozenset[str] = frozenset()  # typed fields whose value is --preset's, not typed by the user
 
     def was_typed(self, name: str) -> bool:
         """`name` ("policy.chunk_size" or a group such as "peft") or any field under it was typed."""
