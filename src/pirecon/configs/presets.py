@@ -384,6 +384,16 @@ def nested(values: list[Value] | tuple[Value, ...]) -> dict:
     return out
 
 
+def preset_markdown(name: str) -> str:
+    """A preset as docs show it: a table of its values, then its notes (docs/finetune-libero.md)."""
+    preset = get_preset(name)
+    lines = ["| flag | value | what it sets | openpi |", "| --- | --- | --- | --- |"]
+    lines += [f"| `--{v.flag}` | `{v.text}` | {v.what} | `{v.source}` |" for v in preset.values]
+    lines += ["", f"Where pirecon differs from openpi's `{name}` (`pirecon presets {name}` prints the same notes):", ""]
+    lines += [f"- {note}" for note in preset.notes]
+    return "\n".join(lines) + "\n"
+
+
 def beneath_file_values(data: dict, where: str) -> dict:
     """A --config_path file's values over the preset its "preset" key names (none: as they are)."""
     name = data.get("preset")
