@@ -246,3 +246,11 @@ def test_the_libero_page_shows_the_preset_as_it_is():
     assert text.split(begin, 1)[1].split(end, 1)[0] == preset_markdown("pi05_libero"), (
         "docs/finetune-libero.md's preset table is stale; regenerate it with\n  python -c 'from "
         "pirecon.configs.presets import preset_markdown as m; print(m(\"pi05_libero\"), end=\"\")'")
+
+
+def test_a_preset_named_in_a_python_config_is_not_dropped_silently():
+    from pirecon.train.loop import train
+
+    with pytest.raises(ConfigError, match=r"TrainConfig\(preset='pi05_libero'\): a preset stands for flags, which the "
+                                          r"command line applies: build the config with .*parse_train_command"):
+        train(TrainConfig(preset="pi05_libero"))
