@@ -120,7 +120,7 @@ def run(argv: list[str]) -> int:
     parsed = parse_train_command(argv)
     from pirecon.train.loop import train  # lazy: torch and accelerate, not needed for --help
     try:
-        result = train(parsed.config, typed=parsed.typed, from_preset=parsed.from_preset)
+        result = train(parsed.config, typed=parsed.typed, from_preset=parsed.from_preset, from_file=parsed.from_file)
     except ConfigError as exc:
         raise type(exc)(explain_preset(str(exc), parsed.config.preset, parsed.from_preset)) from None
     if result.checkpoint is not None:
