@@ -35,7 +35,7 @@ def test_random_requests_give_pyavs_frames(video):  # noqa: F811
         got = decoder.frame_at(path, t, tolerance=0.5 / FPS, end=end)
         np.testing.assert_array_equal(got, reference(frames, times, t, start, end), err_msg=f"t={t:.4f}")
     assert decoder.requests == len(todo)
-    assert decoder.decoded <= 1.2 * len(todo)  # the frame asked for; neighbours only when in doubt
+    assert decoder.fetched <= 1.2 * len(todo)  # the frame asked for; neighbours only when in doubt
 
 
 @needs_torchcodec

@@ -77,7 +77,9 @@ class TorchCodecDecoder:
         self.max_open = max_open
         self._open: OrderedDict[Path, _OpenVideo] = OrderedDict()
         self._pid = os.getpid()
-        self.requests = self.decoded = 0  # counters: frame_at calls, frames decoded and returned
+        # counters: frame_at calls, frames asked of torchcodec (which decodes from the keyframe
+        # before each on its own, unseen here)
+        self.requests = self.fetched = 0
 
     def __getstate__(self):
         return {"max_open": self.max_open}
@@ -105,7 +107,7 @@ class TorchCodecDecoder:
             batch = video.decoder.get_frames_at(indices=indices)
         except (RuntimeError, IndexError) as exc:
             raise DatasetError(f"{path}: cannot decode video ({str(exc).splitlines()[0]})") from None
-        self.decoded += len(indices)
+        self.fetched += len(indices)
         return {i: (float(pts), frame.numpy()) for i, pts, frame in zip(indices, batch.pts_seconds.tolist(), batch.data)}
 
     def frame_at(self, path: str | Path, t: float, tolerance: float, end: float | None = None) -> np.ndarray:
