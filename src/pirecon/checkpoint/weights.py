@@ -9,8 +9,10 @@ checkpoints are read by `pirecon.checkpoint.load`, which calls this module for t
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -110,6 +112,8 @@ def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], l
             state[key] = _converted(tensor, key, expected[key].dtype, config.torch_dtype) if convert else tensor
     policy.load_state_dict(state, strict=True, assign=True)
     del state
+    if convert:
+        _return_freed_memory()
     if recon is not None:
         policy.add_recon_head(recon)
         expected = set(policy.recon_head.state_dict())
@@ -121,6 +125,15 @@ def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], l
             policy.recon_head.load_state_dict({k: f.get_tensor(keys.RECON_PREFIX + k) for k in expected})
     policy.apply_freeze()
     return policy
+
+
+def _return_freed_memory() -> None:
+    """Give the heap pages the tensors read before conversion occupied back to the system
+    (glibc's malloc_trim; a no-op elsewhere): the process keeps them otherwise."""
+    if sys.platform.startswith("linux"):
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # absent outside glibc (e.g. musl)
+        if trim is not None:
+            trim(0)
 
 
 def _converted(tensor: torch.Tensor, key: str, dtype: torch.dtype, model_dtype: torch.dtype) -> torch.Tensor:
