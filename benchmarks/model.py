@@ -1,9 +1,15 @@
-"""Model benchmarks: checkpoint load time / peak RSS at full size, sample_actions latency.
+"""Model benchmarks: checkpoint load time / peak RSS at full size, sample_actions latency, FLOPs per
+call and achieved FLOP/s.
 
     .venv/bin/python benchmarks/model.py [--skip-full] [--workdir DIR]
 
 Prints a table. Full-size checkpoints are random (openpi layout, bf16), written to a temporary
-folder first; each load runs in a fresh process so its peak RSS is its own.
+folder first; each load runs in a fresh process so its peak RSS is its own. FLOPs are counted on the
+warm-up call with torch.utils.flop_counter.FlopCounterMode (matrix products, convolutions, attention);
+FLOP/s = those FLOPs / the median time of a call. The "issue 15 batch" rows compare trimmed sampling
+(the default: views the whole batch masks and prompt padding skipped) with the reference work
+(`trim=False`, what openpi computes) for 3 views with the third masked and a 20-token prompt padded
+to 48 (Pi0) / 200 (Pi0.5).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def write_random_checkpoint(kind: str, folder: Path) -> float:
@@ -58,15 +65,21 @@ print(json.dumps({{"seconds": seconds, "peak_rss_gib": hwm_kib / 2**20,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def time_sampling(policy, batch, use_cache: bool, num_steps: int, repeats: int) -> float:
-    """Median seconds per call after one warm-up call."""
-    policy.sample_actions(batch, use_cache=use_cache, num_steps=num_steps)
+def time_sampling(policy, batch, use_cache: bool, num_steps: int, repeats: int, trim: bool = True
+                  ) -> tuple[float, int]:
+    """(median seconds per call, FLOPs per call) after one warm-up call, whose FLOPs are counted."""
+    with FlopCounterMode(display=False) as counter:
+        policy.sample_actions(batch, use_cache=use_cache, num_steps=num_steps, trim=trim)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        policy.sample_actions(batch, use_cache=use_cache, num_steps=num_steps)
+        policy.sample_actions(batch, use_cache=use_cache, num_steps=num_steps, trim=trim)
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return sorted(times)[len(times) // 2], counter.get_total_flops()
+
+
+def flops_text(seconds: float, flops: int) -> str:
+    return f"{flops / 1e9:.2f} GFLOP, {flops / 1e9 / seconds:.1f} GFLOP/s"
 
 
 def main() -> None:
@@ -80,6 +93,7 @@ def main() -> None:
     parser.add_argument("--full-views", type=int, default=3)
     parser.add_argument("--full-steps", type=int, default=2,
                         help="denoising steps for the full-size latency rows (10 takes minutes on a CPU)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed calls per tiny row (the median is shown)")
     args = parser.parse_args()
 
     from pirecon import PolicyConfig, load_policy
@@ -95,10 +109,16 @@ def main() -> None:
     for kind in ("pi0", "pi05"):
         policy = load_policy(PolicyConfig(type=kind, variant="tiny")).eval()
         batch = synthetic_batch(policy.config, 1, action_dim=7)  # 3 views at 224
-        with_cache = time_sampling(policy, batch, True, 10, 9)
-        without = time_sampling(policy, batch, False, 10, 9)
+        (with_cache, flops), (without, _) = (time_sampling(policy, batch, cache, 10, args.repeats)
+                                             for cache in (True, False))
         report(f"sample_actions tiny {kind}, 3 views, 10 steps", f"{with_cache * 1e3:.0f} ms cached / "
-               f"{without * 1e3:.0f} ms uncached = {without / with_cache:.1f}x")
+               f"{without * 1e3:.0f} ms uncached = {without / with_cache:.1f}x; cached {flops_text(with_cache, flops)}")
+        issue = synthetic_batch(policy.config, 1, action_dim=7, missing_views=1, text_lengths=[20])
+        (trimmed, flops_t), (reference, flops_r) = (time_sampling(policy, issue, True, 10, args.repeats, trim=trim)
+                                                    for trim in (True, False))
+        report(f"sample_actions tiny {kind}, issue 15 batch, 10 steps: trim / reference work",
+               f"{trimmed * 1e3:.0f} / {reference * 1e3:.0f} ms = {trimmed / reference:.2f}x (FLOPs "
+               f"{flops_t / flops_r:.2f}x); trim {flops_text(trimmed, flops_t)}")
 
     if not args.skip_full:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pirecon-bench-"))
@@ -116,10 +136,11 @@ def main() -> None:
                 policy = load_policy(folder, dtype=args.full_dtype, camera_names=cameras).eval()
                 batch = synthetic_batch(policy.config, 1, action_dim=7)
                 steps = args.full_steps
-                with_cache = time_sampling(policy, batch, True, steps, 1)
-                without = time_sampling(policy, batch, False, steps, 1)
+                with_cache, flops = time_sampling(policy, batch, True, steps, 1)
+                without, _ = time_sampling(policy, batch, False, steps, 1)
                 report(f"sample_actions full {kind} {args.full_dtype}, {args.full_views} view(s), {steps} steps",
-                       f"{with_cache:.1f} s cached / {without:.1f} s uncached = {without / with_cache:.1f}x")
+                       f"{with_cache:.1f} s cached / {without:.1f} s uncached = {without / with_cache:.1f}x; "
+                       f"cached {flops_text(with_cache, flops)}")
                 del policy
             for file in folder.iterdir():
                 file.unlink()

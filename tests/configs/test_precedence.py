@@ -42,6 +42,7 @@ TYPED = {
     "image_resolution": ("56", 56),
     "camera_names": ("[x,y,z]", ("x", "y", "z")),
     "dtype": ("float32", "float32"),  # the default; the folder holds bf16
+    "full_bf16": ("true", True),  # the folder's dtype (bf16) goes with it
     "device": ("cpu", "cpu"),
     "freeze_vision_encoder": ("false", False),  # the default
     "train_expert_only": ("true", True),

@@ -89,6 +89,9 @@ def test_sharded_formats_need_a_sharded_run(launcher):
     assert fsdp.check_sharded_run(dcp, False, frozenset()).checkpoint_format == "safetensors"
     with pytest.raises(ConfigError, match=r"--checkpoint_format='zip': expected one of"):
         TrainConfig(checkpoint_format="zip")
+    full_bf16 = TrainConfig(policy=PolicyConfig(dtype="bfloat16", full_bf16=True))
+    with pytest.raises(ConfigError, match=r"--policy.full_bf16=true under FSDP: accelerate's FSDP2 keeps float32"):
+        fsdp.check_sharded_run(full_bf16, True, frozenset())
     evaluating = TrainConfig(env=dataclasses.replace(TrainConfig().env, type="sim"), env_eval_freq=10)
     with pytest.raises(ConfigError, match=r"--env_eval_freq=10: evaluation during training runs in the main process"):
         fsdp.check_sharded_run(evaluating, True, frozenset())

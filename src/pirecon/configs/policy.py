@@ -63,6 +63,7 @@ class PolicyConfig:
     camera_names: tuple[str, ...] = DEFAULT_CAMERAS  # the model's camera views, in order
     empty_cameras: int = 0  # LeRobot's: this many extra views empty_camera_0.. appended, always masked (-1 images)
     dtype: str = "float32"  # float32 | bfloat16: frozen weights and compute (trainable weights keep float32 masters)
+    full_bf16: bool = False  # with dtype=bfloat16: trainable weights and AdamW state in bf16 too, no float32 masters (openpi's pytorch_training_precision=bfloat16; less memory, coarser updates)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu; one per rank under accelerate)
     freeze_vision_encoder: bool = False  # keep SigLIP and the projector frozen
     train_expert_only: bool = False  # train only the action expert and the heads around it (VLM frozen)
@@ -222,7 +223,7 @@ FOLDER_RULES: dict[str, str] = {
     "chunk_size": RUN, "n_action_steps": RUN, "num_inference_steps": RUN, "tokenizer_max_length": RUN,
     "camera_names": RUN, "empty_cameras": RUN, "compile_mode": RUN, "normalization_mapping": RUN,
     "n_obs_steps": RUN, "input_features": RUN, "output_features": RUN, "use_amp": RUN, "path": THIS_RUN,
-    "dtype": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
+    "dtype": RUN, "full_bf16": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
     "gradient_checkpointing": RUN, "compile_model": RUN, "loss_reduction": RUN, "time_beta_alpha": RUN, "time_beta_beta": RUN,
     "tokenizer_path": RUN, "use_peft": RUN, "normalization_mode": RUN, "use_dataset_stats": RUN,
     "asset_id": RUN, "optimizer_lr": RUN, "optimizer_betas": RUN, "optimizer_eps": RUN,

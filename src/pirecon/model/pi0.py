@@ -9,7 +9,6 @@ Pi0.5: suffix = H action tokens; the time embedding goes through `time_mlp_{in,o
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from pirecon.model.backbone import Backbone, KVCache, make_attention_mask, posit
 from pirecon.model.gemma import AdaRMSNorm, RMSNorm
 from pirecon.model.recon import ReconHead
 from pirecon.model.siglip import FP32LayerNorm
+from pirecon.model.trim import TrimPlan, apply_plan, trim_plan, trimmed, untrim_prefix
 
 TIME_MIN_PERIOD = 4e-3
 TIME_MAX_PERIOD = 4.0
@@ -55,19 +55,6 @@ class Suffix:
     pad_masks: torch.Tensor  # (B, Ls) bool
     block_starts: torch.Tensor  # (B, Ls) int
     adarms_cond: torch.Tensor | None  # (B, Wexp) for Pi0.5
-
-
-def trimmed(batch: Batch) -> Batch:
-    """`batch` without the views every sample masks and the prompt padding past its longest prompt
-    (tokens are right-padded). At least one view stays."""
-    views = batch.image_masks.bool().any(dim=0)  # (V,)
-    if not views.any():
-        views[0] = True
-    length = int(batch.token_masks.bool().any(dim=0).nonzero().max()) + 1 if batch.token_masks.any() else 1
-    if views.all() and length == batch.tokens.shape[1]:
-        return batch
-    return dataclasses.replace(batch, images=batch.images[:, views], image_masks=batch.image_masks[:, views],
-                               tokens=batch.tokens[:, :length], token_masks=batch.token_masks[:, :length])
 
 
 class Pi0Policy(nn.Module):
@@ -236,14 +223,22 @@ class Pi0Policy(nn.Module):
         return (beta.sample((batch_size,)) * 0.999 + 0.001).to(device)
 
     def compute_loss(self, batch: Batch, noise: torch.Tensor | None = None,
-                     time: torch.Tensor | None = None, recon_weight: float | None = None) -> dict[str, torch.Tensor]:
+                     time: torch.Tensor | None = None, recon_weight: float | None = None,
+                     trim: bool | TrimPlan = True) -> dict[str, torch.Tensor]:
         """Flow-matching loss: with `loss_reduction="real"` averaged over the real action dims and the
         non-padded chunk steps; with "all" over every (padded) dim and step, as openpi averages it.
 
         Returns {"loss", "action_loss"} (scalars) and "prefix_out" (B, Lp, Wvlm), the VLM's
-        normed last-layer states. With a reconstruction head, "recon_loss" is computed from those
-        same states (no second backbone pass) and loss = action_loss + recon_weight * recon_loss
-        (`recon_weight` defaults to `--recon.weight`; the trainer passes its warmed-up value).
+        normed last-layer states laid out as the full batch's prefix. With a reconstruction head,
+        "recon_loss" is computed from those same states (no second backbone pass) and
+        loss = action_loss + recon_weight * recon_loss (`recon_weight` defaults to `--recon.weight`;
+        the trainer passes its warmed-up value).
+
+        `trim` skips the views every sample masks and the prompt padding past the longest prompt, as
+        `sample_actions` does (the loss agrees to float rounding; "prefix_out" has zeros at the
+        skipped tokens). True reads the masks on the host (on a GPU that waits for the device), a
+        `model.trim.TrimPlan` made from the batch beforehand does not; False computes everything,
+        as openpi does (the "reference work").
         """
         cfg = self.config
         batch.validate(cfg)
@@ -260,8 +255,12 @@ class Pi0Policy(nn.Module):
         t = time[:, None, None]
         x_t = t * noise + (1 - t) * actions
         u_t = noise - actions
-        prefix = self.embed_prefix(batch)
+        plan = trim_plan(batch.image_masks, batch.token_masks) if trim is True else trim or None
+        prefix = self.embed_prefix(apply_plan(batch, plan) if plan else batch)
         v_t, prefix_out = self.velocity_joint(prefix, state, x_t, time)
+        num_image_tokens = len(cfg.camera_names) * cfg.tokens_per_image
+        if plan:
+            prefix_out = untrim_prefix(prefix_out, plan, cfg.tokens_per_image)
         losses = (u_t - v_t) ** 2  # (B, H, A)
         keep = torch.zeros_like(losses, dtype=torch.bool)
         keep[..., :real_dim] = True
@@ -272,20 +271,20 @@ class Pi0Policy(nn.Module):
         else:
             action_loss = (losses * keep).sum() / keep.sum().clamp(min=1)
         out = {"loss": action_loss, "action_loss": action_loss, "prefix_out": prefix_out,
-               "num_image_tokens": prefix.num_image_tokens}
+               "num_image_tokens": num_image_tokens}
         if self.recon_head is not None:
             # With train_expert_only the backbone is frozen: the head trains on detached features.
             features = prefix_out.detach() if cfg.train_expert_only else prefix_out
-            recon_loss = self.recon_head(features.float(), prefix.num_image_tokens, batch)["recon_loss"]
+            recon_loss = self.recon_head(features.float(), num_image_tokens, batch)["recon_loss"]
             weight = self.recon_config.weight if recon_weight is None else recon_weight
             out["recon_loss"] = recon_loss
             out["loss"] = action_loss + weight * recon_loss
         return out
 
-    def forward(self, batch: Batch, noise: torch.Tensor | None = None,
-                time: torch.Tensor | None = None, recon_weight: float | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
+                recon_weight: float | None = None, trim: bool | TrimPlan = True) -> dict[str, torch.Tensor]:
         """Training forward = `compute_loss` (so DDP / PEFT / torch.compile wrappers see it)."""
-        return self.compute_loss(batch, noise=noise, time=time, recon_weight=recon_weight)
+        return self.compute_loss(batch, noise=noise, time=time, recon_weight=recon_weight, trim=trim)
 
     @torch.no_grad()
     def sample_actions(self, batch: Batch, noise: torch.Tensor | None = None, num_steps: int | None = None,

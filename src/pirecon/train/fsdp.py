@@ -135,6 +135,10 @@ def check_sharded_run(cfg, sharded: bool, typed: frozenset[str]):
         elif cfg.checkpoint_format not in agree:
             raise ConfigError(f"--checkpoint_format={cfg.checkpoint_format} but the accelerate config sets "
                               f"fsdp_state_dict_type: {given} (--checkpoint_format={' or '.join(agree)}); give one")
+    if cfg.policy.full_bf16:
+        raise ConfigError("--policy.full_bf16=true under FSDP: accelerate's FSDP2 keeps float32 master copies of the "
+                          "trained weights (it would turn them back to float32); drop the flag (FSDP spreads the "
+                          "master copies over the processes) or train without an FSDP config")
     if cfg.env.type and cfg.env_eval_freq > 0:
         raise ConfigError(f"--env.type={cfg.env.type} with --env_eval_freq={cfg.env_eval_freq}: evaluation during "
                           f"training runs in the main process, and under FSDP the weights are spread over all of "

@@ -46,16 +46,18 @@ from pirecon.data.normalize import (Normalizer, default_norm_mode, fit_to_datase
 from pirecon.data.task_tokenizer import tokenizer_for_model
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
-from pirecon.errors import ConfigError, TrainingError
+from pirecon.errors import ConfigError
 from pirecon.model import lora, placement
 from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.trim import trim_plan
 from pirecon.configs.train import TrainConfig, resolve_optimization
 from pirecon.train import fsdp
 from pirecon.train.ema import EMA
 from pirecon.train.peft_plan import lora_plan, reaches_image_tokens
 from pirecon.train.schedule import lr_factor
 from pirecon.train.summary import summary_block
-from pirecon.train.logs import LOG_FILE, PLOT_FILE, IntervalMeans, RunLogger, plot_losses
+from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
+from pirecon.train.steps import FiniteGuard, StepValues, make_optimizer, wait_for_device
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +190,32 @@ def check_new_output_dir(folder: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None):
+    def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None,
+                 from_preset: frozenset[str] = frozenset(), from_file: frozenset[str] = frozenset()):
+        """`typed`: the fields typed (on the command line, in --config_path, by --preset); None: those
+        differing from the defaults. `from_preset`: the typed ones whose value is --preset's;
+        `from_file`: the typed ones whose value comes from the --config_path file alone."""
         self.cfg = cfg
         self.adapted: list[str] = []
+        if typed is None and cfg.preset is not None:
+            raise ConfigError(f"TrainConfig(preset={cfg.preset!r}): a preset stands for flags, which the command line "
+                              f"applies: build the config with pirecon.train.command.parse_train_command("
+                              f"['--preset={cfg.preset}', ...])")
         typed = typed_by_value(cfg) if typed is None else typed
         policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
-        # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true).
+        if policy_cfg.full_bf16 and policy_cfg.dtype != "bfloat16":  # checked once the folder's dtype is known
+            raise ConfigError(f"--policy.full_bf16=true keeps the trained weights in bfloat16, but the policy's dtype "
+                              f"is {policy_cfg.dtype} (--policy.dtype, or the pretrained folder's); expected "
+                              f"--policy.dtype=bfloat16 with it")
+        # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true);
+        # a preset's --peft.* values do not (a LoRA preset sets --policy.use_peft=true itself), nor
+        # does a config file's peft group when the file also says policy.use_peft (our own
+        # train_config.json lists every field; a LeRobot file has a peft group only for LoRA).
         self.peft_note = None
-        if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
+        requested = typed - from_preset
+        if "policy.use_peft" in from_file:
+            requested -= from_file
+        if not policy_cfg.use_peft and any(name.startswith("peft.") for name in requested):
             policy_cfg = dataclasses.replace(policy_cfg, use_peft=True)
             self.peft_note = "LoRA turned on by --peft.* (as lerobot-train does)"
         self.peft_plan = None
@@ -242,7 +262,7 @@ class Trainer:
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
                                       cache_in_memory=cfg.dataset.cache_in_memory, prefetch_factor=cfg.prefetch_factor,
-                                      persistent_workers=cfg.persistent_workers)
+                                      persistent_workers=cfg.persistent_workers, pin_memory=acc.device.type == "cuda")
 
         # Model: the same initial weights on every rank, then per-rank randomness for noise/time.
         torch.manual_seed(cfg.seed)
@@ -282,15 +302,13 @@ class Trainer:
             else:
                 model = policy
         lora.base_policy(model).backbone.set_gradient_checkpointing(policy_cfg.gradient_checkpointing)
-        self.placement = placement.place(model, acc.device, policy_cfg.torch_dtype, train=True)
+        self.placement = placement.place(model, acc.device, policy_cfg.torch_dtype, train=True,
+                                         full_bf16=policy_cfg.full_bf16)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ConfigError("nothing to train: every weight is frozen (check --policy.train_expert_only, "
                               "--policy.freeze_vision_encoder and --policy.use_peft)")
-        opt = cfg.optimizer
-        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt.type]
-        self.optimizer = optimizer_class(self.trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                         weight_decay=opt.weight_decay)
+        self.optimizer = make_optimizer(cfg.optimizer, self.trainable, acc.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg.scheduler, cfg.steps))
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay and not self.sharded else None
         self.step = 0
@@ -311,6 +329,7 @@ class Trainer:
         if self.sharded:
             self._after_sharding(state, resume_from)
         self.forward = torch.compile(self.model, mode=policy_cfg.compile_mode) if policy_cfg.compile_model else self.model
+        self.guard = FiniteGuard()
         self.resumed_from = resume_from
         tags = [cfg.policy.type, cfg.dataset.repo_id or Path(self.dataset.root).name]
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
@@ -338,29 +357,38 @@ class Trainer:
         samples_per_step = cfg.batch_size * cfg.grad_accum_steps * acc.num_processes
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.is_main and cfg.progress_bar),
                    desc="train", dynamic_ncols=True)
-        last_saved, loss_value = None, float("nan")
-        interval = IntervalMeans()
+        last_saved, last_loss = None, None
+        interval = StepValues()
         self.model.train()
         try:
             while self.step < cfg.steps:
                 start = time.perf_counter()
-                sums = self._train_step(data)
+                values, dataloading_s = self._train_step(data)
                 self.step += 1
-                interval.add(sums, time.perf_counter() - start)
-                loss_value = sums["loss"]
-                if self.step % cfg.log_freq == 0 or self.step == cfg.steps:
+                log_now = self.step % cfg.log_freq == 0 or self.step == cfg.steps
+                evaluate = cfg.env.type and cfg.env_eval_freq > 0 and self.step % cfg.env_eval_freq == 0
+                save = cfg.save_checkpoint and (self.step % cfg.save_freq == 0 or self.step == cfg.steps)
+                # The host reads from the device only here: the step's time then includes its device work.
+                if log_now or evaluate or save:
+                    wait_for_device(acc.device)
+                interval.add(values, time.perf_counter() - start, dataloading_s)
+                last_loss = values["loss"]
+                if log_now or evaluate or save:
+                    self.guard.check(acc, self.output_dir / CHECKPOINTS)
+                if log_now:
                     # As LeRobot: the means over the steps since the last log line.
-                    means, steps, seconds = interval.pop()
+                    means, steps, seconds = interval.pop(acc)
                     record = {"step": self.step, **means, "lr": self.scheduler.get_last_lr()[0],
                               "samples_per_s": samples_per_step * steps / max(seconds, 1e-9), "steps_averaged": steps,
                               "world_size": acc.num_processes, "effective_batch_size": samples_per_step}
                     self.logger.log(record)
                     bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                    sps=f"{record['samples_per_s']:.1f}")
+                                    sps=f"{record['samples_per_s']:.1f}", data_s=f"{means['dataloading_s']:.3f}",
+                                    updt_s=f"{means['update_s']:.3f}")
                 bar.update(1)
-                if cfg.env.type and cfg.env_eval_freq > 0 and self.step % cfg.env_eval_freq == 0:
+                if evaluate:
                     self._evaluate(bar)
-                if cfg.save_checkpoint and (self.step % cfg.save_freq == 0 or self.step == cfg.steps):
+                if save:
                     last_saved = self.save()
         finally:
             bar.close()
@@ -369,6 +397,8 @@ class Trainer:
                 self.evaluator.close()
         if self.is_main:
             plot_losses(self.output_dir / LOG_FILE, self.output_dir / PLOT_FILE)
+        loss_value = acc.reduce(last_loss.detach().float().reshape(1), reduction="mean").item() \
+            if last_loss is not None else float("nan")
         acc.wait_for_everyone()
         return TrainResult(self.output_dir, last_saved, self.step, loss_value)
 
@@ -393,34 +423,41 @@ class Trainer:
                              peft=self.peft_plan.description if self.peft_plan else
                              ("LoRA, resumed: adapters and fully trained weights as saved" if policy_cfg.use_peft else None))
 
-    def _train_step(self, data) -> dict[str, float]:
+    def _train_step(self, data) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimizer step. Returns its losses and gradient norm as device tensors (nothing is read
+        back: see `train.steps`) and the seconds spent waiting for the loader."""
         cfg, acc = self.cfg, self.accelerator
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
+        dataloading_s = 0.0
         for micro in range(cfg.grad_accum_steps):
-            batch = next(data).to(acc.device)
+            waiting = time.perf_counter()
+            host = next(data)
+            # Decided from the host copy of the masks, so the device is never waited for.
+            plan = trim_plan(host.image_masks, host.token_masks)
+            batch = host.to(acc.device, non_blocking=True)
+            dataloading_s += time.perf_counter() - waiting
             if cfg.dataset.image_transforms.enable:
                 batch = augment_batch(batch, cfg.dataset.image_transforms, self._augmentation_rng(micro),
                                       cfg.policy.camera_names)
             sync = micro == cfg.grad_accum_steps - 1
             kwargs = {"recon_weight": cfg.recon.loss_weight(self.step)} if cfg.recon.enable else {}
             with (contextlib.nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
-                out = self.forward(batch, **kwargs)
+                out = self.forward(batch, trim=plan, **kwargs)
             loss = out["loss"]
-            self._check_finite(loss, batch)
+            self.guard.observe(self.step + 1, loss, host.extras.get("index"))
             acc.backward(loss / cfg.grad_accum_steps)
             for key, value in out.items():
                 if key.endswith("loss"):
-                    totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum_steps
+                    value = value.detach().float() / cfg.grad_accum_steps
+                    totals[key] = totals[key] + value if key in totals else value
         clip = cfg.optimizer.grad_clip_norm
-        grad_norm = acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
+        totals["grad_norm"] = acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model if not hasattr(self.model, "module") else self.model.module)
-        means = {k: acc.reduce(v.reshape(1), reduction="mean").item() for k, v in totals.items()}
-        means["grad_norm"] = float(grad_norm)
-        return means
+        return totals, dataloading_s
 
     def _evaluate(self, bar) -> None:
         """Closed-loop evaluation on the main process (--env_eval_freq); the others wait."""
@@ -439,17 +476,6 @@ class Trainer:
         resumed run draws the same augmentations without saving any state."""
         key = f"{self.cfg.seed}:{self.accelerator.process_index}:{self.step}:{micro}".encode()
         return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-
-    def _check_finite(self, loss: torch.Tensor, batch) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
-        if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() > 0:
-            index = batch.extras.get("index")
-            where = f" for samples (dataset index) {index.tolist()}" if index is not None else ""
-            raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()}{where} on rank "
-                                f"{self.accelerator.process_index}; stopped without writing a checkpoint (the last "
-                                f"good one stays in {self.output_dir / CHECKPOINTS})")
 
     def save(self) -> Path | None:
         acc = self.accelerator
@@ -526,11 +552,12 @@ class Trainer:
         return info
 
 
-def train(cfg: TrainConfig, typed: frozenset[str] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, typed: frozenset[str] | None = None, from_preset: frozenset[str] = frozenset(),
+          from_file: frozenset[str] = frozenset()) -> TrainResult:
     """Train; with --policy.push_to_hub the main process then uploads the final checkpoint. A failed
     upload raises HubError after the run is complete on disk, saying how to push it later."""
     upload.check_push_flags(cfg.policy.push_to_hub, cfg.policy.repo_id)
-    trainer = Trainer(cfg, typed)
+    trainer = Trainer(cfg, typed, from_preset, from_file)
     result = trainer.run()
     push = cfg.policy.push_to_hub and trainer.is_main and result.checkpoint is not None
     del trainer  # the export for the upload loads the model again
