@@ -146,6 +146,12 @@ def check_sharded_run(cfg, sharded: bool, typed: frozenset[str]):
     return cfg
 
 
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor (under FSDP the gradient norm is a replicated one) as an ordinary tensor; other
+    tensors as they are."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def trainable_names(model: nn.Module) -> list[str]:
     """The trained parameters' names, in the optimizer's order (it is built over them in this order)."""
     return [name for name, p in model.named_parameters() if p.requires_grad]

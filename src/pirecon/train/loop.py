@@ -452,7 +452,7 @@ class Trainer:
                     value = value.detach().float() / cfg.grad_accum_steps
                     totals[key] = totals[key] + value if key in totals else value
         clip = cfg.optimizer.grad_clip_norm
-        totals["grad_norm"] = acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
+        totals["grad_norm"] = fsdp.plain(acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf")))
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
