@@ -88,6 +88,7 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
+from pirecon.model import cpu_bf16
 from pirecon.train.command import parse_train_command
 from pirecon.train.loop import Trainer
 from tests.train.fsdp_helpers import truncated_copy
@@ -99,6 +100,7 @@ def train(*argv):
 
 
 out, flags = Path(sys.argv[1]), sys.argv[2:]
+cpu_bf16.cpu_has_bf16_arithmetic = lambda: False  # the frozen bfloat16 layers multiply in float32 (as on CI)
 # LoRA on a bfloat16 base, EMA, sharded checkpoints at every step.
 train(*flags, f"--output_dir={out / 'straight'}", "--checkpoint_format=dcp")
 if dist.get_rank() == 0:
@@ -116,10 +118,13 @@ train(*full, f"--output_dir={out / 'full'}", "--steps=1", "--policy.freeze_visio
 
 
 @pytest.mark.slow
-def test_lora_under_fsdp_sharded_checkpoints(sim_dataset, sim_tokenizer, tmp_path):
+def test_lora_under_fsdp_sharded_checkpoints(sim_dataset, sim_tokenizer, tmp_path, monkeypatch):
     """LoRA over a frozen bfloat16 base with EMA under FSDP, sharded (DCP) checkpoints: a stop and
     --resume repeats the losses exactly (from a sharded and from a gathered checkpoint), a sharded
-    checkpoint resumes in one process, the adapter loads in one process, export consolidates it."""
+    checkpoint resumes in one process, the adapter loads in one process, export consolidates it.
+    As on a CPU without bfloat16 arithmetic (CI's), the frozen bfloat16 layers multiply in float32."""
+    from pirecon.model import cpu_bf16
+    monkeypatch.setattr(cpu_bf16, "cpu_has_bf16_arithmetic", lambda: False)
     # A constant learning rate: a run's schedule does not depend on its --steps.
     flags = tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "unused", "--steps=4", "--save_freq=1",
                              "--keep_last_checkpoints=4", "--batch_size=2", "--policy.use_peft=true",
