@@ -2,6 +2,7 @@
 --checkpoint_format follows it, the optimizer state's two keyings, and the layers' module calls."""
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -123,3 +124,36 @@ def test_optimizer_state_by_name_and_by_index():
     assert named["param_groups"][0]["params"] == names
     assert named["state"]["1.weight"]["exp_avg"] is state["state"][1]["exp_avg"]
     assert fsdp.by_index(named, names) == state
+
+
+def test_a_sharded_full_finetune_checkpoint_is_read_whole(tmp_path):
+    """A folder holding config.json and the weights as torch.distributed.checkpoint shards (written
+    here by one process) loads as the policy it was, reconstruction head included; a damaged shard
+    folder is one CheckpointError naming it."""
+    from pirecon.checkpoint.layout import DCP_MODEL_DIR, WEIGHTS_FILE
+    from pirecon.checkpoint.load import load_model
+    from pirecon.checkpoint.write_pirecon import save_policy
+    from pirecon.configs.recon import ReconConfig
+    from pirecon.errors import CheckpointError
+    import torch.distributed.checkpoint as dcp
+
+    policy = Pi0Policy(PolicyConfig(type="pi0", variant="tiny", image_resolution=28, dtype="bfloat16"))
+    policy.add_recon_head(ReconConfig(enable=True, views=("base_0_rgb",)))
+    policy.backbone.projector.float()  # a trained layer kept in float32, as training keeps it
+    folder = save_policy(policy, tmp_path / "ckpt")
+    (folder / WEIGHTS_FILE).unlink()
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": policy.state_dict()}, checkpoint_id=str(folder / DCP_MODEL_DIR), no_dist=True)
+
+    loaded = load_model(folder)
+    mine, theirs = policy.state_dict(), loaded.state_dict()
+    assert mine.keys() == theirs.keys() and loaded.recon_head is not None
+    assert all(torch.equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype for k in mine)
+    as_float = load_model(folder, dtype="float32")
+    assert as_float.config.dtype == "float32"
+    assert as_float.backbone.vlm.layers[0].q_proj.weight.dtype == torch.float32
+
+    (folder / DCP_MODEL_DIR / "__0_0.distcp").write_bytes(b"cut short")
+    with pytest.raises(CheckpointError, match=rf"{DCP_MODEL_DIR}: cannot read the sharded checkpoint"):
+        load_model(folder)

@@ -16,6 +16,7 @@ the number of processes (torch.distributed.checkpoint reshards).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -31,7 +32,11 @@ def save(state: dict, folder: Path) -> None:
     """Collective: every rank writes its shards of `state` into `folder`."""
     import torch.distributed.checkpoint as dcp  # lazy: seconds to import
 
-    dcp.save(state, checkpoint_id=str(folder))
+    try:
+        dcp.save(state, checkpoint_id=str(folder))
+    except (dcp.api.CheckpointException, OSError, RuntimeError) as exc:  # e.g. a full disk on any rank
+        raise CheckpointError(f"{folder}: could not write the sharded checkpoint ({_first_line(exc)}); the earlier "
+                              f"checkpoints are intact") from None
 
 
 def load(state: dict, folder: Path, distributed: bool) -> None:
@@ -44,7 +49,7 @@ def load(state: dict, folder: Path, distributed: bool) -> None:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
             dcp.load(state, checkpoint_id=str(folder), no_dist=not distributed)
-    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+    except (dcp.api.CheckpointException, RuntimeError, ValueError, OSError, KeyError) as exc:
         raise CheckpointError(f"{folder}: cannot read the sharded checkpoint ({_first_line(exc)}); it is damaged, "
                               f"incomplete or from another model") from None
 
@@ -71,7 +76,8 @@ def read_policy(folder: Path, dtype: str | None = None) -> Pi0Policy:
     """The Pi0Policy of a full fine-tuning checkpoint written with --checkpoint_format=dcp (its
     config.json and pytorch_model_fsdp_0/), on the CPU. `dtype` overrides the stored precision."""
     folder = Path(folder)
-    config = policy_config(folder)
+    stored = policy_config(folder)
+    config = dataclasses.replace(stored, dtype=dtype) if dtype else stored
     state = read(folder / DCP_MODEL_DIR, "model")
     recon = read_recon_config(folder)
     head = {k[len("recon_head."):]: state.pop(k) for k in list(state) if k.startswith("recon_head.")}
@@ -84,8 +90,8 @@ def read_policy(folder: Path, dtype: str | None = None) -> Pi0Policy:
     elif head:
         raise CheckpointError(f"{folder}: {DCP_MODEL_DIR} holds reconstruction head weights but {CONFIG_FILE} "
                               f"configures no head")
-    if dtype and dtype != config.dtype:
-        policy.apply_dtype(getattr(torch, dtype))
+    if config.dtype != stored.dtype:  # the tensors came in their stored dtypes
+        policy.apply_dtype(config.torch_dtype)
     policy.apply_freeze()
     return policy
 
@@ -107,5 +113,9 @@ def _check(folder: Path) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
+    failures = getattr(exc, "failures", None)  # a CheckpointException: {rank: (exception, traceback)}
+    if failures:
+        rank, (exc, _) = next(iter(failures.items()))
+        return f"rank {rank}: {_first_line(exc)}"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
