@@ -2,10 +2,10 @@
 (gloo, 2 processes), against one process computing the same effective batch (`AsTwoProcesses`).
 
 Tolerances: losses agree to 1e-5 and weights / optimizer moments to 5e-5 between FSDP and one
-process (measured: at most 2.4e-7 and 4.8e-6 after 4 steps of full fine-tuning): both average the same two
-per-batch gradients, in another order of float additions (reduce-scatter vs accumulation), which
-Adam's normalisation can magnify for gradients near zero. A resumed run with the same number of
-processes repeats the straight run's losses to 1e-6.
+process (measured: at most 2.4e-7 and 4.8e-6 after 4 steps of full fine-tuning): both average the
+same two per-batch gradients, in another order of float additions (reduce-scatter vs
+accumulation), which Adam's normalisation can magnify for gradients near zero. A resumed run with
+the same number of processes repeats the straight run's losses to 1e-6.
 """
 
 import json
