@@ -448,7 +448,7 @@ NOT_RUN = {"train": "run through examples/finetune_*.sh", "serve": "run through 
 # What each page's commands read besides the stand-in data.
 PAGE_NEEDS = {"finetune-libero.md": ["libero_run"], "finetune-your-robot.md": ["robot_run"],
               "reconstruction.md": ["recon_run"], "migrating.md": ["libero_run", "lerobot_finetuned"],
-              "serving.md": [], "lora-and-memory.md": [], "getting-started.md": []}
+              "serving.md": [], "lora-and-memory.md": [], "getting-started.md": [], "multi-gpu.md": []}
 
 
 def runnable(argv: list[str]) -> tuple[list[str] | None, str | None]:

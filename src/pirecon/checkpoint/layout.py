@@ -12,6 +12,9 @@ A training checkpoint adds (see `pirecon.checkpoint.training`):
   trainable.safetensors  the non-LoRA trainable weights (heads, vision, ...)             (LoRA)
   ema.safetensors        EMA of the trainable weights                                 (optional)
   training_state.pt      optimizer, scheduler, RNG states, data position, step
+and a sharded one (`--checkpoint_format=dcp` under FSDP, see `pirecon.checkpoint.sharded`) holds
+torch.distributed.checkpoint folders instead of the weight files and the optimizer state:
+  pytorch_model_fsdp_0/  optimizer_0/  ema_0/
 LeRobot and openpi folders: see `pirecon.checkpoint.folder_info`.
 """
 
@@ -47,11 +50,16 @@ TRAINING_STATE = "training_state.pt"
 EMA_FILE = "ema.safetensors"
 TRAINABLE_FILE = "trainable.safetensors"
 ADAPTER_DIR = "adapter"
+# Sharded checkpoints (torch.distributed.checkpoint folders; accelerate's and LeRobot's names)
+DCP_MODEL_DIR = "pytorch_model_fsdp_0"
+DCP_OPTIMIZER_DIR = "optimizer_0"
+DCP_EMA_DIR = "ema_0"
+DCP_METADATA = ".metadata"  # written last, once every rank's shards are in place
 # LeRobot's folder of the model in a checkpoint; ours holds the run's train_config.json there, so
 # LeRobot's resume idiom (--config_path=OUT/checkpoints/last/pretrained_model/train_config.json) works.
 PRETRAINED_MODEL = "pretrained_model"
 TRAIN_CONFIG = "train_config.json"
-TRAINING_MARKERS = (TRAINING_STATE, ADAPTER_DIR, TRAINABLE_FILE)  # "export before uploading"
+TRAINING_MARKERS = (TRAINING_STATE, ADAPTER_DIR, TRAINABLE_FILE, DCP_MODEL_DIR)  # "export before uploading"
 # LeRobot and openpi side files
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
@@ -62,6 +70,11 @@ def read_config(folder: Path) -> dict:
     """A folder's config.json; its absence is a CheckpointError naming the folder."""
     return load_json(Path(folder) / CONFIG_FILE, CheckpointError,
                      missing=f"no {CONFIG_FILE}; expected the config written beside {WEIGHTS_FILE}")
+
+
+def holds_dcp(folder: Path, name: str) -> bool:
+    """The checkpoint folder holds the complete torch.distributed.checkpoint folder `name`."""
+    return (Path(folder) / name / DCP_METADATA).is_file()
 
 
 def is_lora(folder: Path) -> bool:
@@ -148,13 +161,14 @@ class SafetensorsFile:
 # load: a truncated file or one deleted by an interrupted prune is named instead of failing later.
 # (JSON files are read with their own checks; the EMA file may be removed to save space.)
 MANIFEST = "manifest.json"
-PAYLOAD = (".safetensors", ".pt", ".bin")
+PAYLOAD = (".safetensors", ".pt", ".bin", ".distcp")
 OPTIONAL = (EMA_FILE,)
+OPTIONAL_DIRS = (DCP_EMA_DIR,)
 
 
 def write_manifest(folder: Path) -> None:
-    files = {p.relative_to(folder).as_posix(): p.stat().st_size
-             for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.suffix in PAYLOAD}
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(Path(folder).rglob("*"))
+             if p.is_file() and (p.suffix in PAYLOAD or p.name == DCP_METADATA)}
     (Path(folder) / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
 
@@ -164,17 +178,22 @@ def verify_manifest(folder: Path) -> None:
     if not path.is_file():
         return
     listed = load_json(path, CheckpointError).get("files") or {}
-    missing = [name for name in listed if not (Path(folder) / name).is_file() and name not in OPTIONAL]
+    missing = [name for name in listed if not (Path(folder) / name).is_file() and not _optional(name)]
     if missing:
         raise CheckpointError(f"{folder}: the checkpoint is incomplete ({missing[:3]} missing; damaged, or cut short "
                               f"by an interrupted prune); use another checkpoint, e.g. checkpoints/last")
     for name, size in listed.items():
-        if name in OPTIONAL and not (Path(folder) / name).is_file():
+        if _optional(name) and not (Path(folder) / name).is_file():
             continue
         actual = (Path(folder) / name).stat().st_size
         if actual != size:
             raise CheckpointError(f"{Path(folder) / name}: {actual} bytes, the checkpoint's manifest says {size}: "
                                   f"the file is damaged or truncated")
+
+
+def _optional(name: str) -> bool:
+    """A file that may be removed to save space (the EMA weights)."""
+    return name in OPTIONAL or name.split("/")[0] in OPTIONAL_DIRS
 
 
 def is_training_checkpoint(folder: Path) -> bool:
@@ -226,6 +245,8 @@ def resolve_checkpoint(path: str | Path, flag: str = "--policy.path") -> Path:
 def require_ema(folder: Path) -> Path:
     """The EMA weights of a checkpoint, or the error `--use_ema=true` gets without them."""
     path = Path(folder) / EMA_FILE
+    if holds_dcp(folder, DCP_EMA_DIR) and not path.is_file():
+        return Path(folder) / DCP_EMA_DIR
     if not path.is_file():
         raise CheckpointError(f"--use_ema=true but {folder} holds no {EMA_FILE}; train with --ema_decay=... to "
                               f"keep EMA weights, or use the raw weights with --use_ema=false")

@@ -201,6 +201,7 @@ class WandbConfig:
 
 
 ENV_TYPES = ("sim", "libero")
+CHECKPOINT_FORMATS = ("safetensors", "dcp", "safetensors_dcp")  # LeRobot's CheckpointFormat values
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class TrainConfig:
     save_freq: int = 20_000  # write a checkpoint every N steps (and at the end); LeRobot's default
     log_freq: int = 200  # log every N steps: the means over those steps (as LeRobot)
     keep_last_checkpoints: int = 3  # keep the newest N checkpoints
+    checkpoint_format: str = "safetensors"  # under FSDP (LeRobot's flag): safetensors (weights and optimizer gathered on the main process: a single-process checkpoint) | dcp (each process writes its shards, torch.distributed.checkpoint) | safetensors_dcp (both weight forms, optimizer sharded)
     resume: bool = False  # continue the run in output_dir from its last checkpoint
     tensorboard: bool = False  # also write TensorBoard event files
     progress_bar: bool = True  # show a tqdm progress bar
@@ -286,5 +288,8 @@ class TrainConfig:
         if self.rename_map:
             object.__setattr__(self, "dataset", dataclasses.replace(
                 self.dataset, camera_map=cameras_from_rename_map(self.rename_map, self.dataset.camera_map)))
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ConfigError(f"--checkpoint_format={self.checkpoint_format!r}: expected one of "
+                              f"{list(CHECKPOINT_FORMATS)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"--ema_decay={self.ema_decay}: expected a value in (0, 1)")

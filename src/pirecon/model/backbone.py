@@ -13,6 +13,8 @@ Three call modes, all through `Backbone.forward`:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -79,6 +81,19 @@ def joint_layer(
     return out, new_kv
 
 
+def run_joint_layer(layers: list[GemmaLayer], xs: list[torch.Tensor | None], conds: list[torch.Tensor | None],
+                    mask: torch.Tensor, positions: torch.Tensor, past_kv: tuple[torch.Tensor, torch.Tensor] | None):
+    """`joint_layer` called through the module of every layer it uses (nested: the VLM layer's
+    `forward` calls the expert layer's, which calls `joint_layer`), so that hooks on the layers
+    (FSDP's) see their weights used. Without hooks the result is `joint_layer`'s, bit for bit."""
+    def run(*tensors):
+        return joint_layer(layers, *tensors)
+    for i in reversed(range(len(layers))):
+        if xs[i] is not None:
+            run = functools.partial(layers[i], run)
+    return run(xs, conds, mask, positions, past_kv)
+
+
 class Backbone(nn.Module):
     """Vision tower + projector + the two Gemma stacks."""
 
@@ -129,10 +144,10 @@ class Backbone(nn.Module):
         for index, layers in enumerate(zip(self.vlm.layers, self.expert.layers)):
             past = past_kv[index] if past_kv is not None else None
             if use_ckpt:
-                xs, kv = checkpoint(joint_layer, list(layers), xs, conds, mask, positions, past,
+                xs, kv = checkpoint(run_joint_layer, list(layers), xs, conds, mask, positions, past,
                                     use_reentrant=False)
             else:
-                xs, kv = joint_layer(list(layers), xs, conds, mask, positions, past)
+                xs, kv = run_joint_layer(list(layers), xs, conds, mask, positions, past)
             if return_kv:
                 kv_out.append(kv)
         prefix_out = self.vlm.norm(xs[0])[0] if xs[0] is not None else None

@@ -77,7 +77,8 @@ class GeGLU(nn.Module):
 
 
 class GemmaLayer(nn.Module):
-    """The weights of one Gemma decoder layer. `backbone.joint_layer` runs it."""
+    """The weights of one Gemma decoder layer. `backbone.joint_layer` runs it, together with the
+    layer of the same depth of the other stack, through `forward`."""
 
     def __init__(self, spec: GemmaSpec, adaptive_cond_dim: int | None = None):
         super().__init__()
@@ -89,6 +90,12 @@ class GemmaLayer(nn.Module):
         self.o_proj = nn.Linear(spec.num_heads * spec.head_dim, spec.width, bias=False)
         self.post_attn_norm = make_norm(spec.width, adaptive_cond_dim)
         self.mlp = GeGLU(spec.width, spec.mlp_dim)
+
+    def forward(self, run, *args):
+        """`run(*args)`: the computation that uses this layer's weights (`backbone.joint_layer`,
+        which runs the layers of both stacks at once). Calling it through the module lets module
+        hooks wrap it: under FSDP the all-gather of the layer's weights before, the reshard after."""
+        return run(*args)
 
 
 class GemmaStack(nn.Module):

@@ -1,7 +1,8 @@
 """The training loop: data -> policy (optionally LoRA) -> AdamW + warm-up/cosine -> checkpoints.
 
-Runs on one CPU/GPU or many through `accelerate` (DDP); launch several processes with
-`accelerate launch ... -m pirecon train ...`. Only the main process writes checkpoints and logs.
+Runs on one CPU/GPU or many through `accelerate`: DDP, or FSDP2 with an accelerate config file
+that asks for it (`train/fsdp.py`); launch several processes with `accelerate launch ... -m pirecon
+train ...`. Only the main process writes logs, and checkpoints unless they are sharded.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from tqdm import tqdm
 
 from pirecon import hubcache
-from pirecon.checkpoint import training, upload
+from pirecon.checkpoint import sharded, training, upload
 from pirecon.checkpoint.keys import lerobot_module_name
 from pirecon.checkpoint.folder_config import policy_config
 from pirecon.checkpoint.folder_info import (folder_camera_map, folder_normalizer, local_tokenizer, read_folder_info,
                                            resolve_tokenizer)
-from pirecon.checkpoint.layout import (CHECKPOINTS, EMA_FILE, TRAINING_STATE, folder_format, last_checkpoint,
-                                       read_config, read_safetensors)
+from pirecon.checkpoint.layout import (CHECKPOINTS, DCP_EMA_DIR, DCP_MODEL_DIR, DCP_OPTIMIZER_DIR, TRAINING_STATE,
+                                       folder_format, last_checkpoint, read_config)
 from pirecon.checkpoint.load import load_model, load_policy
 from pirecon.checkpoint.weights import overrides_for
 from pirecon.checkpoint.write_pirecon import save_policy
@@ -50,6 +51,7 @@ from pirecon.model import lora, placement
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.model.trim import trim_plan
 from pirecon.configs.train import TrainConfig, resolve_optimization
+from pirecon.train import fsdp
 from pirecon.train.ema import EMA
 from pirecon.train.peft_plan import lora_plan, reaches_image_tokens
 from pirecon.train.schedule import lr_factor
@@ -224,10 +226,14 @@ class Trainer:
         autocast = placement.decide_placement(device, policy_cfg.torch_dtype).autocast_dtype
         if device.index is not None:
             torch.cuda.set_device(device)  # accelerate's one-process "cuda" is the current device
+        fsdp.check_launcher_precision(autocast, policy_cfg.dtype)
+        plugin = fsdp.make_plugin() if fsdp.requested() else None
         self.accelerator = Accelerator(
             mixed_precision="bf16" if autocast == torch.bfloat16 else "no", cpu=device.type == "cpu",
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+            fsdp_plugin=plugin, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         acc = self.accelerator
+        self.sharded = plugin is not None and fsdp.engage_on_cpu(acc, plugin)
+        self.cfg = cfg = fsdp.check_sharded_run(cfg, self.sharded, typed)
         if device.index is not None and acc.num_processes > 1:
             raise ConfigError(f"--policy.device={policy_cfg.device}: one device for {acc.num_processes} processes; "
                               f"under accelerate each process takes its own: use --policy.device=auto (or cuda)")
@@ -305,21 +311,24 @@ class Trainer:
                               "--policy.freeze_vision_encoder and --policy.use_peft)")
         self.optimizer = make_optimizer(cfg.optimizer, self.trainable, acc.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg.scheduler, cfg.steps))
-        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay and not self.sharded else None
         self.step = 0
-        if resume_from is not None:
-            state = torch.load(resume_from / TRAINING_STATE, weights_only=False)
-            self.optimizer.load_state_dict(state["optimizer"])
+        state = torch.load(resume_from / TRAINING_STATE, weights_only=False) if resume_from is not None else None
+        if state is not None:
+            if not self.sharded:  # a sharded optimizer and EMA take their state once the model is sharded
+                fsdp.restore_optimizer(model, self.optimizer, state, resume_from, sharded=False)
+                if self.ema is not None:
+                    fsdp.restore_ema(self.ema, resume_from, sharded=False)
             self.scheduler.load_state_dict(state["scheduler"])
             self.loader.load_state_dict(state["loader"][acc.process_index] if isinstance(state["loader"], list)
                                         else state["loader"])
-            if self.ema is not None:
-                self.ema.load_state_dict(read_safetensors(resume_from / EMA_FILE))
             self.step = state["step"]
             training.set_rng_state(state["rng"][acc.process_index] if isinstance(state["rng"], list) else state["rng"])
         else:
             torch.manual_seed(cfg.seed + acc.process_index)
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
+        if self.sharded:
+            self._after_sharding(state, resume_from)
         self.forward = torch.compile(self.model, mode=policy_cfg.compile_mode) if policy_cfg.compile_model else self.model
         self.guard = FiniteGuard()
         self.resumed_from = resume_from
@@ -327,6 +336,16 @@ class Trainer:
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
                                 name=cfg.job_name, tags=tags,
                                 resume_step=self.step if resume_from is not None else None)
+
+    def _after_sharding(self, state: dict | None, resume_from: Path | None) -> None:
+        """FSDP replaced the weights by their shards: what holds them is rebuilt (the trained list,
+        the EMA) and a resumed run's optimizer and EMA state is loaded into this sharding."""
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = EMA(self.model, self.cfg.ema_decay) if self.cfg.ema_decay else None
+        if state is not None:
+            fsdp.restore_optimizer(self.model, self.optimizer.optimizer, state, resume_from, sharded=True)
+            if self.ema is not None:
+                fsdp.restore_ema(self.ema, resume_from, sharded=True)
 
     # -------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -397,6 +416,7 @@ class Trainer:
         return summary_block(self.cfg, acc.unwrap_model(self.model), weights_from=weights_from, adapted=self.adapted,
                              tokenizer=str(policy_cfg.tokenizer_path), dataset=described, device=str(acc.device),
                              processes=acc.num_processes, autocast=autocast,
+                             sharding=fsdp.describe(acc.state.fsdp_plugin, self.cfg) if self.sharded else None,
                              resumed_from=str(self.resumed_from) if self.resumed_from else None,
                              peft_note=self.peft_note,
                              evaluation=(f"{self.evaluator.describe()}, every {self.cfg.env_eval_freq} steps"
@@ -433,7 +453,7 @@ class Trainer:
                     value = value.detach().float() / cfg.grad_accum_steps
                     totals[key] = totals[key] + value if key in totals else value
         clip = cfg.optimizer.grad_clip_norm
-        totals["grad_norm"] = acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
+        totals["grad_norm"] = fsdp.plain(acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf")))
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
@@ -466,18 +486,51 @@ class Trainer:
         if acc.num_processes > 1:
             gathered = [None] * acc.num_processes
             dist.all_gather_object(gathered, local)
+        state = {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                 "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered]}
+        if self.sharded:
+            return self._save_sharded(state)
         path = None
         if self.is_main:
             model = acc.unwrap_model(self.model)
-            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(),
-                     "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered]}
+            state["optimizer"] = self.optimizer.state_dict()
             path = training.save_checkpoint(
                 self.output_dir, self.step, model, to_dict(self.cfg), state,
                 self.ema.state_dict() if self.ema else None,
                 lambda p: save_norm_stats_json(self.preprocessor.dataset_normalizer, p),
                 self.cfg.policy.tokenizer_path, self.base_path, self.cfg.keep_last_checkpoints,
                 extra_json={"data_info.json": self._data_info()})
+        acc.wait_for_everyone()
+        return path
+
+    def _save_sharded(self, state: dict) -> Path | None:
+        """Every process takes part: `--checkpoint_format=dcp` each writes its shards into the main
+        process's temporary folder; `safetensors` the weights, optimizer and EMA state are gathered
+        to the main process. The main process writes the rest and renames the folder into place."""
+        acc, fmt, model, optimizer = self.accelerator, self.cfg.checkpoint_format, self.model, self.optimizer.optimizer
+        folder = [str(training.start_checkpoint(self.output_dir, self.step)) if self.is_main else None]
+        broadcast_object_list(folder)  # also: no rank writes before the main process made the folder
+        tmp = Path(folder[0])
+        peft = lora.base_policy(model) is not model
+        weights, ema = None, None
+        if fmt != "safetensors":
+            sharded.save(fsdp.sharded_weights(model, trained_only=peft), tmp / DCP_MODEL_DIR)
+            sharded.save(fsdp.sharded_optimizer(model, optimizer), tmp / DCP_OPTIMIZER_DIR)
+            if self.ema is not None:
+                sharded.save({"ema": self.ema.shadow}, tmp / DCP_EMA_DIR)
+        if fmt != "dcp":
+            weights = fsdp.full_weights(model)
+        if fmt == "safetensors":
+            state["optimizer"] = fsdp.full_optimizer(model, optimizer)
+            ema = fsdp.full_ema(self.ema) if self.ema is not None else None
+        path = None
+        if self.is_main:
+            training.write_checkpoint(
+                tmp, self.step, model, to_dict(self.cfg), state, ema,
+                lambda p: save_norm_stats_json(self.preprocessor.dataset_normalizer, p),
+                self.cfg.policy.tokenizer_path, self.base_path, extra_json={"data_info.json": self._data_info()},
+                weights=weights, weights_sharded=fmt == "dcp")
+            path = training.commit_checkpoint(tmp, self.step, self.cfg.keep_last_checkpoints)
         acc.wait_for_everyone()
         return path
 

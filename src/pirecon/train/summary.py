@@ -83,7 +83,8 @@ def _count(n: int) -> str:
 
 def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adapted: list[str], tokenizer: str,
                   dataset: str, device: str, processes: int, autocast: str | None, resumed_from: str | None,
-                  peft_note: str | None, peft: str | None = None, evaluation: str | None = None) -> str:
+                  peft_note: str | None, peft: str | None = None, evaluation: str | None = None,
+                  sharding: str | None = None) -> str:
     """The text block printed once at start-up by the main process."""
     policy = cfg.policy
     table = parameter_table(model)
@@ -121,6 +122,8 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
     if policy.use_amp:
         lines.append("  note        --policy.use_amp=true is not used by training (as in LeRobot): --policy.dtype decides")
     lines.append(f"  device      {device} x {processes} process(es)")
+    if sharding:
+        lines.append(f"  sharding    {sharding}")
     lines.append(f"  batch       {cfg.batch_size} per process x {processes} process(es) x {cfg.grad_accum_steps} "
                  f"accumulation step(s) = {cfg.batch_size * processes * cfg.grad_accum_steps} samples per step")
     opt, sched = cfg.optimizer, cfg.scheduler
