@@ -367,6 +367,8 @@ class Pi0Policy(nn.Module):
         """
         cfg = self.config
         batch.validate(cfg)
+        if rtc_mode not in rtc.MODES:
+            raise InputError(f"rtc_mode={rtc_mode!r}: expected one of {list(rtc.MODES)}")
         steps = num_steps or cfg.num_inference_steps
         b = batch.batch_size
         device = batch.images.device
@@ -374,8 +376,6 @@ class Pi0Policy(nn.Module):
         x = noise.float() if noise is not None else torch.randn(b, cfg.chunk_size, cfg.max_action_dim, device=device)
         prefix = self.embed_prefix(trimmed(batch) if trim else batch)
         kv = self.prefix_cache(prefix) if use_cache else None
-        if rtc_mode not in rtc.MODES:
-            raise InputError(f"rtc_mode={rtc_mode!r}: expected one of {list(rtc.MODES)}")
         guide = hard = None
         if prefix_actions is not None and rtc_mode == "trained":
             hard = self._trained_prefix(prefix_actions, inference_delay, execution_horizon, x)
