@@ -16,14 +16,18 @@ import time
 import torch
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
+def timed_together(fns: list, repeats: int) -> list[float]:
+    """Median seconds of each function, measured in turns (one call of each per round) so that
+    load from elsewhere on the machine falls on all of them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        for fn, out in zip(fns, samples):
+            started = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - started)
+    return [statistics.median(s) for s in samples]
 
 
 def main() -> None:
@@ -50,15 +54,16 @@ def main() -> None:
         policy(batch)["loss"].backward()
         optimizer.step()
 
-    rows = [("tiny Pi0 training step", timed(step, args.repeats))]
+    names, fns = ["tiny Pi0 training step"], [step]
     for recipe in ("lerobot", "openpi"):
         cfg = ImageTransformsConfig(enable=True, recipe=recipe)
         generator = torch.Generator().manual_seed(0)
-        rows.append((f"augment_batch ({recipe})",
-                     timed(lambda: augment_batch(batch, cfg, generator, config.camera_names), args.repeats)))
+        names.append(f"augment_batch ({recipe})")
+        fns.append(lambda cfg=cfg, generator=generator: augment_batch(batch, cfg, generator, config.camera_names))
+    rows = list(zip(names, timed_together(fns, args.repeats)))
     base = rows[0][1]
     print(f"batch {args.batch} x {args.views} views at {args.resolution}px, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}, measured in turns")
     print(f"{'what':<28} {'seconds':>9} {'vs step':>8}")
     for name, seconds in rows:
         print(f"{name:<28} {seconds:>9.3f} {seconds / base:>8.1%}")

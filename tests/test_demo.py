@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,9 +39,12 @@ def test_demo_compares_recon_and_plain_side_by_side(tmp_path, capsys):
 
 def test_demo_weight_zero_trains_plain_pi0_and_reruns_into_its_own_folder(tmp_path):
     out = tmp_path / "demo"
-    assert run(SMALL + [f"--output_dir={out}", "--recon.weight=0"]) == 0
+    assert run(SMALL + [f"--output_dir={out}", "--recon.weight=0", "--augment=openpi"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert "Pi0 (no recon)" in results and not any("recon (" in n for n in results)
+    run_dir = Path(results["Pi0 (no recon)"]["log"]).parent
+    transforms = json.loads((run_dir / "train_config.json").read_text())["dataset"]["image_transforms"]
+    assert transforms["enable"] is True and transforms["recipe"] == "openpi"
     assert run(SMALL + [f"--output_dir={out}", "--recon.weight=0"]) == 0  # a previous demo folder is replaced
 
 
@@ -54,5 +58,7 @@ def test_demo_refuses_a_foreign_non_empty_folder_and_bad_flags(tmp_path):
     with pytest.raises(ConfigError, match="num_blocks=4"):
         run(SMALL + [f"--output_dir={tmp_path / 'x'}", "--num_blocks=4"])
     assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="--augment='crop'"):
+        run(SMALL + [f"--output_dir={tmp_path / 'x'}", "--augment=crop"])
     with pytest.raises(ConfigError, match="--steps=0"):
         run(SMALL + [f"--output_dir={tmp_path / 'x'}", "--steps=0"])

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pirecon.configs.data import DatasetConfig
+from pirecon.configs.data import DatasetConfig, ImageTransformsConfig
 from pirecon.configs.demo import DemoConfig, DemoReconConfig
 from pirecon.configs.parse import format_help, parse_flags
 from pirecon.configs.policy import PolicyConfig
@@ -45,7 +45,9 @@ def demo_train_config(cfg: DemoConfig, data_dir: Path, tokenizer: Path, run_dir:
     return TrainConfig(
         policy=policy,
         dataset=DatasetConfig(root=str(data_dir), cache_in_memory=True, camera_map={"observation.images.top": "base_0_rgb",
-                                                              "observation.images.wrist": "left_wrist_0_rgb"}),
+                                                              "observation.images.wrist": "left_wrist_0_rgb"},
+                              image_transforms=ImageTransformsConfig(enable=cfg.augment != "none",
+                                                                     recipe="openpi" if cfg.augment == "openpi" else "lerobot")),
         peft=PeftConfig(r=cfg.lora_r, preset="openpi"),
         recon=ReconConfig(enable=weight > 0, weight=weight, views=tuple(cfg.recon.views)),
         output_dir=str(run_dir), steps=cfg.steps, batch_size=cfg.batch_size, num_workers=cfg.num_workers,

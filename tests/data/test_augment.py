@@ -43,29 +43,39 @@ def test_random_affine_shifts_by_at_most_the_rounded_fraction():
         assert abs(row - 20) <= 2 and abs(col - 20) <= 2  # 0.05 * 40 = 2 pixels
 
 
+def one(x: torch.Tensor, op, f: float) -> torch.Tensor:
+    """op applied in place to a copy of the single image x (3, H, W)."""
+    return op(x.clone(), f)
+
+
 def test_colour_adjustments():
-    x = torch.full((1, 3, 4, 4), 0.5)
-    x[0, 0] = 0.9
-    f = torch.tensor([1.2])
-    assert torch.allclose(A.adjust_brightness(x, f), (x * 1.2).clamp(0, 1))
+    x = torch.full((3, 4, 4), 0.5)
+    x[0] = 0.9
+    assert torch.allclose(one(x, A.adjust_brightness_, 1.2), torch.stack([torch.full((4, 4), 1.0),
+                                                                          torch.full((4, 4), 0.6),
+                                                                          torch.full((4, 4), 0.6)]))
     gray = 0.2989 * 0.9 + 0.587 * 0.5 + 0.114 * 0.5
-    assert torch.allclose(A.adjust_contrast(x, torch.tensor([0.5])), 0.5 * x + 0.5 * gray)
-    desaturated = A.adjust_saturation(x, torch.zeros(1))
-    assert torch.allclose(desaturated, torch.full_like(x, gray))
-    red = torch.zeros(1, 3, 2, 2)
-    red[0, 0] = 1.0
-    cyan = A.adjust_hue(red, torch.tensor([0.5]))
-    assert torch.allclose(cyan[0, :, 0, 0], torch.tensor([0.0, 1.0, 1.0]), atol=1e-6)
-    assert torch.allclose(A.adjust_hue(x, torch.zeros(1)), x, atol=1e-6)
+    assert torch.allclose(one(x, A.adjust_contrast_, 0.5), 0.5 * x + 0.5 * gray)
+    assert torch.allclose(one(x, A.adjust_saturation_, 0.0), torch.full_like(x, gray))
+    red = torch.zeros(3, 2, 2)
+    red[0] = 1.0
+    cyan = one(red, A.adjust_hue_, 0.5)
+    assert torch.allclose(cyan[:, 0, 0], torch.tensor([0.0, 1.0, 1.0]), atol=1e-6)
+    # Orange (1, 0.5, 0) is hue 30 degrees; +120 degrees is spring green (0, 1, 0.5).
+    orange = torch.tensor([1.0, 0.5, 0.0]).view(3, 1, 1).expand(3, 2, 2).clone()
+    assert torch.allclose(one(orange, A.adjust_hue_, 1 / 3)[:, 0, 0], torch.tensor([0.0, 1.0, 0.5]), atol=1e-6)
+    assert torch.allclose(one(x, A.adjust_hue_, 0.0), x, atol=1e-6)
+    gray_image = torch.full((3, 2, 2), 0.3)  # no hue: unchanged by any shift
+    assert torch.allclose(one(gray_image, A.adjust_hue_, 0.25), gray_image, atol=1e-7)
 
 
 def test_sharpness_blends_with_a_3x3_blur_and_keeps_the_border():
-    x = torch.zeros(1, 3, 5, 5)
-    x[0, :, 2, 2] = 1.0
-    assert torch.equal(A.adjust_sharpness(x, torch.ones(1)), x)
-    blurred = A.adjust_sharpness(x, torch.zeros(1))
-    assert blurred[0, 0, 2, 2].item() == pytest.approx(5 / 13)
-    assert blurred[0, 0, 1, 1].item() == pytest.approx(1 / 13) and blurred[0, 0, 0, 0] == 0
+    x = torch.zeros(3, 5, 5)
+    x[:, 2, 2] = 1.0
+    assert torch.equal(one(x, A.adjust_sharpness_, 1.0), x)
+    blurred = one(x, A.adjust_sharpness_, 0.0)
+    assert blurred[0, 2, 2].item() == pytest.approx(5 / 13)
+    assert blurred[0, 1, 1].item() == pytest.approx(1 / 13) and blurred[0, 0, 0] == 0
 
 
 def test_draws_follow_the_weights_the_count_and_the_seed():
@@ -73,14 +83,14 @@ def test_draws_follow_the_weights_the_count_and_the_seed():
         "b": ImageTransformConfig(1.0, "ColorJitter", {"brightness": [0.8, 1.2]}),
         "never": ImageTransformConfig(0.0, "ColorJitter", {"brightness": [5.0, 5.0]})})
     x = torch.full((64, 3, 4, 4), 0.5)
-    out = A.lerobot_transforms(x, only_brightness, torch.Generator().manual_seed(0))
+    out = A.lerobot_transforms_(x.clone(), only_brightness, torch.Generator().manual_seed(0))
     ratio = out[:, 0, 0, 0] / 0.5
     assert ratio.min() >= 0.8 and ratio.max() <= 1.2 and ratio.std() > 0.05  # drawn per image
     defaults = ImageTransformsConfig(enable=True)
     y = torch.rand(6, 3, 16, 16)
-    first = A.lerobot_transforms(y, defaults, torch.Generator().manual_seed(1))
-    assert torch.equal(first, A.lerobot_transforms(y, defaults, torch.Generator().manual_seed(1)))
-    assert not torch.equal(first, A.lerobot_transforms(y, defaults, torch.Generator().manual_seed(2)))
+    first = A.lerobot_transforms_(y.clone(), defaults, torch.Generator().manual_seed(1))
+    assert torch.equal(first, A.lerobot_transforms_(y.clone(), defaults, torch.Generator().manual_seed(1)))
+    assert not torch.equal(first, A.lerobot_transforms_(y.clone(), defaults, torch.Generator().manual_seed(2)))
     assert first.min() >= 0 and first.max() <= 1 and torch.equal(y, y.clone())
 
 
@@ -109,7 +119,7 @@ def test_only_training_augments():
 def test_openpi_recipe_keeps_wrist_geometry_and_jitters_colour_in_range():
     ramp = torch.linspace(0.2, 0.8, 16).view(1, 1, 1, 16).expand(4, 3, 16, 16).clone()  # gray, left to right
     wrist = torch.tensor([True, True, False, False])
-    out = A.openpi_transforms(ramp, wrist, torch.Generator().manual_seed(0))
+    out = A.openpi_transforms_(ramp.clone(), wrist, torch.Generator().manual_seed(0))
     for i in (0, 1):  # wrist: colour only, which is affine per image on a gray image: a*x + b
         a, b = torch.linalg.lstsq(torch.stack([ramp[i].flatten(), torch.ones(ramp[i].numel())], 1),
                                   out[i].flatten().unsqueeze(1)).solution.flatten()
@@ -130,5 +140,5 @@ def test_the_batch_applies_the_openpi_recipe_by_view_name():
     cfg = ImageTransformsConfig(enable=True, recipe="openpi")
     out = A.augment_batch(batch, cfg, torch.Generator().manual_seed(5), ("base_0_rgb", "left_wrist_0_rgb"))
     x01 = (images.reshape(4, 3, 16, 16) + 1) / 2
-    expected = A.openpi_transforms(x01, torch.tensor([False, True, False, True]), torch.Generator().manual_seed(5))
+    expected = A.openpi_transforms_(x01, torch.tensor([False, True, False, True]), torch.Generator().manual_seed(5))
     assert torch.allclose(out.images.reshape(4, 3, 16, 16), expected * 2 - 1, atol=1e-6)

@@ -38,6 +38,9 @@ class DemoConfig:
     # 88-94 % (two seeds). A pretrained full-size model uses 16.
     lora_r: int = 64
     use_peft: bool = True  # LoRA adapters (false: train every weight)
+    # Training-time image augmentation: none | openpi (95 % crop + rotation on the top camera, colour
+    # on both) | lerobot (LeRobot's default image transforms). Off by default: see the README's demo figures.
+    augment: str = "none"
     num_workers: int = 0  # the demo keeps its small dataset in RAM
     eval_episodes: int = 50  # closed-loop episodes on unseen layouts
     eval_seed: int = 100_000  # far from the recording seeds: evaluation layouts are unseen
@@ -48,6 +51,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         # Checked before any work (the simulator settings are checked by `pirecon.demo.demo_sim_config`).
         ReconConfig(weight=self.recon.weight, views=tuple(self.recon.views))
+        if self.augment not in ("none", "openpi", "lerobot"):
+            raise ConfigError(f"--augment={self.augment!r}: expected none, openpi or lerobot")
         for name in ("episodes", "steps", "batch_size", "eval_episodes", "chunk_size", "n_action_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name}={getattr(self, name)}: expected a positive integer")

@@ -10,6 +10,7 @@ from typing import Any
 
 from pirecon.configs.data import DatasetConfig
 from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.presets import get_preset
 from pirecon.configs.recon import ReconConfig
 from pirecon.errors import ConfigError
 
@@ -235,6 +236,8 @@ class TrainEvalFlags:
 class TrainConfig:
     """`pirecon train`: everything one training run needs."""
 
+    # openpi's recipe of that name as flags (`pirecon presets` lists them); flags you type override its values
+    preset: str | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -268,6 +271,8 @@ class TrainConfig:
     progress_bar: bool = True  # show a tqdm progress bar
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            get_preset(self.preset)
         for name in ("steps", "batch_size", "grad_accum_steps", "save_freq", "log_freq", "keep_last_checkpoints",
                      "prefetch_factor"):
             if getattr(self, name) <= 0:

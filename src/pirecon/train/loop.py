@@ -186,14 +186,28 @@ def check_new_output_dir(folder: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None):
+    def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None,
+                 from_preset: frozenset[str] = frozenset(), from_file: frozenset[str] = frozenset()):
+        """`typed`: the fields typed (on the command line, in --config_path, by --preset); None: those
+        differing from the defaults. `from_preset`: the typed ones whose value is --preset's;
+        `from_file`: the typed ones whose value comes from the --config_path file alone."""
         self.cfg = cfg
         self.adapted: list[str] = []
+        if typed is None and cfg.preset is not None:
+            raise ConfigError(f"TrainConfig(preset={cfg.preset!r}): a preset stands for flags, which the command line "
+                              f"applies: build the config with pirecon.train.command.parse_train_command("
+                              f"['--preset={cfg.preset}', ...])")
         typed = typed_by_value(cfg) if typed is None else typed
         policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
-        # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true).
+        # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true);
+        # a preset's --peft.* values do not (a LoRA preset sets --policy.use_peft=true itself), nor
+        # does a config file's peft group when the file also says policy.use_peft (our own
+        # train_config.json lists every field; a LeRobot file has a peft group only for LoRA).
         self.peft_note = None
-        if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
+        requested = typed - from_preset
+        if "policy.use_peft" in from_file:
+            requested -= from_file
+        if not policy_cfg.use_peft and any(name.startswith("peft.") for name in requested):
             policy_cfg = dataclasses.replace(policy_cfg, use_peft=True)
             self.peft_note = "LoRA turned on by --peft.* (as lerobot-train does)"
         self.peft_plan = None
@@ -473,11 +487,12 @@ class Trainer:
         return info
 
 
-def train(cfg: TrainConfig, typed: frozenset[str] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, typed: frozenset[str] | None = None, from_preset: frozenset[str] = frozenset(),
+          from_file: frozenset[str] = frozenset()) -> TrainResult:
     """Train; with --policy.push_to_hub the main process then uploads the final checkpoint. A failed
     upload raises HubError after the run is complete on disk, saying how to push it later."""
     upload.check_push_flags(cfg.policy.push_to_hub, cfg.policy.repo_id)
-    trainer = Trainer(cfg, typed)
+    trainer = Trainer(cfg, typed, from_preset, from_file)
     result = trainer.run()
     push = cfg.policy.push_to_hub and trainer.is_main and result.checkpoint is not None
     del trainer  # the export for the upload loads the model again

@@ -9,7 +9,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from pirecon.configs.train import TrainConfig
+from pirecon.configs.presets import flag_text, get_preset
+from pirecon.configs.train import PRESET_FLAGS, TrainConfig
 from pirecon.train.schedule import scaled_steps
 
 # Parts of a Pi0Policy as the summary names them (first matching prefix wins).
@@ -38,6 +39,41 @@ def parameter_table(model: nn.Module) -> dict[str, dict[str, int]]:
     return table
 
 
+# A preset's --policy.optimizer_* / scheduler_* values run as these fields of the resolved optimizer and scheduler.
+RUNS_AS = {f"policy.{ours}": theirs for theirs, ours in PRESET_FLAGS.items() if theirs != "scheduler.peak_lr"}
+
+
+def running_value(cfg: TrainConfig, flag: str):
+    """The value a resolved run uses for a preset's `flag`."""
+    node = cfg
+    for part in RUNS_AS.get(flag, flag).split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def preset_overrides(cfg: TrainConfig) -> list[tuple[str, object, object]]:
+    """(flag, the preset's value, the value the run uses) of every preset value the run does not use."""
+    preset = get_preset(cfg.preset)
+    return [(v.flag, v.value, running_value(cfg, v.flag)) for v in preset.values
+            if _plain(running_value(cfg, v.flag)) != _plain(v.value)]
+
+
+def preset_lines(cfg: TrainConfig) -> list[str]:
+    if cfg.preset is None:
+        return []
+    overrides = preset_overrides(cfg)
+    count = len(get_preset(cfg.preset).values)
+    lines = [f"  preset      {cfg.preset}: openpi's {cfg.preset} config, {count} values, {len(overrides)} overridden by "
+             f"typed flags; where it differs from openpi: `pirecon presets {cfg.preset}`"]
+    lines += [f"  overridden  {flag}: preset {flag_text(mine)}, running {flag_text(running)}"
+              for flag, mine, running in overrides]
+    return lines
+
+
 def _count(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
@@ -60,6 +96,7 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         f"views {list(policy.camera_names)}",
         f"  weights     {weights_from}" + (f"; resumed from {resumed_from}" if resumed_from else ""),
     ]
+    lines += preset_lines(cfg)
     lines += [f"  adapted     {note}" for note in adapted]
     lines += [f"  tokenizer   {tokenizer}", f"  dataset     {dataset}"]
     if peft:
