@@ -103,9 +103,9 @@ def evaluate_row(checkpoint: Path, data: Path, delay: int, mode: str, rtc_mode: 
 
 
 def sampling_cost(policy, repeats: int, num_steps: int | None = None) -> dict[str, float]:
-    """Seconds per `sample_actions` call with a delay of 4 (or the policy's trained maximum when
-    smaller): plain, guided (RTC by guidance) and, for a policy trained with rtc_training_max_delay,
-    trained (prefix held, no guidance). One warm-up call each when repeats > 1."""
+    """Median seconds per `sample_actions` call with a delay of 4 (or the policy's trained maximum
+    when smaller): plain, guided (RTC by guidance) and, for a policy trained with
+    rtc_training_max_delay, trained (prefix held, no guidance). One warm-up call each when repeats > 1."""
     from pirecon.batch import synthetic_batch
 
     cfg = policy.config
@@ -117,15 +117,16 @@ def sampling_cost(policy, repeats: int, num_steps: int | None = None) -> dict[st
     ways = {"plain": {}, "guided": {"prefix_actions": previous, "inference_delay": delay}}
     if cfg.rtc_training_max_delay:
         ways["trained"] = {"prefix_actions": previous, "inference_delay": delay, "rtc_mode": "trained"}
-    timings = {}
-    for name, kwargs in ways.items():
-        if repeats > 1:
+    if repeats > 1:
+        for kwargs in ways.values():
             policy.sample_actions(batch, noise=noise, num_steps=num_steps, **kwargs)
-        started = time.perf_counter()
-        for _ in range(repeats):
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(repeats):  # in turns, so a busy moment of the machine does not land on one way only
+        for name, kwargs in ways.items():
+            started = time.perf_counter()
             policy.sample_actions(batch, noise=noise, num_steps=num_steps, **kwargs)
-        timings[name] = (time.perf_counter() - started) / repeats
-    return timings
+            seconds[name].append(time.perf_counter() - started)
+    return {name: sorted(times)[len(times) // 2] for name, times in seconds.items()}
 
 
 def random_full_policy(kind: str, max_delay: int):
@@ -203,7 +204,7 @@ def main() -> None:
     from pirecon.inference import PolicyRunner
     for name, checkpoint in (("tiny", plain), ("tiny, D-trained", trained)):
         if checkpoint is not None:
-            costs[name] = sampling_cost(PolicyRunner.from_checkpoint(checkpoint).policy, repeats=5)
+            costs[name] = sampling_cost(PolicyRunner.from_checkpoint(checkpoint).policy, repeats=9)
     if args.full_size:
         policy = random_full_policy("pi0", max_delay=4)
         costs[f"full pi0 bf16, 3 views, {args.full_steps} steps"] = sampling_cost(
