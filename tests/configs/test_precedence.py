@@ -69,6 +69,7 @@ TYPED = {
     "empty_cameras": ("1", 1),
     "compile_mode": ("default", "default"),
     "loss_reduction": ("all", "all"),
+    "rtc_training_max_delay": ("2", 2),
     "normalization_mapping": ('{"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}',
                               {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}),
     "n_obs_steps": ("2", "refused"),

@@ -18,6 +18,10 @@ from pirecon.errors import ConfigError
 DEFAULT_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 EMPTY_CAMERA = "empty_camera_"  # --policy.empty_cameras=N appends views empty_camera_0 .. N-1 (never fed)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# How real-time chunking conditions a chunk on the previous one (LeRobot's RTCConfig.mode): guidance
+# toward it (any checkpoint), or its first actions given clean (a checkpoint trained with
+# rtc_training_max_delay > 0).
+RTC_MODES = ("guided", "trained")
 # LeRobot's NormalizationMode names for state and actions -> ours.
 NORMALIZATION_MODES = {"MEAN_STD": "mean_std", "QUANTILES": "quantile"}
 
@@ -73,6 +77,7 @@ class PolicyConfig:
     loss_reduction: str = "real"  # real: mean over the real action dims and chunk steps (LeRobot) | all: over every padded dim and step (openpi)
     time_beta_alpha: float = 1.5  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: alpha
     time_beta_beta: float = 1.0  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: beta
+    rtc_training_max_delay: int = 0  # training-time real-time chunking: each example gives its first d ~ U{0..D} actions clean (0: off)
     pretrained_path: str | None = None  # a pirecon, openpi or LeRobot folder, or a hub id in the local cache (none: random init)
     path: str | None = None  # LeRobot's --policy.path (start from a trained policy): the same as pretrained_path
     tokenizer_path: str | None = None  # SentencePiece .model file or a tokenizer folder (none: the folder's, or built from the dataset for tiny)
@@ -138,6 +143,9 @@ class PolicyConfig:
         check_device_flag(self.device)
         if self.loss_reduction not in ("real", "all"):
             raise ConfigError(f"--policy.loss_reduction={self.loss_reduction!r}: expected real or all")
+        if not 0 <= self.rtc_training_max_delay < self.chunk_size:
+            raise ConfigError(f"--policy.rtc_training_max_delay={self.rtc_training_max_delay}: expected 0 <= delay < "
+                              f"chunk_size ({self.chunk_size}); 0 turns training-time real-time chunking off")
         if self.normalization_mode not in (None, "mean_std", "quantile"):
             raise ConfigError(f"--policy.normalization_mode={self.normalization_mode!r}: expected mean_std or quantile")
 
@@ -225,6 +233,7 @@ FOLDER_RULES: dict[str, str] = {
     "n_obs_steps": RUN, "input_features": RUN, "output_features": RUN, "use_amp": RUN, "path": THIS_RUN,
     "dtype": RUN, "full_bf16": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
     "gradient_checkpointing": RUN, "compile_model": RUN, "loss_reduction": RUN, "time_beta_alpha": RUN, "time_beta_beta": RUN,
+    "rtc_training_max_delay": RUN,
     "tokenizer_path": RUN, "use_peft": RUN, "normalization_mode": RUN, "use_dataset_stats": RUN,
     "asset_id": RUN, "optimizer_lr": RUN, "optimizer_betas": RUN, "optimizer_eps": RUN,
     "optimizer_weight_decay": RUN, "optimizer_grad_clip_norm": RUN, "scheduler_warmup_steps": RUN,

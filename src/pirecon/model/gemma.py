@@ -44,13 +44,19 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.dense.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
-        """x: (B, L, D), cond: (B, C) -> (out (B, L, D), gate (B, 1, D))."""
+        """x: (B, L, D), cond: (B, C) shared by every token -> (out (B, L, D), gate (B, 1, D)); or
+        cond (B, L, C), one per token (training-time real-time chunking's per-token time) ->
+        (out, gate (B, L, D))."""
         if cond is None:
             raise ValueError("AdaRMSNorm needs a condition (the Pi0.5 time embedding)")
+        if cond.dim() == 3 and cond.shape[1] != x.shape[1]:
+            raise ValueError(f"a per-token condition of {cond.shape[1]} tokens for {x.shape[1]} tokens")
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + NORM_EPS)
         modulation = self.dense(cond.to(self.dense.weight.dtype)).float()
-        scale, shift, gate = modulation[:, None, :].chunk(3, dim=-1)
+        if modulation.dim() == 2:
+            modulation = modulation[:, None, :]
+        scale, shift, gate = modulation.chunk(3, dim=-1)
         out = normed * (1.0 + scale) + shift
         return out.to(x.dtype), gate.to(x.dtype)
 

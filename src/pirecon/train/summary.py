@@ -137,6 +137,9 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         lines.append(f"  note        {scaled}")
     if evaluation:
         lines.append(f"  evaluation  {evaluation}")
+    if policy.rtc_training_max_delay:
+        lines.append(f"  rtc         training-time real-time chunking: per example a delay d in 0..{policy.rtc_training_max_delay}, "
+                     f"the first d actions given clean and left out of the loss (run it with --policy.rtc_mode=trained)")
     if cfg.recon.enable:
         lines.append(f"  recon       λ={cfg.recon.weight} on {list(cfg.recon.views)}, target {cfg.recon.target}, "
                      f"region {cfg.recon.region}")
