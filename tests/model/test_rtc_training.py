@@ -120,7 +120,8 @@ def test_the_loss_leaves_out_the_clean_prefix(monkeypatch, reduction, expected):
         return torch.zeros_like(x_t), torch.zeros(2, 1, 1)
 
     monkeypatch.setattr(policy, "velocity_joint", velocity_joint)
-    loss = policy.compute_loss(batch, noise=noise, time=time, delays=torch.tensor([2, 0]))["loss"]
+    # trim=False: the stand-in returns no real prefix states to lay back out.
+    loss = policy.compute_loss(batch, noise=noise, time=time, delays=torch.tensor([2, 0]), trim=False)["loss"]
     assert loss.item() == pytest.approx(expected)
     assert seen["time"].tolist() == [[0.0, 0.0, 0.25, 0.25], [0.5] * 4]
     assert seen["x_t"][0, :2].tolist() == [[1.0, 0.0], [2.0, 0.0]]  # the ground truth, no noise
