@@ -7,6 +7,7 @@ frames decoded per frame asked for, side by side in one run for three ways to de
               without frame choice rules, cache or position reuse
     old       `FrameDecoder` as it was before the fix (read from git, revision --old_rev)
     new       `FrameDecoder` of this checkout
+    torchcodec  `--dataset.video_backend=torchcodec` (where torchcodec is installed)
 
     .venv/bin/python benchmarks/loader.py [--root /tmp/pirecon-loader-bench] [--batches 25]
 
@@ -42,6 +43,7 @@ import torch
 from pirecon.configs.policy import PolicyConfig
 from pirecon.data.lerobot import open_dataset
 from pirecon.data.loader import make_dataloader
+from pirecon.data import video_torchcodec
 from pirecon.data.normalize import normalizer_from_dataset
 from pirecon.data.tokenizer import load_tokenizer, train_tiny_tokenizer
 from pirecon.data.transforms import Preprocessor
@@ -186,7 +188,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=50, help="action horizon")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--decoders", nargs="+", default=["pyav", "old", "new"], choices=["pyav", "old", "new"])
+    parser.add_argument("--decoders", nargs="+", default=["pyav", "old", "new", "torchcodec"],
+                        choices=["pyav", "old", "new", "torchcodec"])
     parser.add_argument("--torch_threads", type=int, default=0, help="torch threads of the main process (0: torch's default)")
     parser.add_argument("--old_rev", default="2f1d94b", help="git revision of the FrameDecoder before the fix")
     args = parser.parse_args()
@@ -198,6 +201,12 @@ def main() -> None:
         write_dataset(root, args.episodes, args.frames, args.size, args.gop)
     makers = {"pyav": PlainPyAV, "new": None}
     labels = {"pyav": "plain PyAV (seek + decode on)", "new": "FrameDecoder (this checkout)"}
+    if "torchcodec" in args.decoders:
+        if video_torchcodec.available():
+            makers["torchcodec"] = video_torchcodec.TorchCodecDecoder
+            labels["torchcodec"] = "torchcodec (--dataset.video_backend)"
+        else:
+            print(f"(torchcodec skipped: {video_torchcodec._import_error()})")
     if "old" in args.decoders:
         try:
             old = load_old_video_module(args.old_rev)
@@ -231,8 +240,8 @@ def main() -> None:
                 old.COUNTS.update(decoded=0, requests=0)
             rate, done = throughput(dataset, preprocessor, workers, args.batches, args.batch_size, args.seconds)
             per_frame = ""
-            if workers == 0:  # counters live in the main process only without workers
-                counts = old.COUNTS if name == "old" else vars(dataset._decoder)
+            counts = old.COUNTS if name == "old" else vars(dataset._decoder)
+            if workers == 0 and "decoded" in counts:  # counters live in the main process only without workers
                 per_frame = f"{counts['decoded'] / max(1, counts['requests']):.2f}"
             rows.append((labels[name], workers, rate, done, per_frame))
             print(f"  {labels[name]}, {workers} workers: {rate:.1f} samples/s over {done} batches, "
@@ -242,7 +251,8 @@ def main() -> None:
     print(f"\n{'decoder':<{width}}  workers  samples/s  batches timed  frames decoded per frame asked")
     for label, workers, rate, done, per_frame in rows:
         print(f"{label:<{width}}  {workers:>7}  {rate:>9.1f}  {done:>13}  {per_frame or '-':>6}")
-    print("(frames decoded per frame asked: counted at 0 workers, where the decoder lives in this process)")
+    print("(frames decoded per frame asked: counted at 0 workers, where the decoder lives in this process; "
+          "torchcodec decodes out of sight)")
 
 
 if __name__ == "__main__":

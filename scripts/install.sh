@@ -26,4 +26,16 @@ if [ "${PIRECON_LIBERO:-0}" = 1 ]; then
         fi
     fi
 fi
+# PIRECON_TORCHCODEC=1 adds the torchcodec video backend (`--dataset.video_backend=torchcodec`) and,
+# as root, the FFmpeg libraries it loads (Debian 12's); where they cannot be installed, the backend's
+# tests skip and say why.
+if [ "${PIRECON_TORCHCODEC:-0}" = 1 ]; then
+    EXTRAS="$EXTRAS,torchcodec"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libavcodec; then
+        apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libavcodec59 libavformat59 \
+            libavutil57 libswscale6 libswresample4 libavdevice59 libavfilter8 >/dev/null \
+            || echo "install.sh: could not install FFmpeg's libraries; torchcodec will not load" >&2
+    fi
+fi
 .venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"

@@ -201,9 +201,17 @@ def test_finetune_libero_defaults_are_a_real_run(recorder):
     assert [c["argv"][0] for c in calls] == ["doctor", "train"]
     assert parse_only(calls[0]["argv"]).dataset.root == "/data/libero"
     cfg = parse_only(calls[1]["argv"])
-    assert (cfg.policy.type, cfg.policy.pretrained_path, cfg.policy.dtype) == ("pi05", "/models/pi05_base", "bfloat16")
-    assert cfg.policy.use_peft and cfg.policy.gradient_checkpointing and cfg.policy.use_dataset_stats
-    assert (cfg.peft.r, cfg.steps, cfg.batch_size) == (16, 30000, 32)
+    # openpi's pi05_libero recipe (the preset) ...
+    assert (cfg.preset, cfg.policy.type, cfg.policy.pretrained_path, cfg.policy.dtype) == (
+        "pi05_libero", "pi05", "/models/pi05_base", "bfloat16")
+    assert (cfg.policy.chunk_size, cfg.policy.optimizer_lr, cfg.policy.scheduler_warmup_steps, cfg.steps) == (
+        10, 5e-5, 10_000, 30_000)
+    assert (cfg.policy.loss_reduction, cfg.dataset.image_transforms.recipe, cfg.policy.normalization_mode) == (
+        "all", "openpi", "quantile")
+    assert cfg.dataset.image_transforms.enable and cfg.policy.use_dataset_stats
+    # ... with LoRA as openpi's LoRA configs (ranks 16 / 32, no EMA), 32 per process, LeRobot's camera keys.
+    assert cfg.policy.use_peft and cfg.policy.gradient_checkpointing
+    assert (cfg.peft.preset, cfg.peft.r, cfg.ema_decay, cfg.batch_size) == ("openpi", None, None, 32)
     assert cfg.dataset.camera_map == {"observation.images.image": "base_0_rgb",
                                       "observation.images.image2": "left_wrist_0_rgb"}
     assert cfg.output_dir == "outputs/pi05_libero_lora" and cfg.policy.variant is None
@@ -222,7 +230,9 @@ def test_finetune_robot_defaults_are_a_real_run(recorder):
     calls = recorded("finetune_robot_camera_map.sh", recorder)
     assert [c["argv"][0] for c in calls] == ["doctor", "train"]
     cfg = parse_only(calls[1]["argv"])
-    assert (cfg.policy.type, cfg.policy.pretrained_path, cfg.policy.use_peft) == ("pi0", "/models/pi0_base", True)
+    assert (cfg.preset, cfg.policy.type, cfg.policy.pretrained_path, cfg.policy.use_peft) == (
+        "pi0_libero_low_mem_finetune", "pi0", "/models/pi0_base", True)
+    assert (cfg.peft.preset, cfg.ema_decay, cfg.policy.dtype, cfg.batch_size) == ("openpi", None, "bfloat16", 32)
     assert cfg.dataset.camera_map == ROBOT_CAMERA_MAP
     assert (cfg.dataset.action_dims, cfg.dataset.state_dims, cfg.steps) == (None, None, 30000)
     calls = recorded("finetune_robot_camera_map.sh", recorder, ACTION_DIMS="[0,1,2,3,4,5,6]", STATE_DIMS="[0,1]",
@@ -230,6 +240,7 @@ def test_finetune_robot_defaults_are_a_real_run(recorder):
     cfg = parse_only(calls[1]["argv"])
     assert (cfg.dataset.action_dims, cfg.dataset.state_dims) == ([0, 1, 2, 3, 4, 5, 6], [0, 1])
     assert (cfg.policy.use_peft, cfg.policy.dtype, cfg.dataset.camera_map) == (False, "float32", {"top": "base_0_rgb"})
+    assert (cfg.preset, cfg.ema_decay) == ("pi0_libero", 0.99)  # openpi's full fine-tune keeps an EMA
 
 
 def test_eval_libero_defaults_are_the_standard_protocol(recorder):
@@ -260,7 +271,9 @@ def test_serve_defaults_match_the_libero_fine_tune(recorder):
 # The scripts, run for real with tiny models and 2 steps
 
 
-FAST = dict(STEPS="2", BATCH_SIZE="2", NUM_WORKERS="0", LOG_FREQ="1", EXTRA_FLAGS="--progress_bar=false")
+# The presets name the full-size models: the tiny stand-ins type their own sizes over them.
+TINY_FLAGS = "--policy.variant=tiny --policy.image_resolution=28 --policy.max_state_dim=8 --policy.max_action_dim=8"
+FAST = dict(STEPS="2", BATCH_SIZE="2", NUM_WORKERS="0", LOG_FREQ="1", EXTRA_FLAGS=f"--progress_bar=false {TINY_FLAGS}")
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +302,7 @@ def recon_run(workspace) -> Path:
     run_script("finetune_robot_camera_map.sh", ws, DATASET=str(ws / "data/my_robot"),
                PRETRAINED=str(ws / "models/pi0_base"), TOKENIZER=str(ws / "models/tokenizer.model"),
                OUTPUT="outputs/my_robot_recon", CHECK_DATASET="false",
-               **{**FAST, "EXTRA_FLAGS": "--progress_bar=false --recon.enable=true --recon.weight=0.5 "
+               **{**FAST, "EXTRA_FLAGS": f"--progress_bar=false {TINY_FLAGS} --recon.enable=true --recon.weight=0.5 "
                                          "--recon.views='[base_0_rgb,left_wrist_0_rgb]'"})
     return ws / "outputs" / "my_robot_recon"
 
@@ -435,7 +448,7 @@ NOT_RUN = {"train": "run through examples/finetune_*.sh", "serve": "run through 
 # What each page's commands read besides the stand-in data.
 PAGE_NEEDS = {"finetune-libero.md": ["libero_run"], "finetune-your-robot.md": ["robot_run"],
               "reconstruction.md": ["recon_run"], "migrating.md": ["libero_run", "lerobot_finetuned"],
-              "serving.md": [], "lora-and-memory.md": [], "getting-started.md": []}
+              "serving.md": [], "lora-and-memory.md": [], "getting-started.md": [], "multi-gpu.md": []}
 
 
 def runnable(argv: list[str]) -> tuple[list[str] | None, str | None]:

@@ -26,7 +26,8 @@ LAYERS = {
     "inference": 3,
     "eval": 4, "serve": 4,
     "train": 5,  # evaluates closed-loop during training (eval.during_training)
-    "demo": 6, "smoke": 6, "export": 6, "push": 6, "recon_viz": 6, "cli": 6,
+    "demo": 6, "smoke": 6, "export": 6, "push": 6, "presets": 6, "recon_viz": 6, "cli": 6,
+    "recon_ablation": 7,  # benchmarks/recon_ablation.py's sweep: runs the demo's training and recon-viz
     "__main__": 7,
 }
 FACADE = "pirecon"  # pirecon/__init__.py: the public API, imported by users, never by pirecon itself

@@ -39,13 +39,22 @@ class Batch:
     def batch_size(self) -> int:
         return self.images.shape[0]
 
-    def to(self, device: torch.device | str) -> "Batch":
-        def move(x):
-            return x.to(device) if isinstance(x, torch.Tensor) else x
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """The batch on `device`. `non_blocking=True`: the host does not wait for the copy (from pinned
+        memory it overlaps with the device's work)."""
+        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory (DataLoader(pin_memory=True) calls this)."""
+        return self._map(lambda x: x.pin_memory())
+
+    def _map(self, fn) -> "Batch":
+        def apply(x):
+            return fn(x) if isinstance(x, torch.Tensor) else x
         return dataclasses.replace(
             self,
-            **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extras"},
-            extras={k: move(v) for k, v in self.extras.items()},
+            **{f.name: apply(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extras"},
+            extras={k: apply(v) for k, v in self.extras.items()},
         )
 
     def validate(self, config) -> None:

@@ -26,9 +26,10 @@ from pirecon.model.placement import resolve_device
 class PolicyRunner:
     def __init__(self, policy: Pi0Policy, preprocessor: Preprocessor, n_action_steps: int | None = None,
                  num_steps: int | None = None, seed: int = 0, rtc: bool = False,
-                 max_guidance_weight: float = rtc_module.DEFAULT_MAX_GUIDANCE):
+                 max_guidance_weight: float = rtc_module.DEFAULT_MAX_GUIDANCE, rtc_mode: str = "guided"):
         self.policy = policy.eval()
         self.rtc = rtc  # the closed loop passes the previous chunk's remaining actions
+        self.rtc_mode = rtc_mode  # guided | trained (Pi0Policy.sample_actions)
         self.max_guidance_weight = max_guidance_weight
         self.preprocessor = preprocessor
         self.n_action_steps = n_action_steps or policy.config.n_action_steps
@@ -55,7 +56,9 @@ class PolicyRunner:
 
         Real-time chunking: `prefix_actions` (P, action_dim), robot units, are the previous chunk's
         actions still to run from this observation on; the first `inference_delay` of them run
-        while this chunk is computed (see Pi0Policy.sample_actions)."""
+        while this chunk is computed (see Pi0Policy.sample_actions). In `rtc_mode` "trained" only
+        those first `inference_delay` actions condition the chunk (they come back as given, up to
+        float rounding of the normalisation); `execution_horizon`, guidance's, plays no part."""
         batch = self.preprocessor.from_observation(obs).to(self.device)
         cfg = self.policy.config
         noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=self.generator).to(self.device)
@@ -64,8 +67,11 @@ class PolicyRunner:
             prefix = torch.tensor(np.asarray(prefix_actions, dtype=np.float32))  # a copy: msgpack arrays are read-only
             if self.preprocessor.normalizer is not None:
                 prefix = self.preprocessor.normalizer.normalize_actions(prefix)
-            guide = {"prefix_actions": prefix[None].to(self.device), "inference_delay": inference_delay,
-                     "execution_horizon": execution_horizon, "max_guidance_weight": self.max_guidance_weight}
+            guide = {"prefix_actions": prefix[None].to(self.device), "inference_delay": inference_delay}
+            if self.rtc_mode == "trained":
+                guide["rtc_mode"] = "trained"
+            else:
+                guide.update(execution_horizon=execution_horizon, max_guidance_weight=self.max_guidance_weight)
         actions = self.policy.sample_actions(batch, noise=noise, num_steps=self.num_steps, **guide)
         return self.preprocessor.postprocess_actions(actions)[0]
 

@@ -227,3 +227,18 @@ def test_lerobot_export_counts_empty_cameras(tmp_path):
     assert written["empty_cameras"] == 2
     assert sorted(written["input_features"]) == ["observation.images.top", "observation.state"]
     assert policy_config(out).camera_names == ("top", "empty_camera_0", "empty_camera_1")
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_lerobot_export_keeps_rtc_training_max_delay_where_lerobot_has_it(kind, tmp_path, caplog):
+    """LeRobot's PI05Config has rtc_training_max_delay (main branch); its PI0Config has not: a Pi0
+    export drops it with a warning, and a LeRobot folder's value is read back."""
+    save_policy(tiny_policy(kind, rtc_training_max_delay=2), tmp_path / "src")
+    out = export(tmp_path / "src", tmp_path / "lerobot", format="lerobot")
+    written = json.loads((out / "config.json").read_text())
+    if kind == "pi05":
+        assert written["rtc_training_max_delay"] == 2 and policy_config(out).rtc_training_max_delay == 2
+        assert "rtc_training_max_delay" not in caplog.text
+    else:
+        assert "rtc_training_max_delay" not in written and policy_config(out).rtc_training_max_delay == 0
+        assert "rtc_training_max_delay=2, which the lerobot layout of a pi0 policy cannot record" in caplog.text

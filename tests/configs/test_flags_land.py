@@ -25,6 +25,7 @@ COMMAND_CONFIGS = {
     "serve": ("pirecon.configs.serve", "ServeConfig"), "eval": ("pirecon.configs.eval", "EvalConfig"),
     "eval-offline": ("pirecon.configs.eval", "OfflineConfig"),
     "tokenizer": ("pirecon.configs.data", "TokenizerConfig"),
+    "presets": ("pirecon.configs.presets", "PresetsConfig"),
     "sim record": ("pirecon.configs.sim", "RecordFlags"), "sim eval": ("pirecon.configs.sim", "SimEvalFlags"),
     "sim preview": ("pirecon.configs.sim", "PreviewFlags"),
 }

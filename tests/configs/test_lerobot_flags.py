@@ -128,3 +128,15 @@ def test_docs_migrating_carries_the_table():
     assert block == flag_table_markdown(), (
         "docs/migrating.md's LeRobot table is stale; regenerate it with\n  python -c 'from pirecon.configs.lerobot "
         "import flag_table_markdown as t; print(t(), end=\"\")'")
+
+
+def test_rtc_training_max_delay_is_lerobots_flag_and_setting(tmp_path):
+    """Training-time real-time chunking: LeRobot's flag and train_config.json key land as typed."""
+    assert parse_train_command(["--policy.rtc_training_max_delay=10"]).config.policy.rtc_training_max_delay == 10
+    data = json.loads(LEROBOT_CONFIG.read_text())
+    data["policy"]["rtc_training_max_delay"] = 10
+    path = tmp_path / "train_config.json"
+    path.write_text(json.dumps(data))
+    assert parse_train_command([f"--config_path={path}"]).config.policy.rtc_training_max_delay == 10
+    with pytest.raises(ConfigError, match=r"--policy.rtc_training_max_delay=50: expected 0 <= delay < chunk_size"):
+        parse_train_command(["--policy.rtc_training_max_delay=50"])

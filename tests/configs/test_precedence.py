@@ -42,6 +42,7 @@ TYPED = {
     "image_resolution": ("56", 56),
     "camera_names": ("[x,y,z]", ("x", "y", "z")),
     "dtype": ("float32", "float32"),  # the default; the folder holds bf16
+    "full_bf16": ("true", True),  # the folder's dtype (bf16) goes with it
     "device": ("cpu", "cpu"),
     "freeze_vision_encoder": ("false", False),  # the default
     "train_expert_only": ("true", True),
@@ -68,6 +69,7 @@ TYPED = {
     "empty_cameras": ("1", 1),
     "compile_mode": ("default", "default"),
     "loss_reduction": ("all", "all"),
+    "rtc_training_max_delay": ("2", 2),
     "normalization_mapping": ('{"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}',
                               {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}),
     "n_obs_steps": ("2", "refused"),

@@ -26,3 +26,15 @@ def no_ema_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     shutil.copytree(tiny_checkpoint, folder)
     (folder / "ema.safetensors").unlink()
     return folder
+
+
+@pytest.fixture(scope="session")
+def rtc_trained_checkpoint(sim_dataset, sim_tokenizer, tmp_path_factory) -> Path:
+    """As tiny_checkpoint, trained with --policy.rtc_training_max_delay=1 (training-time real-time chunking)."""
+    from pirecon.train.command import parse_train_flags
+    from pirecon.train.loop import train
+    from tests.train.helpers import tiny_train_flags
+
+    out = tmp_path_factory.mktemp("eval_rtc_ckpt") / "run"
+    return train(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, out, "--steps=2",
+                                                    "--policy.rtc_training_max_delay=1"))).checkpoint

@@ -146,6 +146,15 @@ def test_training_output_folder_resolves_to_last_checkpoint(tiny_checkpoint, tmp
     (["--env.type=libero", "--eval.baselines"], r"--eval.baselines=true: the scripted expert exists only"),
     (["--policy.rtc=true"], r"--policy.rtc=true guides each chunk .* --eval.latency_steps=d"),
     (["--eval.latency_steps=2"], r"--eval.latency_steps=2: expected 0 <= latency < n_action_steps \(2\)"),
+    (["--policy.rtc_mode=prefix"], r"--policy.rtc_mode='prefix': expected one of \['guided', 'trained'\]"),
+    (["--policy.rtc_mode=trained"], r"--policy.rtc_mode=trained says how real-time chunking runs; turn it on with "
+                                    r"--policy.rtc=true"),
+    (["--eval.latency_steps=1", "--policy.rtc=true", "--policy.rtc_mode=trained",
+      "--policy.rtc_max_guidance_weight=5"], r"--policy.rtc_max_guidance_weight=5.0 clips guided real-time chunking"),
+    (["--eval.latency_steps=1", "--policy.rtc=true", "--eval.latency_mode=sync"],
+     r"--policy.rtc=true with --eval.latency_mode=sync: a waiting robot"),
+    (["--eval.latency_steps=1", "--policy.rtc=true", "--policy.rtc_mode=trained"],
+     r"--policy.rtc_mode=trained: .* was trained without training-time real-time chunking \(rtc_training_max_delay=0\)"),
 ])
 def test_bad_flags_are_clear_errors(tiny_checkpoint, tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
@@ -240,3 +249,56 @@ def test_latency_and_real_time_chunking(tiny_checkpoint, tmp_path):
     assert summary["mean_abs_delta"] > 0 and summary["seam_abs_delta"] is not None
     episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert all(e["mean_abs_delta2"] is not None for e in episodes)
+
+
+def test_trained_real_time_chunking_in_the_latency_model(rtc_trained_checkpoint, tmp_path, monkeypatch, capsys):
+    """--policy.rtc_mode=trained: each delayed chunk is sampled with the d actions that run meanwhile
+    given clean (no execution horizon, no guidance), and comes back starting with them."""
+    from pirecon.model.pi0 import Pi0Policy
+
+    calls, chunks = [], []
+    sample, predict = Pi0Policy.sample_actions, PolicyRunner.predict_chunk
+
+    def sample_spy(self, batch, **kwargs):
+        calls.append(kwargs)
+        return sample(self, batch, **kwargs)
+
+    def predict_spy(self, obs, prefix_actions=None, **kwargs):
+        chunks.append((prefix_actions, predict(self, obs, prefix_actions=prefix_actions, **kwargs)))
+        return chunks[-1][1]
+
+    monkeypatch.setattr(Pi0Policy, "sample_actions", sample_spy)
+    monkeypatch.setattr(PolicyRunner, "predict_chunk", predict_spy)
+    out = tmp_path / "trained"
+    assert run(flags(rtc_trained_checkpoint, out, "--eval.n_episodes=1", "--eval.latency_steps=1",
+                     "--policy.rtc=true", "--policy.rtc_mode=trained", "--eval.video=false")) == 0
+    assert "real-time chunking, trained mode" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    policy = summary["policy"]
+    assert (policy["rtc"], policy["rtc_mode"], policy["rtc_training_max_delay"]) == (True, "trained", 1)
+    assert policy["rtc_max_guidance_weight"] is None
+    assert "prefix_actions" not in calls[0] and len(calls) >= 3  # the episode's first chunk: nothing runs yet
+    for kwargs in calls[1:]:
+        assert kwargs["rtc_mode"] == "trained" and kwargs["inference_delay"] == 1
+        assert "execution_horizon" not in kwargs and "max_guidance_weight" not in kwargs
+    # chunk 4, 2 actions per chunk, d = 1: the first chunk's actions 1..3 remain, later ones' 2..3
+    assert [None if p is None else len(p) for p, _ in chunks][:3] == [None, 3, 2]
+    for prefix, chunk in chunks[1:]:
+        np.testing.assert_allclose(chunk[0], prefix[0], rtol=1e-4, atol=1e-4)  # robot units, after a round trip
+
+
+def test_guided_real_time_chunking_names_the_trained_alternative(rtc_trained_checkpoint, tmp_path, capsys):
+    from pirecon.eval.command import real_time_chunking
+
+    out = tmp_path / "guided"
+    assert run(flags(rtc_trained_checkpoint, out, "--eval.n_episodes=1", "--eval.latency_steps=1",
+                     "--policy.rtc=true", "--eval.video=false")) == 0
+    printed = capsys.readouterr().out
+    assert "real-time chunking, guided mode (guidance clip 10); this checkpoint was trained with " \
+           "rtc_training_max_delay=1, so --policy.rtc_mode=trained would need no guidance" in printed
+    assert json.loads((out / "summary.json").read_text())["policy"]["rtc_mode"] == "guided"
+    cfg = parse_eval_flags(flags(rtc_trained_checkpoint, out, "--eval.latency_steps=3", "--policy.rtc=true",
+                                 "--policy.rtc_mode=trained"))
+    with pytest.raises(ConfigError, match=r"--eval.latency_steps=3 with --policy.rtc_mode=trained: .* delays up to "
+                                          r"rtc_training_max_delay=2; expected latency <= 2"):
+        real_time_chunking(cfg, rtc_trained_checkpoint, trained_delay=2)

@@ -89,6 +89,10 @@ def test_attention_over_bf16_inputs_runs_in_float32_on_an_emulating_cpu(monkeypa
     out = scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask.float()).bfloat16())
+    allowed = mask == 0  # the model's masks are boolean: passed on as they are, never made 0/1 floats
+    out = scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias).bfloat16())
     q32 = q.float()
     assert torch.equal(scaled_dot_product_attention(q32, k.float(), v.float()),
                        F.scaled_dot_product_attention(q32, k.float(), v.float()))  # float32: untouched

@@ -21,13 +21,13 @@ VIEWS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb", "low_0_rgb")
 
 
 def make_checkpoint(folder: Path, tokenizer: Path, camera_keys: list[str], state_dim: int, action_dim: int,
-                    kind: str = "pi0", seed: int = 0) -> Path:
+                    kind: str = "pi0", seed: int = 0, rtc_training_max_delay: int = 0) -> Path:
     """A random tiny policy saved like `pirecon export` writes one, with stats and data info for the
     given dataset layout (no training: the server only needs a loadable, deterministic model)."""
     torch.manual_seed(seed)
     config = PolicyConfig(type=kind, variant="tiny", image_resolution=28, chunk_size=4, n_action_steps=2,
                           max_state_dim=16, max_action_dim=16, camera_names=VIEWS[:len(camera_keys)],
-                          num_inference_steps=3)
+                          num_inference_steps=3, rtc_training_max_delay=rtc_training_max_delay)
     save_policy(Pi0Policy(config), folder, extra_config={"tokenizer": "tokenizer.model"})
     shutil.copyfile(tokenizer, folder / "tokenizer.model")
     rng = np.random.default_rng(seed)
@@ -46,8 +46,10 @@ def make_checkpoint(folder: Path, tokenizer: Path, camera_keys: list[str], state
 
 
 def server_for(checkpoint: Path, preset: str | None = None, obs_map: dict | None = None, seed: int = 0,
-               reseed: bool = False, default_prompt: str | None = None, api_key: str | None = None):
-    cfg = ServeConfig(policy=ServePolicyFlags(path=str(checkpoint)), host="127.0.0.1", port=0, seed=seed,
+               reseed: bool = False, default_prompt: str | None = None, api_key: str | None = None,
+               rtc_mode: str = "guided"):
+    cfg = ServeConfig(policy=ServePolicyFlags(path=str(checkpoint), rtc_mode=rtc_mode), host="127.0.0.1", port=0,
+                      seed=seed,
                       serve=ServeOptions(preset=preset, obs_map=obs_map or {}, reseed_each_request=reseed,
                                          default_prompt=default_prompt, api_key=api_key))
     return build_server(cfg)

@@ -51,3 +51,18 @@ def test_listens_on_loopback_unless_told_and_says_so_when_exposed(monkeypatch):
     monkeypatch.setenv("PIRECON_SERVE_API_KEY", "from-env")
     assert api_key(exposed) == "from-env" and api_key(keyed) == "k1"  # the flag wins
     assert "clients need the API key" in exposure_note(exposed)
+
+
+def test_the_real_time_chunking_mode_is_checked_and_announced(capsys):
+    from pirecon.configs.parse import parse_flags
+    from pirecon.configs.serve import ServeConfig
+    from pirecon.serve.command import rtc_note
+
+    assert main(["serve", "--policy.path=nowhere", "--policy.rtc_mode=prefix"]) == 2
+    assert "--policy.rtc_mode='prefix': expected one of ['guided', 'trained']" in capsys.readouterr().err
+    guided = parse_flags(["--policy.path=x"], ServeConfig)
+    assert rtc_note(guided, 0) == "pirecon serve: real-time chunking (requests with prev_actions) in guided mode"
+    assert "rtc_training_max_delay=3: --policy.rtc_mode=trained needs no guidance" in rtc_note(guided, 3)
+    trained = parse_flags(["--policy.path=x", "--policy.rtc_mode=trained"], ServeConfig)
+    assert "in trained mode: the first inference_delay <= 3 actions are given clean, no guidance" in \
+        rtc_note(trained, 3)

@@ -262,3 +262,35 @@ def test_real_time_chunking_keys_guide_the_reply_and_are_checked(trained_checkpo
     with serve_in_thread(server) as url, PolicyClient(url) as client:
         with pytest.raises(ServerError, match=r"'inference_delay' is 9; expected an integer in 0..3"):
             client.infer({**libero_request(0), "prev_actions": target, "inference_delay": 9})
+
+
+def test_trained_real_time_chunking_keeps_the_delayed_actions(tmp_path, sim_tokenizer):
+    """--policy.rtc_mode=trained on a checkpoint trained with rtc_training_max_delay=2: the reply's first
+    inference_delay actions are prev_actions' (up to the normalisation round trip); execution_horizon
+    plays no part; a delay past the trained range is a named error; a plain request is unchanged."""
+    from pirecon.errors import ConfigError
+
+    fields = PRESETS["libero"].fields
+    cameras = [f.target for f in fields if f.kind == "image"]
+    checkpoint = make_checkpoint(tmp_path / "rtc", sim_tokenizer, cameras, 8, 7, rtc_training_max_delay=2)
+    request = example_request("libero", seed=5)
+    previous = np.linspace(-1, 1, 21, dtype=np.float32).reshape(3, 7)
+    with serve_in_thread(server_for(checkpoint, preset="libero", reseed=True, rtc_mode="trained")) as url, \
+            PolicyClient(url) as client:
+        assert (client.metadata["rtc_mode"], client.metadata["rtc_training_max_delay"]) == ("trained", 2)
+        plain = client.infer(request)["actions"]
+        held = client.infer({**request, "prev_actions": previous, "inference_delay": 2})["actions"]
+        np.testing.assert_allclose(held[:2], previous[:2], rtol=1e-4, atol=1e-4)
+        assert np.abs(plain[:2] - previous[:2]).max() > 0.1  # not so without the keys
+        with_horizon = client.infer({**request, "prev_actions": previous, "inference_delay": 2,
+                                     "execution_horizon": 1})["actions"]
+        assert np.array_equal(with_horizon, held)
+        assert np.array_equal(client.infer(request)["actions"], plain)
+        with pytest.raises(ServerError, match=r"'inference_delay' is 3; expected an integer in 0..2 \(this server's "
+                                              r"policy was trained with delays up to 2\)"):
+            client.infer({**request, "prev_actions": previous, "inference_delay": 3})
+    plain_checkpoint = make_checkpoint(tmp_path / "plain", sim_tokenizer, cameras, 8, 7)
+    with pytest.raises(ConfigError, match=r"--policy.rtc_mode=trained: .* was trained without training-time real-time "
+                                          r"chunking \(rtc_training_max_delay=0\)"):
+        server_for(plain_checkpoint, preset="libero", rtc_mode="trained")
+    assert server_for(plain_checkpoint, preset="libero").metadata["rtc_mode"] == "guided"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.train.fsdp_helpers import DDP_YAML, free_port
 from tests.train.helpers import logged, tiny_train_flags
 
 
@@ -34,9 +35,10 @@ def test_two_processes_end_with_identical_weights(sim_dataset, sim_tokenizer, tm
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert accelerate, "accelerate's launcher is installed with pirecon"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # On a machine without GPUs accelerate needs --multi_gpu to start several (CPU, gloo) processes.
-    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531"]
+    # The shipped DDP config (distributed_type: MULTI_GPU): on a machine without GPUs it starts
+    # several CPU processes (gloo).
+    launch = [accelerate, "launch", "--config_file", str(DDP_YAML), "--num_processes", "2",
+              "--main_process_port", str(free_port())]
 
     # The documented command line works ...
     cli_out = tmp_path / "cli"

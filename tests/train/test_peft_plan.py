@@ -78,3 +78,25 @@ def test_peft_flags_turn_lora_on_as_lerobot_does(sim_dataset, sim_tokenizer, tmp
     assert "  note        LoRA turned on by --peft.* (as lerobot-train does)" in out
     assert "  training    LoRA (lerobot preset) r=4 alpha=8 on" in out
     assert (result.checkpoint / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_saved_full_fine_tune_config_file_keeps_lora_off(sim_dataset, sim_tokenizer, tmp_path, capsys):
+    """Our own train_config.json lists every --peft.* field; with its policy.use_peft=false that is
+    not a request for LoRA (a LeRobot file with a peft group, or --peft.* typed on top, still is)."""
+    from pirecon.train.command import parse_train_command
+    from pirecon.train.loop import train
+    from tests.train.helpers import tiny_train_flags
+
+    first = parse_train_command(tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "full", "--steps=1"))
+    train(first.config, typed=first.typed)
+    saved = tmp_path / "full" / "train_config.json"
+    assert '"peft"' in saved.read_text()
+    capsys.readouterr()
+    again = parse_train_command([f"--config_path={saved}", f"--output_dir={tmp_path / 'again'}"])
+    result = train(again.config, typed=again.typed, from_file=again.from_file)
+    out = capsys.readouterr().out
+    assert "LoRA turned on" not in out and not (result.checkpoint / "adapter").exists()
+    typed_on_top = parse_train_command([f"--config_path={saved}", f"--output_dir={tmp_path / 'lora'}", "--peft.r=4"])
+    result = train(typed_on_top.config, typed=typed_on_top.typed, from_file=typed_on_top.from_file)
+    assert "LoRA turned on by --peft.*" in capsys.readouterr().out
+    assert (result.checkpoint / "adapter" / "adapter_config.json").is_file()

@@ -131,8 +131,8 @@ def test_nan_loss_stops_naming_step_and_samples(sim_dataset, sim_tokenizer, tmp_
                                                          "--save_freq=2")))
     original = trainer.forward
 
-    def poisoned(batch):
-        result = original(batch)
+    def poisoned(batch, **kwargs):
+        result = original(batch, **kwargs)
         if trainer.step >= 2:
             result["loss"] = result["loss"] * float("nan")
         return result

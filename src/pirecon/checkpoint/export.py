@@ -70,6 +70,12 @@ def _write(policy, source: Path, tmp: Path, config: dict, info: FolderInfo, use_
     else:
         stats, state_dim, action_dim = _stats_in_model_dims(info)
         mode = _mode(info, policy.config)
+        delay = policy.config.rtc_training_max_delay
+        if delay and not (format == "lerobot" and policy.config.type == "pi05"):
+            log.warning("%s was trained with rtc_training_max_delay=%d, which the %s layout of a %s policy cannot "
+                        "record (only LeRobot's PI05Config has it): the exported folder reads back with 0 and runs "
+                        "real-time chunking in guided mode only", source, delay, format,
+                        policy.config.type)
         if format == "lerobot":
             name = tokenizer_name or (info.tokenizer_name if info.layout == "lerobot" else None)
             write_lerobot(

@@ -12,6 +12,9 @@ A training checkpoint adds (see `pirecon.checkpoint.training`):
   trainable.safetensors  the non-LoRA trainable weights (heads, vision, ...)             (LoRA)
   ema.safetensors        EMA of the trainable weights                                 (optional)
   training_state.pt      optimizer, scheduler, RNG states, data position, step
+and a sharded one (`--checkpoint_format=dcp` under FSDP, see `pirecon.checkpoint.sharded`) holds
+torch.distributed.checkpoint folders instead of the weight files and the optimizer state:
+  pytorch_model_fsdp_0/  optimizer_0/  ema_0/
 LeRobot and openpi folders: see `pirecon.checkpoint.folder_info`.
 """
 
@@ -19,14 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from safetensors import SafetensorError, safe_open
 
 from pirecon.checkpoint import keys
 from pirecon.configs.parse import load_json
 from pirecon.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_NAME = "pirecon"
 FORMATS = ("pirecon", "lerobot", "openpi")
@@ -42,11 +50,16 @@ TRAINING_STATE = "training_state.pt"
 EMA_FILE = "ema.safetensors"
 TRAINABLE_FILE = "trainable.safetensors"
 ADAPTER_DIR = "adapter"
+# Sharded checkpoints (torch.distributed.checkpoint folders; accelerate's and LeRobot's names)
+DCP_MODEL_DIR = "pytorch_model_fsdp_0"
+DCP_OPTIMIZER_DIR = "optimizer_0"
+DCP_EMA_DIR = "ema_0"
+DCP_METADATA = ".metadata"  # written last, once every rank's shards are in place
 # LeRobot's folder of the model in a checkpoint; ours holds the run's train_config.json there, so
 # LeRobot's resume idiom (--config_path=OUT/checkpoints/last/pretrained_model/train_config.json) works.
 PRETRAINED_MODEL = "pretrained_model"
 TRAIN_CONFIG = "train_config.json"
-TRAINING_MARKERS = (TRAINING_STATE, ADAPTER_DIR, TRAINABLE_FILE)  # "export before uploading"
+TRAINING_MARKERS = (TRAINING_STATE, ADAPTER_DIR, TRAINABLE_FILE, DCP_MODEL_DIR)  # "export before uploading"
 # LeRobot and openpi side files
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
@@ -59,24 +72,34 @@ def read_config(folder: Path) -> dict:
                      missing=f"no {CONFIG_FILE}; expected the config written beside {WEIGHTS_FILE}")
 
 
+def holds_dcp(folder: Path, name: str) -> bool:
+    """The checkpoint folder holds the complete torch.distributed.checkpoint folder `name`."""
+    return (Path(folder) / name / DCP_METADATA).is_file()
+
+
 def is_lora(folder: Path) -> bool:
     """A training checkpoint holding an adapter over a frozen base (no model.safetensors)."""
     return (Path(folder) / CONFIG_FILE).is_file() and bool(read_config(folder).get("peft"))
 
 
 @contextlib.contextmanager
-def open_safetensors(path: str | Path, **kwargs) -> Iterator:
-    """`safe_open(path)`; a missing, truncated or foreign file is one CheckpointError naming it."""
+def open_safetensors(path: str | Path, device: str | torch.device = "cpu") -> Iterator[SafetensorsFile]:
+    """A safetensors file to read tensor by tensor (`keys()`, `metadata()`, `get_tensor(name)`); a
+    missing, truncated or foreign file is one CheckpointError naming it.
+
+    Every tensor comes in memory of its own (plain reads, no memory map): a loaded model never
+    keeps the file mapped, nor its pages counted in the process's memory, and reading converts
+    one tensor at a time."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        handle = safe_open(str(path), framework="pt", **kwargs)
+        handle = safe_open(str(path), framework="pt")  # validates the header and the offsets
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]}); it is damaged "
                               f"or truncated (a copy cut short?)") from None
-    with handle as f:
-        yield f
+    with handle as checked, open(path, "rb", buffering=0) as raw:
+        yield SafetensorsFile(path, checked, raw, device)
 
 
 def read_safetensors(path: str | Path) -> dict:
@@ -85,17 +108,67 @@ def read_safetensors(path: str | Path) -> dict:
         return {name: f.get_tensor(name) for name in f.keys()}
 
 
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # torch's names
+_CHUNK = 1 << 30  # bytes per read call (Linux caps one read near 2 GiB)
+
+
+class SafetensorsFile:
+    """An open safetensors file whose tensors are read into memory each of them owns."""
+
+    def __init__(self, path: Path, checked, raw, device: str | torch.device):
+        self.path, self._checked, self._raw, self.device = path, checked, raw, device
+        if hasattr(os, "posix_fadvise"):  # read ahead: the tensors are read front to back
+            os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        length = int.from_bytes(os.pread(raw.fileno(), 8, 0), "little")
+        self._header = json.loads(os.pread(raw.fileno(), length, 8))
+        self._data_start = 8 + length
+
+    def keys(self) -> list[str]:
+        return self._checked.keys()
+
+    def metadata(self) -> dict | None:
+        return self._checked.metadata()
+
+    def get_tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor `name`, in `dtype` when given (converted right after reading)."""
+        import torch  # lazy: telling a folder's kind needs no torch
+
+        entry = self._header[name]
+        stored = _DTYPES.get(entry["dtype"])
+        if stored is None or sys.byteorder != "little":  # exotic: safetensors' own copy
+            tensor = self._checked.get_tensor(name).clone()
+        else:
+            tensor = torch.empty(entry["shape"], dtype=getattr(torch, stored))
+            begin, end = (self._data_start + offset for offset in entry["data_offsets"])
+            self._read_into(tensor.reshape(-1).view(torch.uint8).numpy(), begin, end)
+        if dtype is not None:
+            tensor = tensor.to(dtype)
+        return tensor.to(self.device)
+
+    def _read_into(self, buffer, begin: int, end: int) -> None:
+        view = memoryview(buffer)
+        done = 0
+        while begin + done < end:
+            got = os.preadv(self._raw.fileno(), [view[done:done + _CHUNK]], begin + done)
+            if got <= 0:
+                raise CheckpointError(f"{self.path}: ends inside a tensor; it is damaged or truncated "
+                                      f"(a copy cut short?)")
+            done += got
+
+
 # Sizes of the weight and state files of a training checkpoint, written last at save and checked at
 # load: a truncated file or one deleted by an interrupted prune is named instead of failing later.
 # (JSON files are read with their own checks; the EMA file may be removed to save space.)
 MANIFEST = "manifest.json"
-PAYLOAD = (".safetensors", ".pt", ".bin")
+PAYLOAD = (".safetensors", ".pt", ".bin", ".distcp")
 OPTIONAL = (EMA_FILE,)
+OPTIONAL_DIRS = (DCP_EMA_DIR,)
 
 
 def write_manifest(folder: Path) -> None:
-    files = {p.relative_to(folder).as_posix(): p.stat().st_size
-             for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.suffix in PAYLOAD}
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(Path(folder).rglob("*"))
+             if p.is_file() and (p.suffix in PAYLOAD or p.name == DCP_METADATA)}
     (Path(folder) / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
 
@@ -105,17 +178,22 @@ def verify_manifest(folder: Path) -> None:
     if not path.is_file():
         return
     listed = load_json(path, CheckpointError).get("files") or {}
-    missing = [name for name in listed if not (Path(folder) / name).is_file() and name not in OPTIONAL]
+    missing = [name for name in listed if not (Path(folder) / name).is_file() and not _optional(name)]
     if missing:
         raise CheckpointError(f"{folder}: the checkpoint is incomplete ({missing[:3]} missing; damaged, or cut short "
                               f"by an interrupted prune); use another checkpoint, e.g. checkpoints/last")
     for name, size in listed.items():
-        if name in OPTIONAL and not (Path(folder) / name).is_file():
+        if _optional(name) and not (Path(folder) / name).is_file():
             continue
         actual = (Path(folder) / name).stat().st_size
         if actual != size:
             raise CheckpointError(f"{Path(folder) / name}: {actual} bytes, the checkpoint's manifest says {size}: "
                                   f"the file is damaged or truncated")
+
+
+def _optional(name: str) -> bool:
+    """A file that may be removed to save space (the EMA weights)."""
+    return name in OPTIONAL or name.split("/")[0] in OPTIONAL_DIRS
 
 
 def is_training_checkpoint(folder: Path) -> bool:
@@ -167,6 +245,8 @@ def resolve_checkpoint(path: str | Path, flag: str = "--policy.path") -> Path:
 def require_ema(folder: Path) -> Path:
     """The EMA weights of a checkpoint, or the error `--use_ema=true` gets without them."""
     path = Path(folder) / EMA_FILE
+    if holds_dcp(folder, DCP_EMA_DIR) and not path.is_file():
+        return Path(folder) / DCP_EMA_DIR
     if not path.is_file():
         raise CheckpointError(f"--use_ema=true but {folder} holds no {EMA_FILE}; train with --ema_decay=... to "
                               f"keep EMA weights, or use the raw weights with --use_ema=false")

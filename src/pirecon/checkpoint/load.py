@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from pirecon import hubcache
-from pirecon.checkpoint import weights
+from pirecon.checkpoint import sharded, weights
 from pirecon.checkpoint.folder_config import policy_config
 from pirecon.checkpoint.folder_info import (FolderInfo, folder_normalizer, local_tokenizer, read_folder_info,
                                            resolve_tokenizer)
 from pirecon.checkpoint.layout import (ADAPTER_DIR, CHECKPOINTS, CONFIG_FILE, EMA_FILE, LAST, TRAINABLE_FILE,
-                                       is_lora, read_config, read_safetensors, verify_manifest)
+                                       DCP_EMA_DIR, DCP_MODEL_DIR, WEIGHTS_FILE, holds_dcp, is_lora, read_config,
+                                       read_safetensors, verify_manifest)
 from pirecon.configs.parse import from_dict
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.recon import ReconConfig
@@ -102,7 +103,8 @@ def load(path: str | Path, *, with_weights: bool = True, with_stats: bool = True
         check_tokenizer_override(local_tokenizer(info), tokenizer_path, config.vlm.vocab_size)
     return Loaded(folder=folder, layout=info.layout, config=config, info=info, model=model,
                   tokenizer_path=tokenizer_path or local_tokenizer(info),
-                  peft=bool(stored.get("peft")), step=stored.get("step"), has_ema=(folder / EMA_FILE).is_file())
+                  peft=bool(stored.get("peft")), step=stored.get("step"),
+                  has_ema=(folder / EMA_FILE).is_file() or holds_dcp(folder, DCP_EMA_DIR))
 
 
 def check_tokenizer_override(own: str | None, override: str, model_vocab: int) -> None:
@@ -163,6 +165,9 @@ def load_model(folder: Path, trainable: bool = False, use_ema: bool = False, mer
     verify_manifest(folder)
     if is_lora(folder):
         model = _lora_model(folder, read_config(folder), trainable, dtype)
+    elif not (folder / WEIGHTS_FILE).is_file() and holds_dcp(folder, DCP_MODEL_DIR):
+        model = sharded.read_policy(folder, dtype=dtype)  # --checkpoint_format=dcp: consolidated here
+        place(model, "cpu", model.config.torch_dtype)
     else:
         model = weights.read_policy(folder, dtype=dtype)
         if trainable:
@@ -186,6 +191,12 @@ def _lora_model(folder: Path, config: dict, trainable: bool, dtype: str | None) 
     base = weights.read_policy(base_path, dtype=dtype or policy_cfg.dtype, **overrides)
     if config.get("recon", {}).get("enable"):
         base.add_recon_head(from_dict(ReconConfig, config["recon"], where=f"{where}:recon"))
+    if not (folder / TRAINABLE_FILE).is_file() and holds_dcp(folder, DCP_MODEL_DIR):
+        # --checkpoint_format=dcp: the adapters and the weights trained in full are in the DCP folder.
+        model = lora.attach_lora(base, folder / ADAPTER_DIR, trainable=trainable)
+        trained = sharded.read(folder / DCP_MODEL_DIR, "model")
+        lora.load_trained(model, trained, folder / DCP_MODEL_DIR, trainable=trainable)
+        return model
     model = lora.load_lora(base, folder / ADAPTER_DIR, trainable=trainable)
     lora.load_trainable_non_lora(model, read_safetensors(folder / TRAINABLE_FILE), folder / TRAINABLE_FILE,
                                  trainable=trainable)
@@ -194,9 +205,12 @@ def _lora_model(folder: Path, config: dict, trainable: bool, dtype: str | None) 
 
 def _copy_ema(model: torch.nn.Module, folder: Path) -> None:
     ema_path = folder / EMA_FILE
-    if not ema_path.is_file():
+    if ema_path.is_file():
+        ema = read_safetensors(ema_path)
+    elif holds_dcp(folder, DCP_EMA_DIR):
+        ema = sharded.read(folder / DCP_EMA_DIR, "ema")
+    else:
         raise CheckpointError(f"{folder}: --use_ema=true but the checkpoint has no {EMA_FILE} (train with --ema_decay)")
-    ema = read_safetensors(ema_path)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in ema.items():

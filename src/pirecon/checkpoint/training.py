@@ -11,11 +11,17 @@ A checkpoint folder holds:
   norm_stats.json        openpi-format normalisation statistics
   tokenizer.model|.json  a copy of the tokenizer
   training_state.pt      optimizer, scheduler, RNG states, data position, step
+  pytorch_model_fsdp_0/, optimizer_0/, ema_0/   sharded weights, optimizer and EMA state of an FSDP
+                         run with --checkpoint_format=dcp (`pirecon.checkpoint.sharded`): then the
+                         weight files (not adapter_config.json), ema.safetensors and the optimizer in
+                         training_state.pt are absent
   data_info.json         cameras, dims and normalisation mode, to rebuild the preprocessing
   pretrained_model/train_config.json   the run's configuration, where LeRobot keeps it (its resume idiom)
 
 Everything is written into a temporary sibling folder which is renamed into place, and `last` is
-swapped with an atomic rename, so a kill at any moment leaves the previous checkpoint intact.
+swapped with an atomic rename, so a kill at any moment leaves the previous checkpoint intact. The
+processes of a sharded run write into the main process's temporary folder (`start_checkpoint`),
+which the main process renames once all of them are done (`commit_checkpoint`).
 """
 
 from __future__ import annotations
@@ -70,21 +76,47 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, train_c
     """Write checkpoint `step` atomically, point `last` at it, keep the newest `keep_last`.
 
     `extra_json` maps file names to JSON bodies written into the folder (e.g. data_info.json)."""
+    tmp = start_checkpoint(output_dir, step)
+    write_checkpoint(tmp, step, model, train_config, training_state, ema_state, norm_stats_writer, tokenizer_path,
+                     base_path, extra_json)
+    return commit_checkpoint(tmp, step, keep_last)
+
+
+def start_checkpoint(output_dir: Path, step: int, tag: int | None = None) -> Path:
+    """The empty temporary folder checkpoint `step` is written into (`tag`: part of its name, by
+    default this process's id; the processes of a sharded save share the main process's)."""
     root = Path(output_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{step:06d}"
-    tmp = root / f".tmp-{step:06d}-{os.getpid()}"
+    tmp = root / f".tmp-{step:06d}-{os.getpid() if tag is None else tag}"
     if tmp.exists():
         shutil.rmtree(tmp)
     check_free_space(root)
     tmp.mkdir()
+    return tmp
+
+
+def write_checkpoint(tmp: Path, step: int, model: torch.nn.Module, train_config: dict, training_state: dict,
+                     ema_state: dict | None, norm_stats_writer, tokenizer_path: str | None, base_path: str | None,
+                     extra_json: dict[str, dict] | None = None, weights: dict | None = None,
+                     weights_sharded: bool = False) -> None:
+    """Everything but the commit, into `tmp` (removed again on failure). `weights`: the model's
+    state dict gathered from a sharded model (written instead of the model's own tensors);
+    `weights_sharded`: the weights are in `tmp`'s torch.distributed.checkpoint folder only
+    (--checkpoint_format=dcp), no weight files are written."""
     try:
         _write(tmp, step, model, train_config, training_state, ema_state, norm_stats_writer, tokenizer_path,
-               base_path, extra_json)
+               base_path, extra_json, weights, weights_sharded)
     except (OSError, RuntimeError) as exc:  # e.g. a full disk; torch.save says "unexpected pos"
+        root = tmp.parent
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{root}: could not write checkpoint {step:06d} ({_cause(exc, root)}); the earlier "
                               f"checkpoints are intact") from None
+
+
+def commit_checkpoint(tmp: Path, step: int, keep_last: int) -> Path:
+    """Rename the written `tmp` into place, point `last` at it, keep the newest `keep_last`."""
+    root = tmp.parent
+    final = root / f"{step:06d}"
     if final.exists():  # re-saving the same step: move the old one out of the way first
         old = root / f".old-{step:06d}-{os.getpid()}"
         final.rename(old)
@@ -116,15 +148,17 @@ def _cause(exc: BaseException, root: Path) -> str:
 
 
 def _write(tmp: Path, step: int, model, train_config: dict, training_state: dict, ema_state, norm_stats_writer,
-           tokenizer_path, base_path, extra_json) -> None:
+           tokenizer_path, base_path, extra_json, weights=None, weights_sharded=False) -> None:
     policy = lora.base_policy(model)
     is_peft = model is not policy
-    if is_peft:
-        model.save_pretrained(str(tmp / ADAPTER_DIR))
-        save_file({k: v.contiguous().cpu() for k, v in lora.trainable_non_lora_state(model).items()},
+    if is_peft and weights_sharded:  # the adapter weights are in the sharded folder: their config here
+        model.peft_config[model.active_adapter].save_pretrained(str(tmp / ADAPTER_DIR))
+    elif is_peft:
+        model.save_pretrained(str(tmp / ADAPTER_DIR), state_dict=weights)
+        save_file({k: v.contiguous().cpu() for k, v in lora.trainable_non_lora_state(model, weights).items()},
                   str(tmp / TRAINABLE_FILE))
-    else:
-        write_weights(policy, tmp)
+    elif not weights_sharded:
+        write_weights(policy, tmp, weights)
     if ema_state is not None:
         save_file({k: v.contiguous().cpu() for k, v in ema_state.items()}, str(tmp / EMA_FILE))
     if norm_stats_writer is not None:

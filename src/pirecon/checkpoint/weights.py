@@ -9,8 +9,10 @@ checkpoints are read by `pirecon.checkpoint.load`, which calls this module for t
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -100,15 +102,18 @@ def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], l
         raise CheckpointError(f"{weights} ({layout} layout) does not match a {config.type} model with "
                               f"{config.paligemma_variant}/{config.action_expert_variant}: " + "; ".join(parts))
     state: dict[str, torch.Tensor] = {}
-    expected_shapes = {k: v.shape for k, v in policy.state_dict().items()}
+    expected = policy.state_dict()  # on meta: the shapes, and the dtypes Pi0Policy.apply_dtype gives
     with open_safetensors(weights, device=str(device)) as f:
-        for key in ours:
+        for key in ours:  # one tensor at a time, each read into memory it owns, converted at once
             tensor = f.get_tensor(mapping[to_file[key]])
-            if tuple(tensor.shape) != tuple(expected_shapes[key]):
+            if tuple(tensor.shape) != tuple(expected[key].shape):
                 raise CheckpointError(f"{weights}: {mapping[to_file[key]]} has shape {tuple(tensor.shape)}; the "
-                                      f"model expects {tuple(expected_shapes[key])}")
-            state[key] = tensor
+                                      f"model expects {tuple(expected[key].shape)}")
+            state[key] = _converted(tensor, key, expected[key].dtype, config.torch_dtype) if convert else tensor
     policy.load_state_dict(state, strict=True, assign=True)
+    del state
+    if convert:
+        _return_freed_memory()
     if recon is not None:
         policy.add_recon_head(recon)
         expected = set(policy.recon_head.state_dict())
@@ -118,7 +123,26 @@ def _materialise(config: PolicyConfig, weights: Path, mapping: dict[str, str], l
                                   f"{sorted(expected - found)[:10]}, unexpected {sorted(found - expected)[:10]}")
         with open_safetensors(weights) as f:
             policy.recon_head.load_state_dict({k: f.get_tensor(keys.RECON_PREFIX + k) for k in expected})
-    if convert:
-        policy.apply_dtype(config.torch_dtype)
     policy.apply_freeze()
     return policy
+
+
+def _return_freed_memory() -> None:
+    """Give the heap pages the tensors read before conversion occupied back to the system
+    (glibc's malloc_trim; a no-op elsewhere): the process keeps them otherwise."""
+    if sys.platform.startswith("linux"):
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # absent outside glibc (e.g. musl)
+        if trim is not None:
+            trim(0)
+
+
+def _converted(tensor: torch.Tensor, key: str, dtype: torch.dtype, model_dtype: torch.dtype) -> torch.Tensor:
+    """A stored tensor as `Pi0Policy.apply_dtype` leaves it: the backbone goes to the model's dtype
+    first, then the float32 modules (inside it too) back to float32; so a float32 norm weight read
+    for a bfloat16 model holds bfloat16 values, as openpi's loading gives it. Converting each
+    tensor as it is read keeps the peak memory at the converted model plus one tensor."""
+    if not tensor.is_floating_point():
+        return tensor
+    if key.startswith("backbone."):
+        tensor = tensor.to(model_dtype)
+    return tensor.to(dtype)

@@ -60,6 +60,8 @@ def lerobot_config(cfg: PolicyConfig, mode: str, state_dim: int | None = None,
     }
     if cfg.type == "pi0":  # PI05Config has no such fields in every LeRobot release
         body.update(freeze_vision_encoder=cfg.freeze_vision_encoder, train_expert_only=cfg.train_expert_only)
+    if cfg.type == "pi05" and cfg.rtc_training_max_delay:  # PI05Config's since LeRobot 0.6.x main; absent before
+        body["rtc_training_max_delay"] = cfg.rtc_training_max_delay
     return body
 
 

@@ -15,9 +15,10 @@ from pirecon.configs.parse import to_dict
 from pirecon.model.pi0 import Pi0Policy
 
 
-def write_weights(policy: Pi0Policy, folder: Path) -> Path:
-    """`model.safetensors` with every tensor of `policy` under our names."""
-    state = {k: v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+def write_weights(policy: Pi0Policy, folder: Path, state: dict | None = None) -> Path:
+    """`model.safetensors` with every tensor of `policy` under our names (`state`: the policy's
+    state dict, when it was gathered from a sharded model)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in (policy.state_dict() if state is None else state).items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
     return folder / WEIGHTS_FILE
 

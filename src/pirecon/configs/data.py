@@ -79,7 +79,7 @@ class DatasetConfig:
     camera_map: dict[str, str] = field(default_factory=dict)  # dataset camera key -> model camera view (JSON)
     action_dims: list[int] | None = None  # keep only these action dimensions (none: all)
     state_dims: list[int] | None = None  # keep only these state dimensions (none: all)
-    video_backend: str = "pyav"  # pyav | torchcodec (LeRobot's default): both decode the same frames; pirecon decodes with PyAV (the start-up summary says so for torchcodec)
+    video_backend: str = "pyav"  # pyav | torchcodec (LeRobot's default; pip install 'pirecon[torchcodec]' and FFmpeg's libraries): both decode the same frames
     image_transforms: ImageTransformsConfig = field(default_factory=ImageTransformsConfig)
     use_imagenet_stats: bool = True  # LeRobot's: ImageNet statistics for images; Pi0 / Pi0.5 never normalise images with statistics, so no effect (as in LeRobot)
     cache_in_memory: bool = False  # keep decoded, preprocessed samples in RAM after the first read (small datasets)

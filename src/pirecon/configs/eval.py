@@ -14,7 +14,8 @@ class EvalPolicyFlags:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
     tokenizer_path: str | None = None  # None: the copy inside the checkpoint
     rtc: bool = False  # real-time chunking: guide each chunk toward the previous one's remaining actions (with --eval.latency_steps)
-    rtc_max_guidance_weight: float = 10.0  # the guidance clip beta of real-time chunking (LeRobot's default)
+    rtc_mode: str = "guided"  # how --policy.rtc=true conditions each chunk: guided (guidance, any checkpoint) | trained (the first d actions given clean; a checkpoint trained with --policy.rtc_training_max_delay >= d)
+    rtc_max_guidance_weight: float = 10.0  # the guidance clip beta of guided real-time chunking (LeRobot's default)
 
 
 @dataclass(frozen=True)

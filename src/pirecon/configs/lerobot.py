@@ -8,7 +8,8 @@ WandBConfig, PeftConfig and PI0Config / PI05Config): one table, used three ways.
 - docs/migrating.md carries the table as `flag_table_markdown()` renders it (a test compares).
 
 Flags that are pirecon fields with LeRobot's name and meaning (e.g. --policy.chunk_size, --steps,
---peft.r) are not listed one by one: `pirecon train --help` shows them.
+--peft.r) are not listed one by one: `pirecon train --help` shows them; the table names a few of
+them (SAME) whose feature is easy to miss.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ FLAGS: tuple[Flag, ...] = (
     _default_only("policy.use_relative_actions", False, "actions are learnt as the dataset stores them"),
     _default_only("policy.relative_exclude_joints", ["gripper"], "only with use_relative_actions"),
     _default_only("policy.action_feature_names", None, "set by LeRobot at run time"),
-    _default_only("policy.rtc_config", None, "real-time chunking is not in pirecon yet"),
-    _default_only("policy.rtc_training_max_delay", 0, "training-time real-time chunking is not in pirecon yet"),
+    _default_only("policy.rtc_config", None, "real-time chunking is chosen when the policy runs: `pirecon eval "
+                  "--policy.rtc=true --policy.rtc_mode=...`, `pirecon serve --policy.rtc_mode=...` (guided or trained)"),
+    Flag("policy.rtc_training_max_delay", SAME, note="training-time real-time chunking: per example a delay d "
+         "uniform in 0..D, the first d actions given clean at time 0 and left out of the loss; Pi0 and Pi0.5"),
     _default_only("policy.use_visual_memory", False, "Pi0.5 memory (MEM) is not in pirecon"),
     _default_only("policy.use_proprioceptive_memory", False, "Pi0.5 memory (MEM) is not in pirecon"),
     _default_only("policy.memory_frames", 6, "Pi0.5 memory (MEM) is not in pirecon"),
@@ -73,7 +76,6 @@ FLAGS: tuple[Flag, ...] = (
     _default_only("dataloader_multiprocessing_context", "spawn", "workers start the platform's way (fork on Linux)"),
     _default_only("eval_steps", 0, "held-out loss during training: `pirecon eval-offline` on checkpoints"),
     _default_only("max_eval_samples", 0, "held-out loss during training: `pirecon eval-offline` on checkpoints"),
-    _default_only("checkpoint_format", "safetensors", "checkpoints are safetensors"),
     _default_only("save_checkpoint_to_hub", False, "push the final checkpoint: --policy.push_to_hub or `pirecon push`"),
     _default_only("sample_weighting", None, "RA-BC sample weighting is not in pirecon"),
     _default_only("reward_model", None, "reward models are not trained here"),
@@ -86,7 +88,7 @@ FLAGS: tuple[Flag, ...] = (
     _default_only("eval.recording_repo_id", None, "evaluation episodes are not recorded as datasets"),
     _default_only("eval.recording_private", False, "evaluation episodes are not recorded as datasets"),
     _default_only("parallelism.dp_replicate", 1, "data parallel: `accelerate launch`"),
-    _default_only("parallelism.dp_shard", 1, "sharding: an accelerate FSDP config file"),
+    _default_only("parallelism.dp_shard", 1, "sharding: an accelerate FSDP config file (docs/multi-gpu.md)"),
     _default_only("parallelism.context_parallel.ring_degree", 1, "no context parallelism"),
     _default_only("parallelism.context_parallel.ulysses_degree", 1, "no context parallelism"),
     _default_only("parallelism.cfg_parallel", 1, "no CFG parallelism"),
@@ -222,7 +224,9 @@ def flag_table_markdown() -> str:
     """The table of LeRobot flags that are not pirecon fields of the same name."""
     lines = ["| `lerobot-train` flag | in pirecon |", "| --- | --- |"]
     for flag in FLAGS:
-        if flag.status == AS:
+        if flag.status == SAME:
+            text = f"the same flag: {flag.note}"
+        elif flag.status == AS:
             text = f"`--{flag.ours}` ({flag.note})" if flag.note else f"`--{flag.ours}`"
         else:
             text = f"only LeRobot's default `{_show(flag.default)}`: {flag.note}"

@@ -187,6 +187,8 @@ class Parsed:
     config: Any
     typed: frozenset[str]
     config_file: Path | None = None
+    from_preset: frozenset[str] = frozenset()  # typed fields whose value is --preset's, not typed by the user
+    from_file: frozenset[str] = frozenset()  # typed fields whose value comes from the --config_path file alone
 
     def was_typed(self, name: str) -> bool:
         """`name` ("policy.chunk_size" or a group such as "peft") or any field under it was typed."""
@@ -235,6 +237,7 @@ def parse_command(argv: list[str], cls: type, base: dict | None = None, config_p
     data = copy.deepcopy(base) if base else {}
     overrides: list[tuple[str, str]] = []
     typed: set[str] = set()
+    file_typed: set[str] = set()
     config_file = None
     for arg in join_flag_values(argv):
         if not arg.startswith("--"):
@@ -247,7 +250,7 @@ def parse_command(argv: list[str], cls: type, base: dict | None = None, config_p
             loaded = read_config_file(config_file) if read_config_file else load_json(config_file)
             _check_keys(loaded, cls, str(config_file))
             _merge(data, loaded)
-            typed |= set(_leaf_paths(loaded, cls))
+            file_typed |= set(_leaf_paths(loaded, cls))
             continue
         overrides.append((name, value))
     if translate is not None:
@@ -255,7 +258,8 @@ def parse_command(argv: list[str], cls: type, base: dict | None = None, config_p
     for name, value in overrides:
         _set_path(data, name, value, cls)
         typed.add(name)
-    return Parsed(from_dict(cls, data, where="--"), frozenset(typed), config_file)
+    return Parsed(from_dict(cls, data, where="--"), frozenset(typed | file_typed), config_file,
+                  from_file=frozenset(file_typed - typed))
 
 
 def parse_flags(argv: list[str], cls: type, base: dict | None = None, config_path_flag: bool = False) -> Any:

@@ -18,6 +18,10 @@ from pirecon.errors import ConfigError
 DEFAULT_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 EMPTY_CAMERA = "empty_camera_"  # --policy.empty_cameras=N appends views empty_camera_0 .. N-1 (never fed)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# How real-time chunking conditions a chunk on the previous one (LeRobot's RTCConfig.mode): guidance
+# toward it (any checkpoint), or its first actions given clean (a checkpoint trained with
+# rtc_training_max_delay > 0).
+RTC_MODES = ("guided", "trained")
 # LeRobot's NormalizationMode names for state and actions -> ours.
 NORMALIZATION_MODES = {"MEAN_STD": "mean_std", "QUANTILES": "quantile"}
 
@@ -63,15 +67,17 @@ class PolicyConfig:
     camera_names: tuple[str, ...] = DEFAULT_CAMERAS  # the model's camera views, in order
     empty_cameras: int = 0  # LeRobot's: this many extra views empty_camera_0.. appended, always masked (-1 images)
     dtype: str = "float32"  # float32 | bfloat16: frozen weights and compute (trainable weights keep float32 masters)
+    full_bf16: bool = False  # with dtype=bfloat16: trainable weights and AdamW state in bf16 too, no float32 masters (openpi's pytorch_training_precision=bfloat16; less memory, coarser updates)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu; one per rank under accelerate)
     freeze_vision_encoder: bool = False  # keep SigLIP and the projector frozen
     train_expert_only: bool = False  # train only the action expert and the heads around it (VLM frozen)
     gradient_checkpointing: bool = False  # recompute layer activations in the backward pass to save memory
-    compile_model: bool = False  # torch.compile the training forward
+    compile_model: bool = False  # torch.compile the training forward and sample_actions' denoising step (as LeRobot)
     compile_mode: str = "max-autotune"  # torch.compile mode (LeRobot's default)
     loss_reduction: str = "real"  # real: mean over the real action dims and chunk steps (LeRobot) | all: over every padded dim and step (openpi)
     time_beta_alpha: float = 1.5  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: alpha
     time_beta_beta: float = 1.0  # flow-matching time t = Beta(alpha, beta) * 0.999 + 0.001: beta
+    rtc_training_max_delay: int = 0  # training-time real-time chunking: each example gives its first d ~ U{0..D} actions clean (0: off)
     pretrained_path: str | None = None  # a pirecon, openpi or LeRobot folder, or a hub id in the local cache (none: random init)
     path: str | None = None  # LeRobot's --policy.path (start from a trained policy): the same as pretrained_path
     tokenizer_path: str | None = None  # SentencePiece .model file or a tokenizer folder (none: the folder's, or built from the dataset for tiny)
@@ -137,6 +143,9 @@ class PolicyConfig:
         check_device_flag(self.device)
         if self.loss_reduction not in ("real", "all"):
             raise ConfigError(f"--policy.loss_reduction={self.loss_reduction!r}: expected real or all")
+        if not 0 <= self.rtc_training_max_delay < self.chunk_size:
+            raise ConfigError(f"--policy.rtc_training_max_delay={self.rtc_training_max_delay}: expected 0 <= delay < "
+                              f"chunk_size ({self.chunk_size}); 0 turns training-time real-time chunking off")
         if self.normalization_mode not in (None, "mean_std", "quantile"):
             raise ConfigError(f"--policy.normalization_mode={self.normalization_mode!r}: expected mean_std or quantile")
 
@@ -222,8 +231,9 @@ FOLDER_RULES: dict[str, str] = {
     "chunk_size": RUN, "n_action_steps": RUN, "num_inference_steps": RUN, "tokenizer_max_length": RUN,
     "camera_names": RUN, "empty_cameras": RUN, "compile_mode": RUN, "normalization_mapping": RUN,
     "n_obs_steps": RUN, "input_features": RUN, "output_features": RUN, "use_amp": RUN, "path": THIS_RUN,
-    "dtype": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
+    "dtype": RUN, "full_bf16": RUN, "freeze_vision_encoder": RUN, "train_expert_only": RUN,
     "gradient_checkpointing": RUN, "compile_model": RUN, "loss_reduction": RUN, "time_beta_alpha": RUN, "time_beta_beta": RUN,
+    "rtc_training_max_delay": RUN,
     "tokenizer_path": RUN, "use_peft": RUN, "normalization_mode": RUN, "use_dataset_stats": RUN,
     "asset_id": RUN, "optimizer_lr": RUN, "optimizer_betas": RUN, "optimizer_eps": RUN,
     "optimizer_weight_decay": RUN, "optimizer_grad_clip_norm": RUN, "scheduler_warmup_steps": RUN,

@@ -14,6 +14,7 @@ class ServePolicyFlags:
     n_action_steps: int | None = None  # advertised to clients; None: the checkpoint's
     tokenizer_path: str | None = None  # only for checkpoints without a tokenizer copy
     device: str = "auto"  # auto | cpu | cuda | cuda:N (auto: cuda when available, else cpu)
+    rtc_mode: str = "guided"  # requests with prev_actions: guided (guidance, any checkpoint) | trained (the first inference_delay actions given clean; a checkpoint trained with --policy.rtc_training_max_delay)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pirecon.configs.data import DatasetConfig
 from pirecon.configs.policy import PolicyConfig
+from pirecon.configs.presets import get_preset
 from pirecon.configs.recon import ReconConfig
 from pirecon.errors import ConfigError
 
@@ -200,6 +201,7 @@ class WandbConfig:
 
 
 ENV_TYPES = ("sim", "libero")
+CHECKPOINT_FORMATS = ("safetensors", "dcp", "safetensors_dcp")  # LeRobot's CheckpointFormat values
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,8 @@ class TrainEvalFlags:
 class TrainConfig:
     """`pirecon train`: everything one training run needs."""
 
+    # openpi's recipe of that name as flags (`pirecon presets` lists them); flags you type override its values
+    preset: str | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -263,11 +267,14 @@ class TrainConfig:
     save_freq: int = 20_000  # write a checkpoint every N steps (and at the end); LeRobot's default
     log_freq: int = 200  # log every N steps: the means over those steps (as LeRobot)
     keep_last_checkpoints: int = 3  # keep the newest N checkpoints
+    checkpoint_format: str = "safetensors"  # under FSDP (LeRobot's flag): safetensors (weights and optimizer gathered on the main process: a single-process checkpoint) | dcp (each process writes its shards, torch.distributed.checkpoint) | safetensors_dcp (both weight forms, optimizer sharded)
     resume: bool = False  # continue the run in output_dir from its last checkpoint
     tensorboard: bool = False  # also write TensorBoard event files
     progress_bar: bool = True  # show a tqdm progress bar
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            get_preset(self.preset)
         for name in ("steps", "batch_size", "grad_accum_steps", "save_freq", "log_freq", "keep_last_checkpoints",
                      "prefetch_factor"):
             if getattr(self, name) <= 0:
@@ -281,5 +288,8 @@ class TrainConfig:
         if self.rename_map:
             object.__setattr__(self, "dataset", dataclasses.replace(
                 self.dataset, camera_map=cameras_from_rename_map(self.rename_map, self.dataset.camera_map)))
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ConfigError(f"--checkpoint_format={self.checkpoint_format!r}: expected one of "
+                              f"{list(CHECKPOINT_FORMATS)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"--ema_decay={self.ema_decay}: expected a value in (0, 1)")

@@ -14,7 +14,7 @@ LeRobot's `LeRobotDataset(delta_timestamps={"action": [i / fps for i in range(H)
 `pirecon.data.layout.Layout` reads the metadata of any supported version into one form
 (episodes, tasks, files). The dataset loads all parquet columns of the selected
 episodes as numpy arrays when it opens; per item only video frames are decoded
-(`pirecon.data.video.FrameDecoder`, one per process). Known quirks of real datasets (phantom
+(`pirecon.data.video.FrameDecoder`, or torchcodec's with `video_backend="torchcodec"`, one per process). Known quirks of real datasets (phantom
 cameras, no frame_index column, several task strings per episode, wrong path templates) are
 handled with one warning each; broken data raises `DatasetError` naming the file or key.
 """
@@ -34,14 +34,14 @@ from pirecon.data.checks import episode_problems
 from pirecon.data.layout import (DEFAULT_COLUMNS, Episode, Layout, column_vectors, dataset_root, parquet_columns,
                                  read_table, select_episodes, warn)
 from pirecon.data.stats import load_dataset_stats
-from pirecon.data.video import FrameDecoder
+from pirecon.data.video import frame_decoder
 from pirecon.errors import ConfigError, DatasetError
 
 
 def open_from_config(cfg: DatasetConfig, action_horizon: int, split: str = "train", **kwargs) -> LeRobotDataset:
-    """`open_dataset` with the config's root, episodes and val_episodes."""
+    """`open_dataset` with the config's root, episodes, val_episodes and video backend."""
     return open_dataset(dataset_root(cfg), action_horizon, episodes=cfg.episodes, split=split,
-                        val_episodes=cfg.val_episodes, **kwargs)
+                        val_episodes=cfg.val_episodes, video_backend=cfg.video_backend, **kwargs)
 
 
 class LeRobotDataset(torch.utils.data.Dataset):
@@ -52,7 +52,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, layout: Layout, episodes: list[int], action_horizon: int,
-                 tolerance_s: float | None = None, frame_cache_mb: float = 256):
+                 tolerance_s: float | None = None, frame_cache_mb: float = 256, video_backend: str = "pyav"):
         if action_horizon < 1:
             raise ConfigError(f"action_horizon={action_horizon}: expected a positive integer")
         if "action" not in layout.features:
@@ -66,7 +66,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
             warn(f"{layout.root}: {message}")
         self._load(layout)
         self.stats = load_dataset_stats(layout)
-        self._decoder = FrameDecoder(cache_mb=frame_cache_mb)
+        self._decoder = frame_decoder(video_backend, cache_mb=frame_cache_mb) if self.video_keys else None
 
     # loading ----------------------------------------------------------------------------------
     def _load(self, layout: Layout) -> None:
@@ -222,13 +222,14 @@ def _to_chw(frame: np.ndarray) -> torch.Tensor:
 
 def open_dataset(root: str | Path, action_horizon: int = 50, episodes: list[int] | None = None,
                  split: str = "train", val_episodes: int = 0, *, tolerance_s: float | None = None,
-                 frame_cache_mb: float = 256) -> LeRobotDataset:
+                 frame_cache_mb: float = 256, video_backend: str = "pyav") -> LeRobotDataset:
     """Open a local LeRobot dataset as a map-style torch Dataset of frames with action chunks.
 
     split: "train" (selected episodes minus the last `val_episodes`), "val" (those last ones) or
     "all". tolerance_s: how far a video frame may be from the requested timestamp (default half a
-    frame). frame_cache_mb: decoded-frame cache per process (0 disables it).
+    frame). frame_cache_mb: decoded-frame cache per process (0 disables it; PyAV only).
+    video_backend: "pyav" or "torchcodec" (`--dataset.video_backend`; both give the same frames).
     """
     layout = Layout(root)
     chosen = select_episodes(layout, episodes, split, val_episodes)
-    return LeRobotDataset(layout, chosen, action_horizon, tolerance_s, frame_cache_mb)
+    return LeRobotDataset(layout, chosen, action_horizon, tolerance_s, frame_cache_mb, video_backend)

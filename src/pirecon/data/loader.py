@@ -111,7 +111,8 @@ class ResumableLoader:
 
     def __init__(self, dataset, preprocessor, batch_size: int, num_workers: int = 0, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = True, rank: int = 0, world_size: int = 1,
-                 cache_in_memory: bool = False, prefetch_factor: int = 2, persistent_workers: bool = True):
+                 cache_in_memory: bool = False, prefetch_factor: int = 2, persistent_workers: bool = True,
+                 pin_memory: bool = False):
         if batch_size <= 0:
             raise DatasetError(f"--batch_size={batch_size}: expected a positive integer")
         size = len(dataset)
@@ -136,6 +137,7 @@ class ResumableLoader:
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=persistent_workers and num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            pin_memory=pin_memory,
         )
 
     @property
@@ -178,14 +180,15 @@ class ResumableLoader:
 def make_dataloader(dataset, preprocessor, batch_size: int, num_workers: int = 0, seed: int = 0,
                     shuffle: bool = True, drop_last: bool = True, rank: int = 0,
                     world_size: int = 1, cache_in_memory: bool = False, prefetch_factor: int = 2,
-                    persistent_workers: bool = True) -> ResumableLoader:
+                    persistent_workers: bool = True, pin_memory: bool = False) -> ResumableLoader:
     """A resumable loader over a map-style `dataset` (picklable when num_workers > 0) that applies
     `preprocessor` per sample in the workers and `preprocessor.collate` per batch.
 
     With several processes, each `rank` takes every `world_size`-th sample of the shared epoch
     permutation, so ranks see disjoint samples and the same number of batches.
-    `cache_in_memory`: keep every preprocessed sample in RAM after its first use (`InMemoryDataset`)."""
+    `cache_in_memory`: keep every preprocessed sample in RAM after its first use (`InMemoryDataset`).
+    `pin_memory`: batches come in page-locked memory (for copies to a GPU that do not block the host)."""
     return ResumableLoader(dataset, preprocessor, batch_size, num_workers=num_workers, seed=seed,
                            shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
                            cache_in_memory=cache_in_memory, prefetch_factor=prefetch_factor,
-                           persistent_workers=persistent_workers)
+                           persistent_workers=persistent_workers, pin_memory=pin_memory)

@@ -24,7 +24,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pirecon.errors import DatasetError
+from pirecon.errors import ConfigError, DatasetError
 
 
 @dataclass(frozen=True)
@@ -327,6 +327,17 @@ class FrameDecoder:
             video.close()
         self._open.clear()
         self._cache.clear()
+
+
+def frame_decoder(backend: str = "pyav", cache_mb: float = 256):
+    """The decoder of `--dataset.video_backend`: a `FrameDecoder` (PyAV) or a
+    `pirecon.data.video_torchcodec.TorchCodecDecoder` (a ConfigError when torchcodec is missing)."""
+    if backend == "torchcodec":
+        from pirecon.data.video_torchcodec import TorchCodecDecoder  # lazy: optional
+        return TorchCodecDecoder()
+    if backend != "pyav":
+        raise ConfigError(f"--dataset.video_backend={backend!r}: expected pyav or torchcodec")
+    return FrameDecoder(cache_mb=cache_mb)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from typing import Any
 from pirecon.checkpoint.folder_config import policy_config
 from pirecon.checkpoint.layout import require_ema, resolve_checkpoint, training_dataset
 from pirecon.configs.data import DatasetConfig
-from pirecon.configs.eval import EnvFlags, EvalConfig
-from pirecon.configs.policy import check_device_flag
+from pirecon.configs.eval import EnvFlags, EvalConfig, EvalPolicyFlags
+from pirecon.configs.policy import RTC_MODES, check_device_flag
 from pirecon.configs.parse import format_help, parse_flags, split_env_options, to_dict
 from pirecon.errors import ConfigError
 from pirecon.eval.envs import ENV_TYPES, make_env, sim_settings
@@ -36,6 +36,7 @@ from pirecon.eval.metrics import format_summary, summarize
 from pirecon.eval.rollout import evaluate, run_baselines
 from pirecon.sim.env import SimConfig
 
+DEFAULT_GUIDANCE_WEIGHT = EvalPolicyFlags.rtc_max_guidance_weight
 EPISODES_FILE = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
 VIDEOS_DIR = "videos"
@@ -81,6 +82,17 @@ def check_eval_config(cfg: EvalConfig) -> None:
     if cfg.policy.rtc and cfg.eval.latency_steps == 0:
         raise ConfigError("--policy.rtc=true guides each chunk toward the actions that run while it is computed; "
                           "give that time with --eval.latency_steps=d (d > 0)")
+    if cfg.policy.rtc and cfg.eval.latency_mode == "sync":
+        raise ConfigError("--policy.rtc=true with --eval.latency_mode=sync: a waiting robot runs every chunk from "
+                          "its first action, so no previous chunk conditions the next; use --eval.latency_mode=async")
+    if cfg.policy.rtc_mode not in RTC_MODES:
+        raise ConfigError(f"--policy.rtc_mode={cfg.policy.rtc_mode!r}: expected one of {list(RTC_MODES)}")
+    if cfg.policy.rtc_mode == "trained" and not cfg.policy.rtc:
+        raise ConfigError("--policy.rtc_mode=trained says how real-time chunking runs; turn it on with "
+                          "--policy.rtc=true (and --eval.latency_steps=d)")
+    if cfg.policy.rtc_mode == "trained" and cfg.policy.rtc_max_guidance_weight != DEFAULT_GUIDANCE_WEIGHT:
+        raise ConfigError(f"--policy.rtc_max_guidance_weight={cfg.policy.rtc_max_guidance_weight} clips guided "
+                          f"real-time chunking; --policy.rtc_mode=trained uses no guidance")
     if cfg.eval.baselines and cfg.env.type != "sim":
         raise ConfigError(f"--eval.baselines=true: the scripted expert exists only in the built-in simulator, "
                           f"not in --env.type={cfg.env.type}")
@@ -167,6 +179,35 @@ def _episode_line(result, total: int) -> str:
             f"({result.wall_time_s:.1f} s, {result.chunks} chunks) | {result.task}")
 
 
+def real_time_chunking(cfg: EvalConfig, folder: Path, trained_delay: int) -> str | None:
+    """How a delayed chunk is conditioned on the previous one, in one start-up line (None without
+    latency); a ConfigError when --policy.rtc_mode=trained does not fit the checkpoint."""
+    latency, mode = cfg.eval.latency_steps, cfg.policy.rtc_mode
+    if cfg.policy.rtc and mode == "trained":
+        if trained_delay <= 0:
+            raise ConfigError(f"--policy.rtc_mode=trained: {folder} was trained without training-time real-time "
+                              f"chunking (rtc_training_max_delay=0); use --policy.rtc_mode=guided, or train with "
+                              f"--policy.rtc_training_max_delay=D")
+        if latency > trained_delay:
+            raise ConfigError(f"--eval.latency_steps={latency} with --policy.rtc_mode=trained: {folder} was trained "
+                              f"with delays up to rtc_training_max_delay={trained_delay}; expected latency <= "
+                              f"{trained_delay} (or --policy.rtc_mode=guided)")
+    if not latency:
+        return None
+    where = f"inference takes {latency} control steps ({cfg.eval.latency_mode})"
+    if cfg.eval.latency_mode == "sync":
+        return f"{where}: the robot waits for every chunk"
+    if not cfg.policy.rtc:
+        return f"{where}: chunks switch naively (no real-time chunking; --policy.rtc=true adds it)"
+    if mode == "trained":
+        return (f"{where}: real-time chunking, trained mode: each chunk is sampled with the {latency} actions run "
+                f"meanwhile given clean (the checkpoint learnt delays up to {trained_delay}); no guidance")
+    hint = (f"; this checkpoint was trained with rtc_training_max_delay={trained_delay}, so "
+            f"--policy.rtc_mode=trained would need no guidance") if 0 < latency <= trained_delay else ""
+    return (f"{where}: real-time chunking, guided mode (guidance clip {cfg.policy.rtc_max_guidance_weight:g})"
+            + hint)
+
+
 def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     """Run the evaluation `cfg` describes, write its files and return the summary."""
     from tqdm import tqdm  # lazy: 0.1 s, not needed for --help
@@ -185,6 +226,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     if latency and not (latency < n_action_steps and n_action_steps + latency <= policy_cfg.chunk_size):
         raise ConfigError(f"--eval.latency_steps={latency}: expected 0 <= latency < n_action_steps ({n_action_steps}) "
                           f"and n_action_steps + latency <= the checkpoint's chunk_size ({policy_cfg.chunk_size})")
+    chunking = real_time_chunking(cfg, folder, policy_cfg.rtc_training_max_delay)
     if cfg.use_ema:
         require_ema(folder)
     env, options, note = build_env(cfg.env, folder)
@@ -193,10 +235,13 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     print(f"pirecon eval: {folder} on {cfg.env.type}{' / ' + cfg.env.task if cfg.env.task else ''}, "
           f"{len(seeds)} episodes (seeds {seeds[0]}..{seeds[-1]}), {n_action_steps} actions per chunk"
           + (f"; {note}" if note else ""), flush=True)
+    if chunking:
+        print(f"pirecon eval: {chunking}", flush=True)
     runner = PolicyRunner.from_checkpoint(folder, use_ema=cfg.use_ema, device=device, n_action_steps=n_action_steps,
                                           num_steps=cfg.policy.num_inference_steps, seed=cfg.eval.seed,
                                           tokenizer_path=cfg.policy.tokenizer_path)
     runner.rtc, runner.max_guidance_weight = cfg.policy.rtc, cfg.policy.rtc_max_guidance_weight
+    runner.rtc_mode = cfg.policy.rtc_mode
     started = time.perf_counter()
     try:
         with open(out / EPISODES_FILE, "w") as log:
@@ -220,7 +265,10 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
         "policy": {"type": policy_cfg.type, "chunk_size": policy_cfg.chunk_size, "n_action_steps": n_action_steps,
                    "num_inference_steps": cfg.policy.num_inference_steps or policy_cfg.num_inference_steps,
                    "device": str(device), "rtc": cfg.policy.rtc,
-                   "rtc_max_guidance_weight": cfg.policy.rtc_max_guidance_weight if cfg.policy.rtc else None},
+                   "rtc_mode": cfg.policy.rtc_mode if cfg.policy.rtc else None,
+                   "rtc_max_guidance_weight": cfg.policy.rtc_max_guidance_weight
+                   if cfg.policy.rtc and cfg.policy.rtc_mode == "guided" else None,
+                   "rtc_training_max_delay": policy_cfg.rtc_training_max_delay},
         "latency_steps": cfg.eval.latency_steps, "latency_mode": cfg.eval.latency_mode,
         "env": env_info,
         "seeds": [seeds[0], seeds[-1]],

@@ -13,6 +13,8 @@ Three call modes, all through `Backbone.forward`:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -21,10 +23,6 @@ from pirecon.configs.policy import PolicyConfig
 from pirecon.model.cpu_bf16 import scaled_dot_product_attention
 from pirecon.model.gemma import GemmaLayer, GemmaStack, gated_residual, rope
 from pirecon.model.siglip import SiglipVision
-
-# The additive mask value the reference implementation uses (finite, so fully masked rows of
-# padding queries give a uniform attention instead of NaN).
-MASK_VALUE = -2.3819763e38
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (B, Hkv, Lp, Dh) each
 
@@ -36,13 +34,12 @@ def joint_layer(
     mask: torch.Tensor,
     positions: torch.Tensor,
     past_kv: tuple[torch.Tensor, torch.Tensor] | None,
-    biases: dict | None = None,
 ) -> tuple[list[torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]:
     """One layer over several streams.
 
-    xs[i]: (B, L_i, W_i) or None; mask: (B, Lq, Lk) bool with Lq = sum L_i, Lk = past + Lq;
-    positions: (B, Lq). `biases` keeps the additive mask per dtype across the layers of one pass
-    (built once, not once per layer). Returns the new xs and this layer's (K, V) over the new tokens.
+    xs[i]: (B, L_i, W_i) or None; mask: (B, 1, Lq, Lk) bool (True: may attend) with Lq = sum L_i,
+    Lk = past + Lq, given to the attention as it is; positions: (B, Lq). Returns the new xs and
+    this layer's (K, V) over the new tokens.
     """
     active = [i for i, x in enumerate(xs) if x is not None]
     spec = layers[active[0]].spec
@@ -67,12 +64,7 @@ def joint_layer(
     if groups > 1:  # query heads share the KV heads
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    bias = None if biases is None else biases.get(q.dtype)
-    if bias is None:
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, MASK_VALUE)
-        if biases is not None:
-            biases[q.dtype] = bias
-    attn = scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None])  # scale 1/sqrt(Dh)
+    attn = scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale 1/sqrt(Dh)
     attn = attn.transpose(1, 2).reshape(q.shape[0], q.shape[2], spec.num_heads * spec.head_dim)
 
     out: list[torch.Tensor | None] = [None] * len(xs)
@@ -87,6 +79,19 @@ def joint_layer(
         y = layer.mlp(h.to(layer.mlp.gate_proj.weight.dtype))
         out[i] = gated_residual(x, y.to(x.dtype), gate)
     return out, new_kv
+
+
+def run_joint_layer(layers: list[GemmaLayer], xs: list[torch.Tensor | None], conds: list[torch.Tensor | None],
+                    mask: torch.Tensor, positions: torch.Tensor, past_kv: tuple[torch.Tensor, torch.Tensor] | None):
+    """`joint_layer` called through the module of every layer it uses (nested: the VLM layer's
+    `forward` calls the expert layer's, which calls `joint_layer`), so that hooks on the layers
+    (FSDP's) see their weights used. Without hooks the result is `joint_layer`'s, bit for bit."""
+    def run(*tensors):
+        return joint_layer(layers, *tensors)
+    for i in reversed(range(len(layers))):
+        if xs[i] is not None:
+            run = functools.partial(layers[i], run)
+    return run(xs, conds, mask, positions, past_kv)
 
 
 class Backbone(nn.Module):
@@ -131,14 +136,18 @@ class Backbone(nn.Module):
         conds = [None, adarms_cond]
         kv_out: KVCache = []
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        biases: dict = {}
+        # One boolean mask for every layer and head. A boolean mask (not an additive bias) lets
+        # SDPA pick its memory-efficient kernels; a query that may see nothing (padding) gets a
+        # zero output instead of the reference's uniform average. No real token reads a padded
+        # one, so the outputs of real tokens are the same bit for bit.
+        mask = mask[:, None]
         for index, layers in enumerate(zip(self.vlm.layers, self.expert.layers)):
             past = past_kv[index] if past_kv is not None else None
             if use_ckpt:
-                xs, kv = checkpoint(joint_layer, list(layers), xs, conds, mask, positions, past, biases,
+                xs, kv = checkpoint(run_joint_layer, list(layers), xs, conds, mask, positions, past,
                                     use_reentrant=False)
             else:
-                xs, kv = joint_layer(list(layers), xs, conds, mask, positions, past, biases)
+                xs, kv = run_joint_layer(list(layers), xs, conds, mask, positions, past)
             if return_kv:
                 kv_out.append(kv)
         prefix_out = self.vlm.norm(xs[0])[0] if xs[0] is not None else None

@@ -88,12 +88,14 @@ def keep_large_buffers_off_the_heap(threshold: int = 1 << 20) -> bool:
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """`F.scaled_dot_product_attention`, computed in float32 for bfloat16 CPU inputs where the CPU
-    only emulates bfloat16 (8x faster backward there); the result keeps the inputs' dtype."""
+    only emulates bfloat16 (8x faster backward there); the result keeps the inputs' dtype.
+    `attn_mask`: boolean (True: may attend) or additive; a boolean mask is passed on as it is."""
     if not emulated_bf16(q):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        attn_mask = attn_mask.float()
     with torch.autocast("cpu", enabled=False):
-        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
-                                             attn_mask=None if attn_mask is None else attn_mask.float())
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask)
     return out.to(q.dtype)
 
 

@@ -44,13 +44,19 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.dense.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
-        """x: (B, L, D), cond: (B, C) -> (out (B, L, D), gate (B, 1, D))."""
+        """x: (B, L, D), cond: (B, C) shared by every token -> (out (B, L, D), gate (B, 1, D)); or
+        cond (B, L, C), one per token (training-time real-time chunking's per-token time) ->
+        (out, gate (B, L, D))."""
         if cond is None:
             raise ValueError("AdaRMSNorm needs a condition (the Pi0.5 time embedding)")
+        if cond.dim() == 3 and cond.shape[1] != x.shape[1]:
+            raise ValueError(f"a per-token condition of {cond.shape[1]} tokens for {x.shape[1]} tokens")
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + NORM_EPS)
         modulation = self.dense(cond.to(self.dense.weight.dtype)).float()
-        scale, shift, gate = modulation[:, None, :].chunk(3, dim=-1)
+        if modulation.dim() == 2:
+            modulation = modulation[:, None, :]
+        scale, shift, gate = modulation.chunk(3, dim=-1)
         out = normed * (1.0 + scale) + shift
         return out.to(x.dtype), gate.to(x.dtype)
 
@@ -77,7 +83,8 @@ class GeGLU(nn.Module):
 
 
 class GemmaLayer(nn.Module):
-    """The weights of one Gemma decoder layer. `backbone.joint_layer` runs it."""
+    """The weights of one Gemma decoder layer. `backbone.joint_layer` runs it, together with the
+    layer of the same depth of the other stack, through `forward`."""
 
     def __init__(self, spec: GemmaSpec, adaptive_cond_dim: int | None = None):
         super().__init__()
@@ -89,6 +96,12 @@ class GemmaLayer(nn.Module):
         self.o_proj = nn.Linear(spec.num_heads * spec.head_dim, spec.width, bias=False)
         self.post_attn_norm = make_norm(spec.width, adaptive_cond_dim)
         self.mlp = GeGLU(spec.width, spec.mlp_dim)
+
+    def forward(self, run, *args):
+        """`run(*args)`: the computation that uses this layer's weights (`backbone.joint_layer`,
+        which runs the layers of both stacks at once). Calling it through the module lets module
+        hooks wrap it: under FSDP the all-gather of the layer's weights before, the reshard after."""
+        return run(*args)
 
 
 class GemmaStack(nn.Module):

@@ -73,6 +73,39 @@ def load_lora(policy: Pi0Policy, adapter_dir: Path, trainable: bool) -> PeftMode
                               f"damaged or truncated") from None
 
 
+def attach_lora(policy: Pi0Policy, adapter_dir: Path, trainable: bool) -> PeftModel:
+    """Fresh adapters onto a base model as a saved adapter_config.json describes them (their
+    weights come from elsewhere: `load_trained`)."""
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{adapter_dir}: no adapter_config.json; expected a PEFT adapter folder")
+    try:
+        config = LoraConfig.from_pretrained(str(adapter_dir))
+    except (ValueError, OSError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the adapter config ({str(exc).splitlines()[0]})") from None
+    config.inference_mode = not trainable
+    return PeftModel(policy, config)
+
+
+def load_trained(model: PeftModel, state: dict[str, torch.Tensor], where: Path, trainable: bool) -> None:
+    """A LoRA run's trained weights under the PeftModel's own parameter names (adapters and the
+    weights trained in full, as a sharded checkpoint holds them) into `model`; `trainable`: they
+    train on (resume)."""
+    params = dict(model.named_parameters())
+    adapters = {n for n in params if is_lora_param(n)}
+    unknown, missing = sorted(set(state) - set(params)), sorted(adapters - set(state))
+    if unknown or missing:
+        raise CheckpointError(f"{where}: does not fit the adapter config: unknown weights {unknown[:10]}, adapter "
+                              f"weights missing {missing[:10]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            if params[name].shape != value.shape:
+                raise CheckpointError(f"{where}: {name} has shape {tuple(value.shape)}; the model expects "
+                                      f"{tuple(params[name].shape)}")
+            params[name].copy_(value.to(params[name].dtype))
+            params[name].requires_grad_(trainable)
+
+
 def is_lora_param(name: str) -> bool:
     return ".lora_" in name
 
@@ -84,9 +117,10 @@ def policy_key(name: str) -> str:
     return re.sub(r"\.base_layer\.", ".", name)
 
 
-def trainable_non_lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable weights that live outside the adapter (heads, vision, ...), under our key names."""
-    return {policy_key(n): p.detach() for n, p in model.named_parameters()
+def trainable_non_lora_state(model: nn.Module, state: dict | None = None) -> dict[str, torch.Tensor]:
+    """Trainable weights that live outside the adapter (heads, vision, ...), under our key names;
+    from `state` (the model's state dict, gathered from a sharded model) when given."""
+    return {policy_key(n): (p.detach() if state is None else state[n]) for n, p in model.named_parameters()
             if p.requires_grad and not is_lora_param(n)}
 
 

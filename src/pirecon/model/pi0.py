@@ -5,11 +5,14 @@ Pi0:   suffix = 1 state token + H action tokens; the time embedding is mixed int
 Pi0.5: suffix = H action tokens; the time embedding goes through `time_mlp_{in,out}` and
        conditions every expert norm (adaRMS); the state is written into the prompt as text
        (see `pirecon.data.transforms`), so there is no state token.
+
+The time is one per sample (B,), or one per action token (B, H) for training-time real-time
+chunking (model/rtc.py): a clean action prefix at t = 0 beside noisy actions at t.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -25,6 +28,7 @@ from pirecon.model.backbone import Backbone, KVCache, make_attention_mask, posit
 from pirecon.model.gemma import AdaRMSNorm, RMSNorm
 from pirecon.model.recon import ReconHead
 from pirecon.model.siglip import FP32LayerNorm
+from pirecon.model.trim import TrimPlan, apply_plan, trim_plan, trimmed, untrim_prefix
 
 TIME_MIN_PERIOD = 4e-3
 TIME_MAX_PERIOD = 4.0
@@ -32,12 +36,12 @@ TIME_MAX_PERIOD = 4.0
 
 def sinusoidal_time_embedding(t: torch.Tensor, dim: int,
                               min_period: float = TIME_MIN_PERIOD, max_period: float = TIME_MAX_PERIOD) -> torch.Tensor:
-    """t: (B,) -> (B, dim) = cat(sin(2*pi*t/period), cos(2*pi*t/period)), periods log-spaced."""
+    """t: (B,) or (B, H) -> (..., dim) = cat(sin(2*pi*t/period), cos(2*pi*t/period)), periods log-spaced."""
     if dim % 2:
         raise ValueError(f"time embedding dim must be even, got {dim}")
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
     period = min_period * (max_period / min_period) ** fraction
-    angles = (2 * math.pi / period)[None, :] * t.double()[:, None]
+    angles = (2 * math.pi / period) * t.double()[..., None]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1).float()
 
 
@@ -54,20 +58,19 @@ class Suffix:
     embs: torch.Tensor  # (B, Ls, Wexp)
     pad_masks: torch.Tensor  # (B, Ls) bool
     block_starts: torch.Tensor  # (B, Ls) int
-    adarms_cond: torch.Tensor | None  # (B, Wexp) for Pi0.5
+    adarms_cond: torch.Tensor | None  # Pi0.5: (B, Wexp), or (B, H, Wexp) with a per-token time
 
 
-def trimmed(batch: Batch) -> Batch:
-    """`batch` without the views every sample masks and the prompt padding past its longest prompt
-    (tokens are right-padded). At least one view stays."""
-    views = batch.image_masks.bool().any(dim=0)  # (V,)
-    if not views.any():
-        views[0] = True
-    length = int(batch.token_masks.bool().any(dim=0).nonzero().max()) + 1 if batch.token_masks.any() else 1
-    if views.all() and length == batch.tokens.shape[1]:
-        return batch
-    return dataclasses.replace(batch, images=batch.images[:, views], image_masks=batch.image_masks[:, views],
-                               tokens=batch.tokens[:, :length], token_masks=batch.token_masks[:, :length])
+_COMPILED_STEPS: dict[str, object] = {}
+
+
+def compiled_velocity_cached(mode: str):
+    """`Pi0Policy.velocity_cached` through `torch.compile(mode=mode)`, called with the policy as its
+    first argument: one compiled function per mode, shared by every policy (a copy of a policy, or
+    another policy, gets graphs of its own, never the first one's weights)."""
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(Pi0Policy.velocity_cached, mode=mode)
+    return _COMPILED_STEPS[mode]
 
 
 class Pi0Policy(nn.Module):
@@ -153,15 +156,16 @@ class Pi0Policy(nn.Module):
         return Prefix(embs, pads, starts, v * n)
 
     def embed_suffix(self, state: torch.Tensor, noisy_actions: torch.Tensor, time: torch.Tensor) -> Suffix:
-        """state: (B, S), noisy_actions: (B, H, A), time: (B,) -> suffix tokens."""
+        """state: (B, S), noisy_actions: (B, H, A), time: (B,) or per action token (B, H) -> suffix tokens."""
         b, horizon, _ = noisy_actions.shape
         width = self.config.expert.width
         act = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))  # (B, H, W)
-        temb = sinusoidal_time_embedding(time, width).to(act.dtype)  # (B, W)
+        temb = sinusoidal_time_embedding(time, width).to(act.dtype)  # (B, W) or (B, H, W)
         device = act.device
         if self.config.type == "pi0":
             state_tok = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None]  # (B, 1, W)
-            mixed = torch.cat([act, temb[:, None].expand(b, horizon, width)], dim=-1)
+            per_token = temb if temb.dim() == 3 else temb[:, None].expand(b, horizon, width)
+            mixed = torch.cat([act, per_token], dim=-1)
             act = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(mixed)))
             embs = torch.cat([state_tok, act], dim=1)
             # The state token and the first action token each start a block.
@@ -192,6 +196,33 @@ class Pi0Policy(nn.Module):
         width = min(prefix_actions.shape[2], x.shape[2])
         target[:, :length, :width] = prefix_actions[:, :, :width].to(x.device, x.dtype)
         return target, rtc.soft_mask(horizon, delay, s, length)
+
+    def _trained_prefix(self, prefix_actions: torch.Tensor, delay: int, execution_horizon: int | None,
+                        x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(target (B, H, A) zero-padded, clean (H,) bool) for rtc_mode="trained"; None for delay 0."""
+        max_delay = self.config.rtc_training_max_delay
+        if max_delay <= 0:
+            raise InputError("rtc_mode='trained' conditions on a clean action prefix, which this policy never "
+                             "learnt (rtc_training_max_delay=0); use rtc_mode='guided' or a policy trained with "
+                             "--policy.rtc_training_max_delay > 0")
+        if execution_horizon is not None:
+            raise InputError(f"execution_horizon={execution_horizon}: the trained mode keeps the first "
+                             f"inference_delay actions and has no execution horizon (guided mode's soft mask)")
+        horizon = self.config.chunk_size
+        length = prefix_actions.shape[1] if prefix_actions.dim() == 3 else 0
+        if prefix_actions.dim() != 3 or prefix_actions.shape[0] != x.shape[0] or not 0 < length <= horizon:
+            raise InputError(f"prefix_actions has shape {tuple(prefix_actions.shape)}; expected (batch {x.shape[0]}, "
+                             f"1..{horizon} steps, action dims)")
+        if not 0 <= delay <= min(length, max_delay):
+            raise InputError(f"inference_delay={delay}: expected 0 <= delay <= {min(length, max_delay)} (the "
+                             f"{length} previous actions given; the policy was trained with delays up to "
+                             f"rtc_training_max_delay={max_delay})")
+        if delay == 0:
+            return None
+        target = torch.zeros_like(x)
+        width = min(prefix_actions.shape[2], x.shape[2])
+        target[:, :delay, :width] = prefix_actions[:, :delay, :width].to(x.device, x.dtype)
+        return target, torch.arange(horizon, device=x.device) < delay
 
     def _pad_to(self, x: torch.Tensor, width: int) -> torch.Tensor:
         return F.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
@@ -235,15 +266,33 @@ class Pi0Policy(nn.Module):
                                         torch.tensor(self.config.time_beta_beta))
         return (beta.sample((batch_size,)) * 0.999 + 0.001).to(device)
 
-    def compute_loss(self, batch: Batch, noise: torch.Tensor | None = None,
-                     time: torch.Tensor | None = None, recon_weight: float | None = None) -> dict[str, torch.Tensor]:
+    def sample_delays(self, batch_size: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training-time real-time chunking: one delay per example, uniform in 0 .. rtc_training_max_delay
+        (as LeRobot samples it), (B,) int64 on `device`."""
+        return rtc.sample_delays(batch_size, self.config.rtc_training_max_delay, generator).to(device)
+
+    def compute_loss(self, batch: Batch, noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
+                     recon_weight: float | None = None, trim: bool | TrimPlan = True,
+                     delays: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Flow-matching loss: with `loss_reduction="real"` averaged over the real action dims and the
         non-padded chunk steps; with "all" over every (padded) dim and step, as openpi averages it.
 
+        Training-time real-time chunking (`rtc_training_max_delay` D > 0, or `delays` (B,) given):
+        each example's first d actions (d drawn by `sample_delays` after the noise and time) are
+        given clean, at time 0, the others are noised at the example's time, and the loss averages
+        over the others only. With D = 0 and no `delays` this is the plain loss, bit for bit.
+
         Returns {"loss", "action_loss"} (scalars) and "prefix_out" (B, Lp, Wvlm), the VLM's
-        normed last-layer states. With a reconstruction head, "recon_loss" is computed from those
-        same states (no second backbone pass) and loss = action_loss + recon_weight * recon_loss
-        (`recon_weight` defaults to `--recon.weight`; the trainer passes its warmed-up value).
+        normed last-layer states laid out as the full batch's prefix. With a reconstruction head,
+        "recon_loss" is computed from those same states (no second backbone pass) and
+        loss = action_loss + recon_weight * recon_loss (`recon_weight` defaults to `--recon.weight`;
+        the trainer passes its warmed-up value).
+
+        `trim` skips the views every sample masks and the prompt padding past the longest prompt, as
+        `sample_actions` does (the loss agrees to float rounding; "prefix_out" has zeros at the
+        skipped tokens). True reads the masks on the host (on a GPU that waits for the device), a
+        `model.trim.TrimPlan` made from the batch beforehand does not; False computes everything,
+        as openpi does (the "reference work").
         """
         cfg = self.config
         batch.validate(cfg)
@@ -257,41 +306,59 @@ class Pi0Policy(nn.Module):
             noise = torch.randn_like(actions)
         if time is None:
             time = self.sample_time(b, actions.device)
-        t = time[:, None, None]
+        if delays is None and cfg.rtc_training_max_delay > 0:
+            delays = self.sample_delays(b, actions.device)
+        clean = None if delays is None else rtc.prefix_mask(delays, actions.shape[1])  # (B, H) bool
+        if clean is None:
+            t = time[:, None, None]
+        else:
+            time = rtc.per_token_time(time, clean)  # (B, H): 0 on the clean prefix
+            t = time[:, :, None]
         x_t = t * noise + (1 - t) * actions
         u_t = noise - actions
-        prefix = self.embed_prefix(batch)
+        plan = trim_plan(batch.image_masks, batch.token_masks) if trim is True else trim or None
+        prefix = self.embed_prefix(apply_plan(batch, plan) if plan else batch)
         v_t, prefix_out = self.velocity_joint(prefix, state, x_t, time)
+        num_image_tokens = len(cfg.camera_names) * cfg.tokens_per_image
+        if plan:
+            prefix_out = untrim_prefix(prefix_out, plan, cfg.tokens_per_image)
         losses = (u_t - v_t) ** 2  # (B, H, A)
         keep = torch.zeros_like(losses, dtype=torch.bool)
         keep[..., :real_dim] = True
         if batch.action_is_pad is not None:
             keep &= ~batch.action_is_pad.bool()[:, :, None]
-        if cfg.loss_reduction == "all":
+        if clean is not None:
+            keep &= ~clean[:, :, None]
+        if cfg.loss_reduction == "all" and clean is not None:
+            postfix = (~clean[:, :, None]).expand_as(losses)
+            action_loss = (losses * postfix).sum() / postfix.sum().clamp(min=1)
+        elif cfg.loss_reduction == "all":
             action_loss = losses.mean()
         else:
             action_loss = (losses * keep).sum() / keep.sum().clamp(min=1)
         out = {"loss": action_loss, "action_loss": action_loss, "prefix_out": prefix_out,
-               "num_image_tokens": prefix.num_image_tokens}
+               "num_image_tokens": num_image_tokens}
         if self.recon_head is not None:
             # With train_expert_only the backbone is frozen: the head trains on detached features.
             features = prefix_out.detach() if cfg.train_expert_only else prefix_out
-            recon_loss = self.recon_head(features.float(), prefix.num_image_tokens, batch)["recon_loss"]
+            recon_loss = self.recon_head(features.float(), num_image_tokens, batch)["recon_loss"]
             weight = self.recon_config.weight if recon_weight is None else recon_weight
             out["recon_loss"] = recon_loss
             out["loss"] = action_loss + weight * recon_loss
         return out
 
-    def forward(self, batch: Batch, noise: torch.Tensor | None = None,
-                time: torch.Tensor | None = None, recon_weight: float | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
+                recon_weight: float | None = None, trim: bool | TrimPlan = True,
+                delays: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training forward = `compute_loss` (so DDP / PEFT / torch.compile wrappers see it)."""
-        return self.compute_loss(batch, noise=noise, time=time, recon_weight=recon_weight)
+        return self.compute_loss(batch, noise=noise, time=time, recon_weight=recon_weight, trim=trim, delays=delays)
 
     @torch.no_grad()
     def sample_actions(self, batch: Batch, noise: torch.Tensor | None = None, num_steps: int | None = None,
                        use_cache: bool = True, prefix_actions: torch.Tensor | None = None, inference_delay: int = 0,
                        execution_horizon: int | None = None,
-                       max_guidance_weight: float = rtc.DEFAULT_MAX_GUIDANCE, trim: bool = True) -> torch.Tensor:
+                       max_guidance_weight: float = rtc.DEFAULT_MAX_GUIDANCE, trim: bool = True,
+                       rtc_mode: str = "guided") -> torch.Tensor:
         """Euler integration of the learned velocity from t=1 (noise) to t=0.
 
         Returns (B, chunk_size, action_dim) float32, normalised, cut to `batch.action_dim`.
@@ -301,15 +368,24 @@ class Pi0Policy(nn.Module):
         actions still to run, aligned to this chunk's first step (normalised, as this returns
         them); the first `inference_delay` are executed while this chunk is computed, and
         `execution_horizon` (default: the chunk minus P) is the paper's s. Without them the
-        sampling is the plain one.
+        sampling is the plain one. `rtc_mode` (LeRobot's `rtc.mode`): "guided" steers the sample
+        toward them by guidance; "trained", for a policy trained with rtc_training_max_delay D > 0,
+        fixes the first `inference_delay` (<= D) actions to `prefix_actions` at time 0 in every step
+        (their values are returned exactly) and needs no guidance, nor `execution_horizon`.
 
         `trim` skips what every sample of the batch masks (camera views without an image, prompt
         padding past the longest prompt): attention never reads those tokens and positions count
         real tokens only, so the result is the same up to float rounding; `trim=False` computes
         everything, as openpi does (the "reference work" the benchmarks compare against).
+
+        `--policy.compile_model` runs the denoising step (the suffix against the cached prefix)
+        through `torch.compile` with `--policy.compile_mode`: compiled once, reused at every step
+        and call of the same shapes.
         """
         cfg = self.config
         batch.validate(cfg)
+        if rtc_mode not in rtc.MODES:
+            raise InputError(f"rtc_mode={rtc_mode!r}: expected one of {list(rtc.MODES)}")
         steps = num_steps or cfg.num_inference_steps
         b = batch.batch_size
         device = batch.images.device
@@ -317,19 +393,30 @@ class Pi0Policy(nn.Module):
         x = noise.float() if noise is not None else torch.randn(b, cfg.chunk_size, cfg.max_action_dim, device=device)
         prefix = self.embed_prefix(trimmed(batch) if trim else batch)
         kv = self.prefix_cache(prefix) if use_cache else None
-        guide = self._rtc_target(prefix_actions, inference_delay, execution_horizon, x) \
-            if prefix_actions is not None else None
+        velocity_cached = self.velocity_cached
+        if cfg.compile_model:  # the denoising step, run `steps` times, through torch.compile
+            velocity_cached = functools.partial(compiled_velocity_cached(cfg.compile_mode), self)
+        guide = hard = None
+        if prefix_actions is not None and rtc_mode == "trained":
+            hard = self._trained_prefix(prefix_actions, inference_delay, execution_horizon, x)
+        elif prefix_actions is not None:
+            guide = self._rtc_target(prefix_actions, inference_delay, execution_horizon, x)
         dt = -1.0 / steps
         for step in range(steps):
             time = torch.full((b,), 1.0 + step * dt, device=device)
+            if hard is not None:  # the clean prefix, at time 0
+                x = torch.where(hard[1][None, :, None], hard[0], x)
+                time = rtc.per_token_time(time, hard[1].expand(b, -1))
 
             def velocity(x_t: torch.Tensor, time=time) -> torch.Tensor:
                 if use_cache:
-                    return self.velocity_cached(prefix, kv, state, x_t, time)
+                    return velocity_cached(prefix, kv, state, x_t, time)
                 return self.velocity_joint(prefix, state, x_t, time)[0]
             if guide is None:
                 v = velocity(x)
             else:
                 v = rtc.guided_velocity(velocity, x, 1.0 + step * dt, *guide, max_guidance_weight)
             x = x + dt * v
+        if hard is not None:
+            x = torch.where(hard[1][None, :, None], hard[0], x)
         return x[..., :batch.action_dim or cfg.max_action_dim]

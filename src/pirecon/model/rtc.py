@@ -18,6 +18,14 @@ soft mask W (their eq. 5, H the chunk, d the delay, s the execution horizon):
     W_i = 0                                  i >= H - s     (beyond what the previous chunk covers)
 
 with H - s clipped to the length of Y. beta (the guidance clip) defaults to LeRobot's 10.
+
+Training-time RTC (Black, Ren, Equi, Levine 2025, arXiv 2512.05964; LeRobot's
+`--policy.rtc_training_max_delay=D`): during training every example draws a delay d uniform in
+0 .. D (LeRobot's choice), its first d actions are given clean (the ground truth) at time 0, our
+data end, while the rest is noised at the example's time t, and the loss covers the rest only.
+The time is then per action token. A policy trained so samples with `rtc_mode="trained"`
+(LeRobot's `--inference.rtc.mode=trained`): the first d tokens are held at the previous chunk's
+actions, at time 0, in every Euler step; no guidance, so no vector-Jacobian product.
 """
 
 from __future__ import annotations
@@ -26,7 +34,27 @@ import math
 
 import torch
 
+from pirecon.configs.policy import RTC_MODES
+
 DEFAULT_MAX_GUIDANCE = 10.0  # LeRobot's RTCConfig.max_guidance_weight
+MODES = RTC_MODES  # LeRobot's RTCConfig.mode: guidance, or a prefix the policy was trained on
+
+
+def sample_delays(batch_size: int, max_delay: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time RTC: one delay per example, uniform in 0 .. max_delay, (B,) int64 (CPU)."""
+    return torch.randint(0, max_delay + 1, (batch_size,), generator=generator)
+
+
+def prefix_mask(delays: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(B,) delays -> (B, H) bool, True on each example's first `delay` positions (the clean prefix)."""
+    if delays.dim() != 1 or bool((delays < 0).any()) or bool((delays >= horizon).any()):
+        raise ValueError(f"delays {delays.tolist()}: expected one per example in 0 .. {horizon - 1}")
+    return torch.arange(horizon, device=delays.device)[None, :] < delays[:, None]
+
+
+def per_token_time(time: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """(B,) time and (B, H) clean prefix -> (B, H): 0 (data) on the prefix, the example's time elsewhere."""
+    return torch.where(clean, torch.zeros((), dtype=time.dtype, device=time.device), time[:, None])
 
 
 def soft_mask(horizon: int, delay: int, execution_horizon: int, prefix_length: int) -> torch.Tensor:

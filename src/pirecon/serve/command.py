@@ -41,6 +41,7 @@ import os
 import sys
 
 from pirecon.configs.parse import format_help, parse_flags
+from pirecon.configs.policy import RTC_MODES
 from pirecon.configs.serve import API_KEY_ENV, ServeConfig
 from pirecon.errors import ConfigError
 from pirecon.serve.obs_map import (ObsMapper, checkpoint_camera_keys, checkpoint_state_dim, presets_help,
@@ -61,6 +62,8 @@ def build_server(cfg: ServeConfig):
         raise ConfigError(f"--serve.max_message_mb={cfg.serve.max_message_mb}: expected a positive number")
     if cfg.policy.num_inference_steps is not None and cfg.policy.num_inference_steps <= 0:
         raise ConfigError(f"--policy.num_inference_steps={cfg.policy.num_inference_steps}: expected a positive integer")
+    if cfg.policy.rtc_mode not in RTC_MODES:
+        raise ConfigError(f"--policy.rtc_mode={cfg.policy.rtc_mode!r}: expected one of {list(RTC_MODES)}")
     device = resolve_device(cfg.policy.device)
     preset = None if cfg.serve.preset in (None, "", "none") else cfg.serve.preset
     # Check the preset's name before the (slow) checkpoint load.
@@ -69,6 +72,12 @@ def build_server(cfg: ServeConfig):
                                           n_action_steps=cfg.policy.n_action_steps,
                                           num_steps=cfg.policy.num_inference_steps, seed=cfg.seed,
                                           tokenizer_path=cfg.policy.tokenizer_path)
+    trained_delay = runner.policy.config.rtc_training_max_delay
+    if cfg.policy.rtc_mode == "trained" and trained_delay <= 0:
+        raise ConfigError(f"--policy.rtc_mode=trained: {cfg.policy.path} was trained without training-time real-time "
+                          f"chunking (rtc_training_max_delay=0); use --policy.rtc_mode=guided, or train with "
+                          f"--policy.rtc_training_max_delay=D")
+    runner.rtc_mode = cfg.policy.rtc_mode
     if runner.preprocessor.action_dim is None:
         raise ConfigError(f"--policy.path={cfg.policy.path}: the checkpoint does not say its real action dim "
                           f"(no data_info.json action_dim nor norm stats with 'actions')")
@@ -88,6 +97,16 @@ def api_key(cfg: ServeConfig) -> str | None:
     return cfg.serve.api_key or os.environ.get(API_KEY_ENV) or None
 
 
+def rtc_note(cfg: ServeConfig, trained_delay: int) -> str:
+    """One start-up line: how requests carrying prev_actions are served."""
+    if cfg.policy.rtc_mode == "trained":
+        return (f"pirecon serve: real-time chunking (requests with prev_actions + inference_delay) in trained mode: "
+                f"the first inference_delay <= {trained_delay} actions are given clean, no guidance")
+    hint = (f"; the checkpoint was trained with rtc_training_max_delay={trained_delay}: "
+            f"--policy.rtc_mode=trained needs no guidance") if trained_delay else ""
+    return f"pirecon serve: real-time chunking (requests with prev_actions) in guided mode{hint}"
+
+
 def exposure_note(cfg: ServeConfig) -> str | None:
     """One start-up line when the server is reachable from other machines."""
     if cfg.host in ("127.0.0.1", "localhost", "::1"):
@@ -105,6 +124,7 @@ def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("websockets").setLevel(logging.WARNING)  # our own log names each client
     server = build_server(cfg)
+    print(rtc_note(cfg, server.metadata["rtc_training_max_delay"]), flush=True)
     note = exposure_note(cfg)
     if note:
         print(note, flush=True)

@@ -11,6 +11,9 @@ Real-time chunking (optional request keys, ignored by plain openpi clients who n
                          run from this observation on
     "inference_delay"    int d: how many of them run while this chunk is computed (default 0)
     "execution_horizon"  int s, the paper's execution horizon (default: chunk_size - P)
+The metadata's "rtc_mode" says how they are used: "guided" (guidance toward prev_actions) or
+"trained" (the first inference_delay actions, at most the metadata's "rtc_training_max_delay",
+are given clean to a policy trained so; execution_horizon plays no part).
 
 With an API key, a connection must send `Authorization: Api-Key <key>` (what openpi_client's
 `WebsocketClientPolicy(api_key=...)` sends); other handshakes get HTTP 401. The reply never holds a
@@ -67,6 +70,8 @@ def build_metadata(runner, mapper: ObsMapper, preset: str | None = None, **extra
         "preset": preset,
         "obs_map": dict(mapper.obs_map),
         "default_prompt": mapper.default_prompt,
+        "rtc_mode": getattr(runner, "rtc_mode", "guided"),  # how requests with prev_actions are sampled
+        "rtc_training_max_delay": cfg.rtc_training_max_delay,
         **extra,
     }
 
@@ -151,12 +156,18 @@ class PolicyServer:
             raise InputError(f"'prev_actions' has shape {prev.shape}; expected finite (1..{chunk}, {width}) actions "
                              f"in robot units")
         guide = {"prefix_actions": prev}
-        for key, low, high in (("inference_delay", 0, prev.shape[0]), ("execution_horizon", 0, chunk - 1)):
+        max_delay = prev.shape[0]
+        why = ""
+        if self.metadata.get("rtc_mode") == "trained":
+            max_delay = min(max_delay, self.metadata["rtc_training_max_delay"])
+            why = f" (this server's policy was trained with delays up to {self.metadata['rtc_training_max_delay']})"
+        for key, low, high in (("inference_delay", 0, max_delay), ("execution_horizon", 0, chunk - 1)):
             if key in request:
                 value = request[key]
                 if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
                         not low <= int(value) <= high:
-                    raise InputError(f"{key!r} is {value!r}; expected an integer in {low}..{high}")
+                    raise InputError(f"{key!r} is {value!r}; expected an integer in {low}..{high}"
+                                     + (why if key == "inference_delay" else ""))
                 guide[key] = int(value)
         return guide
 

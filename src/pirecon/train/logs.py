@@ -17,27 +17,6 @@ LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss_curves.png"
 
 
-class IntervalMeans:
-    """Per-step values (losses, grad norm) and step times, averaged since the last `pop`."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.steps = 0
-        self.seconds = 0.0
-
-    def add(self, values: dict[str, float], seconds: float) -> None:
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.steps += 1
-        self.seconds += seconds
-
-    def pop(self) -> tuple[dict[str, float], int, float]:
-        """(means, number of steps, total seconds) of the interval; then a new interval starts."""
-        out = ({k: v / self.steps for k, v in self.sums.items()}, self.steps, self.seconds)
-        self.__init__()
-        return out
-
-
 class RunLogger:
     """resume_step: the step of the checkpoint a resumed run starts from (None: a new run). Lines
     logged after it by the interrupted run are dropped, so every step appears once in log.jsonl."""

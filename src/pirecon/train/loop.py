@@ -1,7 +1,8 @@
 """The training loop: data -> policy (optionally LoRA) -> AdamW + warm-up/cosine -> checkpoints.
 
-Runs on one CPU/GPU or many through `accelerate` (DDP); launch several processes with
-`accelerate launch ... -m pirecon train ...`. Only the main process writes checkpoints and logs.
+Runs on one CPU/GPU or many through `accelerate`: DDP, or FSDP2 with an accelerate config file
+that asks for it (`train/fsdp.py`); launch several processes with `accelerate launch ... -m pirecon
+train ...`. Only the main process writes logs, and checkpoints unless they are sharded.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from tqdm import tqdm
 
 from pirecon import hubcache
-from pirecon.checkpoint import training, upload
+from pirecon.checkpoint import sharded, training, upload
 from pirecon.checkpoint.keys import lerobot_module_name
 from pirecon.checkpoint.folder_config import policy_config
 from pirecon.checkpoint.folder_info import (folder_camera_map, folder_normalizer, local_tokenizer, read_folder_info,
                                            resolve_tokenizer)
-from pirecon.checkpoint.layout import (CHECKPOINTS, EMA_FILE, TRAINING_STATE, folder_format, last_checkpoint,
-                                       read_config, read_safetensors)
+from pirecon.checkpoint.layout import (CHECKPOINTS, DCP_EMA_DIR, DCP_MODEL_DIR, DCP_OPTIMIZER_DIR, TRAINING_STATE,
+                                       folder_format, last_checkpoint, read_config)
 from pirecon.checkpoint.load import load_model, load_policy
 from pirecon.checkpoint.weights import overrides_for
 from pirecon.checkpoint.write_pirecon import save_policy
@@ -45,15 +46,18 @@ from pirecon.data.normalize import (Normalizer, default_norm_mode, fit_to_datase
 from pirecon.data.task_tokenizer import tokenizer_for_model
 from pirecon.data.tokenizer import load_tokenizer
 from pirecon.data.transforms import Preprocessor
-from pirecon.errors import ConfigError, TrainingError
+from pirecon.errors import ConfigError
 from pirecon.model import lora, placement
 from pirecon.model.pi0 import Pi0Policy
+from pirecon.model.trim import trim_plan
 from pirecon.configs.train import TrainConfig, resolve_optimization
+from pirecon.train import fsdp
 from pirecon.train.ema import EMA
 from pirecon.train.peft_plan import lora_plan, reaches_image_tokens
 from pirecon.train.schedule import lr_factor
 from pirecon.train.summary import summary_block
-from pirecon.train.logs import LOG_FILE, PLOT_FILE, IntervalMeans, RunLogger, plot_losses
+from pirecon.train.logs import LOG_FILE, PLOT_FILE, RunLogger, plot_losses
+from pirecon.train.steps import FiniteGuard, StepValues, make_optimizer, wait_for_device
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +104,25 @@ def resolve_policy_config(cfg: PolicyConfig, typed: frozenset[str] | None = None
     return resolved
 
 
-def run_policy_config(cfg: TrainConfig, typed: frozenset[str],
-                      adapted: list[str] | None = None) -> tuple[PolicyConfig, str | None]:
+def run_policy_config(cfg: TrainConfig, typed: frozenset[str], adapted: list[str] | None = None,
+                      from_preset: frozenset[str] = frozenset(),
+                      from_file: frozenset[str] = frozenset()) -> tuple[PolicyConfig, str | None]:
     """The policy config a run trains (`resolve_policy_config`; adapted weights noted in
-    `adapted`) and a note when typing a --peft.* flag turned LoRA on, as in lerobot-train (so does
-    --policy.use_peft=true)."""
+    `adapted`) and a note when typing a --peft.* flag turned LoRA on (`from_preset`, `from_file`:
+    as for the Trainer)."""
     policy_cfg = resolve_policy_config(cfg.policy, typed, adapted)
-    if not policy_cfg.use_peft and any(name.startswith("peft.") for name in typed):
+    if policy_cfg.full_bf16 and policy_cfg.dtype != "bfloat16":  # checked once the folder's dtype is known
+        raise ConfigError(f"--policy.full_bf16=true keeps the trained weights in bfloat16, but the policy's dtype "
+                          f"is {policy_cfg.dtype} (--policy.dtype, or the pretrained folder's); expected "
+                          f"--policy.dtype=bfloat16 with it")
+    # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true);
+    # a preset's --peft.* values do not (a LoRA preset sets --policy.use_peft=true itself), nor
+    # does a config file's peft group when the file also says policy.use_peft (our own
+    # train_config.json lists every field; a LeRobot file has a peft group only for LoRA).
+    requested = typed - from_preset
+    if "policy.use_peft" in from_file:
+        requested -= from_file
+    if not policy_cfg.use_peft and any(name.startswith("peft.") for name in requested):
         return dataclasses.replace(policy_cfg, use_peft=True), "LoRA turned on by --peft.* (as lerobot-train does)"
     return policy_cfg, None
 
@@ -197,11 +213,19 @@ def check_new_output_dir(folder: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None):
+    def __init__(self, cfg: TrainConfig, typed: frozenset[str] | None = None,
+                 from_preset: frozenset[str] = frozenset(), from_file: frozenset[str] = frozenset()):
+        """`typed`: the fields typed (on the command line, in --config_path, by --preset); None: those
+        differing from the defaults. `from_preset`: the typed ones whose value is --preset's;
+        `from_file`: the typed ones whose value comes from the --config_path file alone."""
         self.cfg = cfg
         self.adapted: list[str] = []
+        if typed is None and cfg.preset is not None:
+            raise ConfigError(f"TrainConfig(preset={cfg.preset!r}): a preset stands for flags, which the command line "
+                              f"applies: build the config with pirecon.train.command.parse_train_command("
+                              f"['--preset={cfg.preset}', ...])")
         typed = typed_by_value(cfg) if typed is None else typed
-        policy_cfg, self.peft_note = run_policy_config(cfg, typed, self.adapted)
+        policy_cfg, self.peft_note = run_policy_config(cfg, typed, self.adapted, from_preset, from_file)
         self.peft_plan = None
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
         optimizer_cfg, scheduler_cfg = resolve_optimization(cfg, typed)
@@ -210,10 +234,14 @@ class Trainer:
         autocast = placement.decide_placement(device, policy_cfg.torch_dtype).autocast_dtype
         if device.index is not None:
             torch.cuda.set_device(device)  # accelerate's one-process "cuda" is the current device
+        fsdp.check_launcher_precision(autocast, policy_cfg.dtype)
+        plugin = fsdp.make_plugin() if fsdp.requested() else None
         self.accelerator = Accelerator(
             mixed_precision="bf16" if autocast == torch.bfloat16 else "no", cpu=device.type == "cpu",
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+            fsdp_plugin=plugin, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         acc = self.accelerator
+        self.sharded = plugin is not None and fsdp.engage_on_cpu(acc, plugin)
+        self.cfg = cfg = fsdp.check_sharded_run(cfg, self.sharded, typed)
         if device.index is not None and acc.num_processes > 1:
             raise ConfigError(f"--policy.device={policy_cfg.device}: one device for {acc.num_processes} processes; "
                               f"under accelerate each process takes its own: use --policy.device=auto (or cuda)")
@@ -230,7 +258,8 @@ class Trainer:
 
         # Data: each rank reads its own share of every epoch.
         self.dataset = open_dataset(dataset_root(cfg.dataset), policy_cfg.chunk_size, episodes=cfg.dataset.episodes,
-                                    split="train", val_episodes=cfg.dataset.val_episodes, tolerance_s=cfg.tolerance_s)
+                                    split="train", val_episodes=cfg.dataset.val_episodes, tolerance_s=cfg.tolerance_s,
+                                    video_backend=cfg.dataset.video_backend)
         self.preprocessor = build_preprocessor(cfg, policy_cfg, self.dataset, verbose=self.is_main)
         self.cfg = cfg = dataclasses.replace(cfg, policy=self.preprocessor.config)  # with the tokenizer it uses
         self.evaluator = None
@@ -242,7 +271,7 @@ class Trainer:
         self.loader = make_dataloader(self.dataset, self.preprocessor, cfg.batch_size, cfg.num_workers,
                                       seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
                                       cache_in_memory=cfg.dataset.cache_in_memory, prefetch_factor=cfg.prefetch_factor,
-                                      persistent_workers=cfg.persistent_workers)
+                                      persistent_workers=cfg.persistent_workers, pin_memory=acc.device.type == "cuda")
 
         # Model: the same initial weights on every rank, then per-rank randomness for noise/time.
         torch.manual_seed(cfg.seed)
@@ -282,37 +311,49 @@ class Trainer:
             else:
                 model = policy
         lora.base_policy(model).backbone.set_gradient_checkpointing(policy_cfg.gradient_checkpointing)
-        self.placement = placement.place(model, acc.device, policy_cfg.torch_dtype, train=True)
+        self.placement = placement.place(model, acc.device, policy_cfg.torch_dtype, train=True,
+                                         full_bf16=policy_cfg.full_bf16)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ConfigError("nothing to train: every weight is frozen (check --policy.train_expert_only, "
                               "--policy.freeze_vision_encoder and --policy.use_peft)")
-        opt = cfg.optimizer
-        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt.type]
-        self.optimizer = optimizer_class(self.trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                         weight_decay=opt.weight_decay)
+        self.optimizer = make_optimizer(cfg.optimizer, self.trainable, acc.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg.scheduler, cfg.steps))
-        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay and not self.sharded else None
         self.step = 0
-        if resume_from is not None:
-            state = torch.load(resume_from / TRAINING_STATE, weights_only=False)
-            self.optimizer.load_state_dict(state["optimizer"])
+        state = torch.load(resume_from / TRAINING_STATE, weights_only=False) if resume_from is not None else None
+        if state is not None:
+            if not self.sharded:  # a sharded optimizer and EMA take their state once the model is sharded
+                fsdp.restore_optimizer(model, self.optimizer, state, resume_from, sharded=False)
+                if self.ema is not None:
+                    fsdp.restore_ema(self.ema, resume_from, sharded=False)
             self.scheduler.load_state_dict(state["scheduler"])
             self.loader.load_state_dict(state["loader"][acc.process_index] if isinstance(state["loader"], list)
                                         else state["loader"])
-            if self.ema is not None:
-                self.ema.load_state_dict(read_safetensors(resume_from / EMA_FILE))
             self.step = state["step"]
             training.set_rng_state(state["rng"][acc.process_index] if isinstance(state["rng"], list) else state["rng"])
         else:
             torch.manual_seed(cfg.seed + acc.process_index)
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
+        if self.sharded:
+            self._after_sharding(state, resume_from)
         self.forward = torch.compile(self.model, mode=policy_cfg.compile_mode) if policy_cfg.compile_model else self.model
+        self.guard = FiniteGuard()
         self.resumed_from = resume_from
         tags = [cfg.policy.type, cfg.dataset.repo_id or Path(self.dataset.root).name]
         self.logger = RunLogger(self.output_dir, self.is_main, cfg.tensorboard, cfg.wandb, to_dict(cfg),
                                 name=cfg.job_name, tags=tags,
                                 resume_step=self.step if resume_from is not None else None)
+
+    def _after_sharding(self, state: dict | None, resume_from: Path | None) -> None:
+        """FSDP replaced the weights by their shards: what holds them is rebuilt (the trained list,
+        the EMA) and a resumed run's optimizer and EMA state is loaded into this sharding."""
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = EMA(self.model, self.cfg.ema_decay) if self.cfg.ema_decay else None
+        if state is not None:
+            fsdp.restore_optimizer(self.model, self.optimizer.optimizer, state, resume_from, sharded=True)
+            if self.ema is not None:
+                fsdp.restore_ema(self.ema, resume_from, sharded=True)
 
     # -------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -325,29 +366,38 @@ class Trainer:
         samples_per_step = cfg.batch_size * cfg.grad_accum_steps * acc.num_processes
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.is_main and cfg.progress_bar),
                    desc="train", dynamic_ncols=True)
-        last_saved, loss_value = None, float("nan")
-        interval = IntervalMeans()
+        last_saved, last_loss = None, None
+        interval = StepValues()
         self.model.train()
         try:
             while self.step < cfg.steps:
                 start = time.perf_counter()
-                sums = self._train_step(data)
+                values, dataloading_s = self._train_step(data)
                 self.step += 1
-                interval.add(sums, time.perf_counter() - start)
-                loss_value = sums["loss"]
-                if self.step % cfg.log_freq == 0 or self.step == cfg.steps:
+                log_now = self.step % cfg.log_freq == 0 or self.step == cfg.steps
+                evaluate = cfg.env.type and cfg.env_eval_freq > 0 and self.step % cfg.env_eval_freq == 0
+                save = cfg.save_checkpoint and (self.step % cfg.save_freq == 0 or self.step == cfg.steps)
+                # The host reads from the device only here: the step's time then includes its device work.
+                if log_now or evaluate or save:
+                    wait_for_device(acc.device)
+                interval.add(values, time.perf_counter() - start, dataloading_s)
+                last_loss = values["loss"]
+                if log_now or evaluate or save:
+                    self.guard.check(acc, self.output_dir / CHECKPOINTS)
+                if log_now:
                     # As LeRobot: the means over the steps since the last log line.
-                    means, steps, seconds = interval.pop()
+                    means, steps, seconds = interval.pop(acc)
                     record = {"step": self.step, **means, "lr": self.scheduler.get_last_lr()[0],
                               "samples_per_s": samples_per_step * steps / max(seconds, 1e-9), "steps_averaged": steps,
                               "world_size": acc.num_processes, "effective_batch_size": samples_per_step}
                     self.logger.log(record)
                     bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                    sps=f"{record['samples_per_s']:.1f}")
+                                    sps=f"{record['samples_per_s']:.1f}", data_s=f"{means['dataloading_s']:.3f}",
+                                    updt_s=f"{means['update_s']:.3f}")
                 bar.update(1)
-                if cfg.env.type and cfg.env_eval_freq > 0 and self.step % cfg.env_eval_freq == 0:
+                if evaluate:
                     self._evaluate(bar)
-                if cfg.save_checkpoint and (self.step % cfg.save_freq == 0 or self.step == cfg.steps):
+                if save:
                     last_saved = self.save()
         finally:
             bar.close()
@@ -356,6 +406,8 @@ class Trainer:
                 self.evaluator.close()
         if self.is_main:
             plot_losses(self.output_dir / LOG_FILE, self.output_dir / PLOT_FILE)
+        loss_value = acc.reduce(last_loss.detach().float().reshape(1), reduction="mean").item() \
+            if last_loss is not None else float("nan")
         acc.wait_for_everyone()
         return TrainResult(self.output_dir, last_saved, self.step, loss_value)
 
@@ -372,6 +424,7 @@ class Trainer:
         return summary_block(self.cfg, acc.unwrap_model(self.model), weights_from=weights_from, adapted=self.adapted,
                              tokenizer=str(policy_cfg.tokenizer_path), dataset=described, device=str(acc.device),
                              processes=acc.num_processes, autocast=autocast,
+                             sharding=fsdp.describe(acc.state.fsdp_plugin, self.cfg) if self.sharded else None,
                              resumed_from=str(self.resumed_from) if self.resumed_from else None,
                              peft_note=self.peft_note,
                              evaluation=(f"{self.evaluator.describe()}, every {self.cfg.env_eval_freq} steps"
@@ -379,34 +432,41 @@ class Trainer:
                              peft=self.peft_plan.description if self.peft_plan else
                              ("LoRA, resumed: adapters and fully trained weights as saved" if policy_cfg.use_peft else None))
 
-    def _train_step(self, data) -> dict[str, float]:
+    def _train_step(self, data) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimizer step. Returns its losses and gradient norm as device tensors (nothing is read
+        back: see `train.steps`) and the seconds spent waiting for the loader."""
         cfg, acc = self.cfg, self.accelerator
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
+        dataloading_s = 0.0
         for micro in range(cfg.grad_accum_steps):
-            batch = next(data).to(acc.device)
+            waiting = time.perf_counter()
+            host = next(data)
+            # Decided from the host copy of the masks, so the device is never waited for.
+            plan = trim_plan(host.image_masks, host.token_masks)
+            batch = host.to(acc.device, non_blocking=True)
+            dataloading_s += time.perf_counter() - waiting
             if cfg.dataset.image_transforms.enable:
                 batch = augment_batch(batch, cfg.dataset.image_transforms, self._augmentation_rng(micro),
                                       cfg.policy.camera_names)
             sync = micro == cfg.grad_accum_steps - 1
             kwargs = {"recon_weight": cfg.recon.loss_weight(self.step)} if cfg.recon.enable else {}
             with (contextlib.nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
-                out = self.forward(batch, **kwargs)
+                out = self.forward(batch, trim=plan, **kwargs)
             loss = out["loss"]
-            self._check_finite(loss, batch)
+            self.guard.observe(self.step + 1, loss, host.extras.get("index"))
             acc.backward(loss / cfg.grad_accum_steps)
             for key, value in out.items():
                 if key.endswith("loss"):
-                    totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum_steps
+                    value = value.detach().float() / cfg.grad_accum_steps
+                    totals[key] = totals[key] + value if key in totals else value
         clip = cfg.optimizer.grad_clip_norm
-        grad_norm = acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf"))
+        totals["grad_norm"] = fsdp.plain(acc.clip_grad_norm_(self.trainable, clip if clip > 0 else float("inf")))
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model if not hasattr(self.model, "module") else self.model.module)
-        means = {k: acc.reduce(v.reshape(1), reduction="mean").item() for k, v in totals.items()}
-        means["grad_norm"] = float(grad_norm)
-        return means
+        return totals, dataloading_s
 
     def _evaluate(self, bar) -> None:
         """Closed-loop evaluation on the main process (--env_eval_freq); the others wait."""
@@ -426,17 +486,6 @@ class Trainer:
         key = f"{self.cfg.seed}:{self.accelerator.process_index}:{self.step}:{micro}".encode()
         return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
-    def _check_finite(self, loss: torch.Tensor, batch) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
-        if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() > 0:
-            index = batch.extras.get("index")
-            where = f" for samples (dataset index) {index.tolist()}" if index is not None else ""
-            raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()}{where} on rank "
-                                f"{self.accelerator.process_index}; stopped without writing a checkpoint (the last "
-                                f"good one stays in {self.output_dir / CHECKPOINTS})")
-
     def save(self) -> Path | None:
         acc = self.accelerator
         # Each rank's data position and RNG are gathered so every rank resumes exactly.
@@ -445,18 +494,51 @@ class Trainer:
         if acc.num_processes > 1:
             gathered = [None] * acc.num_processes
             dist.all_gather_object(gathered, local)
+        state = {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                 "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered]}
+        if self.sharded:
+            return self._save_sharded(state)
         path = None
         if self.is_main:
             model = acc.unwrap_model(self.model)
-            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(),
-                     "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered]}
+            state["optimizer"] = self.optimizer.state_dict()
             path = training.save_checkpoint(
                 self.output_dir, self.step, model, to_dict(self.cfg), state,
                 self.ema.state_dict() if self.ema else None,
                 lambda p: save_norm_stats_json(self.preprocessor.dataset_normalizer, p),
                 self.cfg.policy.tokenizer_path, self.base_path, self.cfg.keep_last_checkpoints,
                 extra_json={"data_info.json": self._data_info()})
+        acc.wait_for_everyone()
+        return path
+
+    def _save_sharded(self, state: dict) -> Path | None:
+        """Every process takes part: `--checkpoint_format=dcp` each writes its shards into the main
+        process's temporary folder; `safetensors` the weights, optimizer and EMA state are gathered
+        to the main process. The main process writes the rest and renames the folder into place."""
+        acc, fmt, model, optimizer = self.accelerator, self.cfg.checkpoint_format, self.model, self.optimizer.optimizer
+        folder = [str(training.start_checkpoint(self.output_dir, self.step)) if self.is_main else None]
+        broadcast_object_list(folder)  # also: no rank writes before the main process made the folder
+        tmp = Path(folder[0])
+        peft = lora.base_policy(model) is not model
+        weights, ema = None, None
+        if fmt != "safetensors":
+            sharded.save(fsdp.sharded_weights(model, trained_only=peft), tmp / DCP_MODEL_DIR)
+            sharded.save(fsdp.sharded_optimizer(model, optimizer), tmp / DCP_OPTIMIZER_DIR)
+            if self.ema is not None:
+                sharded.save({"ema": self.ema.shadow}, tmp / DCP_EMA_DIR)
+        if fmt != "dcp":
+            weights = fsdp.full_weights(model)
+        if fmt == "safetensors":
+            state["optimizer"] = fsdp.full_optimizer(model, optimizer)
+            ema = fsdp.full_ema(self.ema) if self.ema is not None else None
+        path = None
+        if self.is_main:
+            training.write_checkpoint(
+                tmp, self.step, model, to_dict(self.cfg), state, ema,
+                lambda p: save_norm_stats_json(self.preprocessor.dataset_normalizer, p),
+                self.cfg.policy.tokenizer_path, self.base_path, extra_json={"data_info.json": self._data_info()},
+                weights=weights, weights_sharded=fmt == "dcp")
+            path = training.commit_checkpoint(tmp, self.step, self.cfg.keep_last_checkpoints)
         acc.wait_for_everyone()
         return path
 
@@ -479,11 +561,12 @@ class Trainer:
         return info
 
 
-def train(cfg: TrainConfig, typed: frozenset[str] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, typed: frozenset[str] | None = None, from_preset: frozenset[str] = frozenset(),
+          from_file: frozenset[str] = frozenset()) -> TrainResult:
     """Train; with --policy.push_to_hub the main process then uploads the final checkpoint. A failed
     upload raises HubError after the run is complete on disk, saying how to push it later."""
     upload.check_push_flags(cfg.policy.push_to_hub, cfg.policy.repo_id)
-    trainer = Trainer(cfg, typed)
+    trainer = Trainer(cfg, typed, from_preset, from_file)
     result = trainer.run()
     push = cfg.policy.push_to_hub and trainer.is_main and result.checkpoint is not None
     del trainer  # the export for the upload loads the model again

@@ -9,7 +9,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from pirecon.configs.train import TrainConfig
+from pirecon.configs.presets import flag_text, get_preset
+from pirecon.configs.train import PRESET_FLAGS, TrainConfig
 from pirecon.train.schedule import scaled_steps
 
 # Parts of a Pi0Policy as the summary names them (first matching prefix wins).
@@ -38,6 +39,41 @@ def parameter_table(model: nn.Module) -> dict[str, dict[str, int]]:
     return table
 
 
+# A preset's --policy.optimizer_* / scheduler_* values run as these fields of the resolved optimizer and scheduler.
+RUNS_AS = {f"policy.{ours}": theirs for theirs, ours in PRESET_FLAGS.items() if theirs != "scheduler.peak_lr"}
+
+
+def running_value(cfg: TrainConfig, flag: str):
+    """The value a resolved run uses for a preset's `flag`."""
+    node = cfg
+    for part in RUNS_AS.get(flag, flag).split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def preset_overrides(cfg: TrainConfig) -> list[tuple[str, object, object]]:
+    """(flag, the preset's value, the value the run uses) of every preset value the run does not use."""
+    preset = get_preset(cfg.preset)
+    return [(v.flag, v.value, running_value(cfg, v.flag)) for v in preset.values
+            if _plain(running_value(cfg, v.flag)) != _plain(v.value)]
+
+
+def preset_lines(cfg: TrainConfig) -> list[str]:
+    if cfg.preset is None:
+        return []
+    overrides = preset_overrides(cfg)
+    count = len(get_preset(cfg.preset).values)
+    lines = [f"  preset      {cfg.preset}: openpi's {cfg.preset} config, {count} values, {len(overrides)} overridden by "
+             f"typed flags; where it differs from openpi: `pirecon presets {cfg.preset}`"]
+    lines += [f"  overridden  {flag}: preset {flag_text(mine)}, running {flag_text(running)}"
+              for flag, mine, running in overrides]
+    return lines
+
+
 def _count(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
@@ -47,7 +83,8 @@ def _count(n: int) -> str:
 
 def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adapted: list[str], tokenizer: str,
                   dataset: str, device: str, processes: int, autocast: str | None, resumed_from: str | None,
-                  peft_note: str | None, peft: str | None = None, evaluation: str | None = None) -> str:
+                  peft_note: str | None, peft: str | None = None, evaluation: str | None = None,
+                  sharding: str | None = None) -> str:
     """The text block printed once at start-up by the main process."""
     policy = cfg.policy
     table = parameter_table(model)
@@ -60,6 +97,7 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         f"views {list(policy.camera_names)}",
         f"  weights     {weights_from}" + (f"; resumed from {resumed_from}" if resumed_from else ""),
     ]
+    lines += preset_lines(cfg)
     lines += [f"  adapted     {note}" for note in adapted]
     lines += [f"  tokenizer   {tokenizer}", f"  dataset     {dataset}"]
     if peft:
@@ -74,15 +112,18 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         kinds = ", ".join(f"{_count(n)} {k}" for k, n in sorted(row.items()) if " " in k)
         lines.append(f"    {part:<11} {kinds}")
     lines.append(f"  precision   policy.dtype={policy.dtype}, autocast {autocast or 'off'}")
+    if policy.full_bf16:
+        lines.append("  note        --policy.full_bf16=true: trained weights and optimizer state in bfloat16, no float32 "
+                     "master copies; an update smaller than bfloat16's step (0.2-0.4 % of the weight) rounds away, so the loss "
+                     "may end higher than with float32 masters (openpi notes the same)")
     if cfg.wandb.enable and not cfg.wandb.disable_artifact:
         lines.append("  note        W&B gets the logs, not the checkpoints (LeRobot uploads them as artifacts unless "
                      "--wandb.disable_artifact=true)")
-    if cfg.dataset.video_backend != "pyav":
-        lines.append(f"  note        --dataset.video_backend={cfg.dataset.video_backend}: decoding with PyAV, "
-                     f"which gives the same frames")
     if policy.use_amp:
         lines.append("  note        --policy.use_amp=true is not used by training (as in LeRobot): --policy.dtype decides")
     lines.append(f"  device      {device} x {processes} process(es)")
+    if sharding:
+        lines.append(f"  sharding    {sharding}")
     lines.append(f"  batch       {cfg.batch_size} per process x {processes} process(es) x {cfg.grad_accum_steps} "
                  f"accumulation step(s) = {cfg.batch_size * processes * cfg.grad_accum_steps} samples per step")
     opt, sched = cfg.optimizer, cfg.scheduler
@@ -96,6 +137,9 @@ def summary_block(cfg: TrainConfig, model: nn.Module, *, weights_from: str, adap
         lines.append(f"  note        {scaled}")
     if evaluation:
         lines.append(f"  evaluation  {evaluation}")
+    if policy.rtc_training_max_delay:
+        lines.append(f"  rtc         training-time real-time chunking: per example a delay d in 0..{policy.rtc_training_max_delay}, "
+                     f"the first d actions given clean and left out of the loss (run it with --policy.rtc_mode=trained)")
     if cfg.recon.enable:
         lines.append(f"  recon       λ={cfg.recon.weight} on {list(cfg.recon.views)}, target {cfg.recon.target}, "
                      f"region {cfg.recon.region}")
