@@ -33,6 +33,7 @@ from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.recon import merge_recon_with_folder
 from pirecon.configs.train import PeftConfig, TrainConfig, resolve_optimization
 from pirecon.errors import ConfigError
+from pirecon.train import fsdp
 from pirecon.train.loop import run_policy_config
 from pirecon.train.plan_count import GPU, TOKEN_STEP, ModelCount, StepSpec, this_cpu
 
@@ -61,6 +62,7 @@ class Setting:
     step: StepSpec
     processes: int
     fsdp: bool
+    shardable: bool = True  # FSDP can take this run
 
 
 @dataclass
@@ -141,15 +143,20 @@ def machine_ram() -> float:
 # The run `pirecon train` would make of these flags
 
 
-def planned_policy(cfg: TrainConfig, typed: frozenset[str], plan: PlanConfig) -> tuple[TrainConfig, list[str]]:
+def planned_policy(cfg: TrainConfig, typed: frozenset[str], plan: PlanConfig,
+                   from_preset: frozenset[str] = frozenset(),
+                   from_file: frozenset[str] = frozenset()) -> tuple[TrainConfig, list[str]]:
     """The run's config as the Trainer resolves it (the pretrained folder's config.json, never its
-    weights), and notes. Flags the plan cannot honour are errors naming them."""
+    weights; `from_preset`, `from_file` as parse_train_command gives them), and notes. Flags the
+    plan cannot honour are errors naming them."""
     notes: list[str] = []
-    policy_cfg, peft_note = run_policy_config(cfg, typed, notes)
+    policy_cfg, peft_note = run_policy_config(cfg, typed, notes, from_preset, from_file)
     notes += [peft_note] if peft_note else []
     cfg = dataclasses.replace(cfg, policy=policy_cfg)
     optimizer, scheduler = resolve_optimization(cfg, typed)
     cfg = dataclasses.replace(cfg, optimizer=optimizer, scheduler=scheduler)
+    if plan.mode == "train":
+        cfg = fsdp.check_sharded_run(cfg, plan.fsdp, typed)  # what a sharded (or unsharded) run refuses
     path = policy_cfg.pretrained_path
     held = read_recon_config(Path(path)) if path else None  # config.json's "recon" (pirecon folders)
     recon = merge_recon_with_folder(cfg.recon, held, typed, str(path))
@@ -379,6 +386,8 @@ def _smaller_batch(planner: Planner, s: Setting, strongest: bool = False) -> Sug
 
 def _fsdp(planner: Planner, s: Setting, strongest: bool = False) -> Suggestion | None:
     """FSDP over the fewest processes that fit (on the current processes first)."""
+    if not s.shardable:
+        return None
     options = ([s.processes] if s.processes > 1 and not s.fsdp else []) + \
         [n for n in FSDP_OPTIONS if n > s.processes]
     if strongest:
@@ -418,12 +427,14 @@ def _lora(planner: Planner, s: Setting, strongest: bool = False) -> Suggestion |
 CHANGES = (_gradient_checkpointing, _bfloat16, _smaller_batch, _fsdp, _frozen_vision, _lora)
 
 
-def make_plan(cfg: TrainConfig, typed: frozenset[str], plan: PlanConfig) -> tuple[Planner, object, list[str],
-                                                                                   TrainConfig]:
+def make_plan(cfg: TrainConfig, typed: frozenset[str], plan: PlanConfig, from_preset: frozenset[str] = frozenset(),
+              from_file: frozenset[str] = frozenset()) -> tuple[Planner, object, list[str], TrainConfig]:
     """(planner, TrainPlan or ServePlan, notes, the resolved config) for `pirecon plan`'s flags."""
-    cfg, notes = planned_policy(cfg, typed, plan)
+    cfg, notes = planned_policy(cfg, typed, plan, from_preset, from_file)
     planner = Planner(plan.target, plan.utilization, plan.mode)
     if plan.mode == "serve":
         return planner, planner.serve_plan(cfg.policy), notes, cfg
-    setting = Setting(cfg.policy, cfg.peft, step_spec(cfg), plan.num_processes, plan.fsdp)
+    # Runs FSDP cannot take (fsdp.check_sharded_run) get no FSDP suggestion.
+    shardable = not cfg.policy.full_bf16 and not (cfg.env.type and cfg.env_eval_freq > 0)
+    setting = Setting(cfg.policy, cfg.peft, step_spec(cfg), plan.num_processes, plan.fsdp, shardable)
     return planner, planner.train_plan(setting), notes, cfg

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from pirecon.configs.parse import format_help, join_flag_values, parse_command, wants_help
 from pirecon.configs.plan import PlanCommandConfig
-from pirecon.train.command import parse_train_command
+from pirecon.errors import ConfigError
+from pirecon.train.command import explain_preset, parse_train_command
 
 PLAN_PREFIX = "--plan."
 
@@ -40,7 +41,11 @@ def run(argv: list[str]) -> int:
     parsed = parse_train_command(train_argv)
     from pirecon.train.plan import make_plan  # lazy: torch and PEFT, not needed for --help
     from pirecon.train.plan_report import serve_report, train_report  # lazy: with make_plan
-    planner, result, notes, cfg = make_plan(parsed.config, parsed.typed, plan)
+    try:
+        planner, result, notes, cfg = make_plan(parsed.config, parsed.typed, plan, parsed.from_preset,
+                                                parsed.from_file)
+    except ConfigError as exc:  # as `pirecon train` says it: which flags a --preset set
+        raise type(exc)(explain_preset(str(exc), parsed.config.preset, parsed.from_preset)) from None
     report = serve_report if plan.mode == "serve" else train_report
     print(report(planner, result, cfg, plan, notes))
     return 0

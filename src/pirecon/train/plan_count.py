@@ -17,9 +17,11 @@
   counted directly; tests/train/test_plan.py holds the extrapolation to a direct count.
 
 A `Target` says how the counted device computes. A GPU (or a CPU with bfloat16 arithmetic) runs
-bfloat16 kernels and the multi-tensor (foreach) optimizer PyTorch picks on CUDA; a CPU without
-bfloat16 arithmetic multiplies frozen bfloat16 layers in float32 (`model/cpu_bf16.py`: transient
-float32 copies) and steps the optimizer one tensor at a time. Attention runs PyTorch's fused CPU
+bfloat16 kernels, and on CUDA the Trainer's fused AdamW and PyTorch's multi-tensor gradient
+clipping; a CPU without bfloat16 arithmetic multiplies frozen bfloat16 layers in float32
+(`model/cpu_bf16.py`: transient float32 copies) and steps the optimizer one tensor at a time.
+The counted batch holds every view and the whole prompt, so the Trainer's trimming (views no sample
+has, padding past the longest prompt) would cut nothing: the pass runs untrimmed. Attention runs PyTorch's fused CPU
 kernel, which keeps what CUDA's memory-efficient kernel keeps (the output and the log-sum-exp,
 never the attention matrix).
 """
@@ -44,9 +46,10 @@ from pirecon.batch import Batch
 from pirecon.checkpoint.keys import lerobot_module_name
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.train import OptimizerConfig, PeftConfig
-from pirecon.model import cpu_bf16, lora, placement
+from pirecon.model import cpu_bf16, lora, placement, rtc
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train.peft_plan import lora_plan
+from pirecon.train.steps import make_optimizer
 
 aten = torch.ops.aten
 # PyTorch's FLOP formulas, plus its fused CPU attention (absent from flop_counter's registry).
@@ -66,14 +69,14 @@ class Target:
     """How the counted device computes."""
 
     native_bf16: bool  # bfloat16 kernels (GPU, or a CPU with AVX512-BF16 / AMX); False: float32 products
-    foreach: bool  # the multi-tensor optimizer and gradient clipping (what PyTorch picks on CUDA)
+    device: str  # the device the Trainer's choices follow: "cuda" (fused AdamW, multi-tensor clipping) or "cpu"
 
 
-GPU = Target(native_bf16=True, foreach=True)
+GPU = Target(native_bf16=True, device="cuda")
 
 
 def this_cpu() -> Target:
-    return Target(native_bf16=cpu_bf16.cpu_has_bf16_arithmetic(), foreach=False)
+    return Target(native_bf16=cpu_bf16.cpu_has_bf16_arithmetic(), device="cpu")
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def build_model(policy_cfg: PolicyConfig, peft: PeftConfig | None, train: bool) 
             model = lora.add_lora(policy, lora_plan(policy, peft or PeftConfig(), lerobot_module_name),
                                   peft or PeftConfig())
     if train:
-        placement.place(model, "meta", policy_cfg.torch_dtype, train=True)
+        placement.place(model, "meta", policy_cfg.torch_dtype, train=True, full_bf16=policy_cfg.full_bf16)
     return model
 
 
@@ -189,6 +192,18 @@ def with_views(policy: Pi0Policy, views: int):
         yield
     finally:
         policy.config = kept
+
+
+@contextlib.contextmanager
+def unchecked_delays():
+    """Training-time RTC: `rtc.prefix_mask` checks the drawn delays' values on the host, which fake
+    tensors do not have; within the block it makes the same mask without that check."""
+    checked = rtc.prefix_mask
+    rtc.prefix_mask = lambda delays, horizon: torch.arange(horizon, device=delays.device)[None, :] < delays[:, None]
+    try:
+        yield
+    finally:
+        rtc.prefix_mask = checked
 
 
 def fake_parameters(model: nn.Module, mode: FakeTensorMode) -> None:
@@ -369,10 +384,7 @@ class ModelCount:
         self.policy.backbone.set_gradient_checkpointing(spec.gradient_checkpointing)
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        opt = spec.optimizer
-        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt.type](
-            trainable, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay,
-            foreach=self.target.foreach)
+        optimizer = make_optimizer(spec.optimizer, trainable, self.target.device)
         if not forward_only and trainable:  # the optimizer's state exists from the first step on
             for p in trainable:
                 p.grad = torch.zeros_like(p)
@@ -400,11 +412,11 @@ class ModelCount:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.torch_dtype == torch.bfloat16)
         micro_steps = min(spec.grad_accum_steps, 2)  # the second one runs beside the first one's gradients
         out = None
-        with tracker:
+        with tracker, unchecked_delays():
             for micro in range(1 if forward_only else micro_steps):
                 tracker.phase, tracker.category = "forward", "activations"
                 with autocast:
-                    out = self.model(batch, noise=noise, time=time)
+                    out = self.model(batch, noise=noise, time=time, trim=False)
                 if micro == 0:
                     counts["saved"] = tracker.live["activations"]
                 if forward_only:
@@ -418,7 +430,7 @@ class ModelCount:
                 clip = spec.optimizer.grad_clip_norm
                 if trainable:
                     nn.utils.clip_grad_norm_(trainable, clip if clip > 0 else float("inf"),
-                                             foreach=self.target.foreach)
+                                             foreach=self.target.device == "cuda")
                 optimizer.step()
                 with torch.no_grad():
                     for value, p in zip(shadow, trainable):
