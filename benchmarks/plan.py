@@ -1,33 +1,35 @@
 """`pirecon plan` against measurements: FLOPs planned vs counted by PyTorch's FLOP counter on a real
 pass, and peak memory planned vs the peak RSS of the real CPU training step and of inference.
 
-    .venv/bin/python benchmarks/plan.py [--skip-full] [--workdir DIR] [--serve-steps 2]
+    .venv/bin/python benchmarks/plan.py [--skip-full] [--skip-tiny] [--no-heap-row] [--workdir DIR]
 
 Settings of benchmarks/train.py: LoRA (openpi preset) r=16, batch 1, 3 camera views, frozen weights in
-bfloat16 with bfloat16 autocast, gradient checkpointing, frozen vision encoder, AdamW; the plan is
-asked for `--plan.gpu=cpu` (this machine: float32 products for frozen bfloat16 layers where the CPU
-has no bfloat16 arithmetic, the optimizer one tensor at a time). Every plan and every measurement
-runs in its own process; a measured peak is VmHWM after resetting it (/proc/self/clear_refs) just
-before the measured call, so loading the model does not count: the second training step (the
-optimizer state exists) and the second `sample_actions` call; a third one counts the FLOPs (a step
-under the counter holds more, and glibc's heap keeps what a step grew to). The weights are copied out of the memory-mapped safetensors file
-first, so that RSS counts all of them as a GPU would hold them. The plan's CPU total is its peak
-plus the RSS of a pirecon process before any model (measured by the plan in its own process) and
-the library code a first pass pages in.
+bfloat16 with bfloat16 autocast, gradient checkpointing, frozen vision encoder, AdamW; the prompt as
+long as its padding (what the plan counts; trimming then cuts nothing). The plan is asked for
+`--plan.gpu=cpu` (this machine: float32 products for frozen bfloat16 layers where the CPU has no
+bfloat16 arithmetic, the optimizer one tensor at a time). Every plan and every measurement runs in
+its own process; a measured peak is VmHWM after resetting it (/proc/self/clear_refs) just before
+the measured call, so loading does not count: of three training steps the first creates the
+optimizer state, the second is measured and the third counts the FLOPs (a step under the counter
+holds more, and glibc's heap keeps what a step grew to); likewise three `sample_actions` calls.
+The plan's CPU total is its peak plus the RSS of a pirecon process before any model (measured by
+the plan in its own process) and the library code a first pass pages in.
 
-Targets: FLOPs within 5 %, memory within 15 %. A full-size training step takes several minutes
-on a 2-core CPU (two are run) and about 7 GiB; --skip-full runs the tiny rows only.
+Targets: FLOPs within 5 %, memory within 15 %. A full-size training step takes minutes on a 2-core
+CPU (three are run, twice: also with MALLOC_MMAP_THRESHOLD_=65536) and about 9 GiB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+HEAP = "MALLOC_MMAP_THRESHOLD_"
 FLAGS = ["--policy.dtype=bfloat16", "--policy.use_peft=true", "--peft.preset=openpi", "--peft.r=16",
          "--policy.gradient_checkpointing=true", "--policy.freeze_vision_encoder=true", "--batch_size=1"]
 
@@ -71,13 +73,9 @@ def counter():  # PyTorch's counter with the plan's one addition, the fused CPU 
     extra = {k: v.__wrapped__ for k, v in FLOP_FORMULAS.items() if k not in FlopCounterMode(display=False).flop_registry}
     return FlopCounterMode(display=False, custom_mapping=extra)
 
-def materialise(model):
-    # Weights read from safetensors are memory-mapped: RSS would count only the pages a pass touches
-    # (not the embedding rows no prompt looks up) and the kernel may drop them under memory pressure.
-    # Copied into anonymous memory they count in full, as on a GPU.
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            t.data = t.data.clone()
+def full_batch(config):
+    # What the plan counts: every view and a prompt as long as the padding (so trimming cuts nothing).
+    return synthetic_batch(config, 1, action_dim=7, text_lengths=[config.max_token_len])
 
 mode, kind, source, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 baseline = rss("VmRSS")
@@ -88,12 +86,11 @@ out = {"baseline": baseline}
 if mode == "train":
     model = apply_lora(policy, PeftConfig(r=16, preset="openpi"))
     place(model, "cpu", torch.bfloat16, train=True)
-    materialise(model)
     policy.backbone.set_gradient_checkpointing(True)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
-    batch = synthetic_batch(policy.config, 1, action_dim=7)
+    batch = full_batch(policy.config)
     def step(flops=None):
         forward, backward = (counter(), counter()) if flops is not None else (None, None)
         with forward or contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -118,8 +115,7 @@ if mode == "train":
     step(out)
 else:
     policy.eval()
-    materialise(policy)
-    batch = synthetic_batch(policy.config, 1, action_dim=7)
+    batch = full_batch(policy.config)
     policy.sample_actions(batch, trim=False)  # pages the kernels in
     out["resident"] = rss("VmRSS")
     reset_peak()
@@ -133,8 +129,9 @@ print(json.dumps(out))
 """
 
 
-def child(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+def child(code: str, *args: str, env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, **(env or {})})
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child {args} failed with exit code {out.returncode}; its traceback is above")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -153,6 +150,8 @@ def main() -> None:
                              "10 take many minutes at full size on a CPU)")
     parser.add_argument("--kinds", default="pi0,pi05", help="tiny policies to run")
     parser.add_argument("--skip-tiny", action="store_true", help="only the full-size rows")
+    parser.add_argument("--heap-row", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"also measure the full-size step with {HEAP}=65536 (glibc's heap returns what it frees)")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from model import write_random_checkpoint
@@ -176,6 +175,12 @@ def main() -> None:
                                    planned["prefix"] + planned["denoise"], measured["sample"]))
             memory_rows.append((f"{name}, {'training step' if mode == 'train' else 'sample_actions'}", planned,
                                 measured, planned["seconds"]))
+            if mode == "train" and source != "tiny" and args.heap_row:
+                # glibc keeps freed blocks under its mmap threshold (1 MiB as pirecon sets it) in the heap; with
+                # 64 KiB nearly every tensor is mapped and returned, and RSS follows the live tensors.
+                measured = child(MEASURE, mode, kind, source, str(args.serve_steps), env={HEAP: "65536"})
+                print(f"    measured with {HEAP}=65536: {measured}", flush=True)
+                memory_rows.append((f"{name}, training step, {HEAP}=65536", planned, measured, planned["seconds"]))
 
     for kind in [] if args.skip_tiny else args.kinds.split(","):
         compare(f"tiny {kind}", kind, "tiny", "tiny")
@@ -194,12 +199,13 @@ def main() -> None:
     for name, planned, counted in flops_rows:
         print(f"{name:<48} {planned / 1e9:>10.2f} G {counted / 1e9:>10.2f} G {ratio(planned, counted):>7}")
     gib = 2 ** 30
-    print(f"\n{'peak memory, CPU (GiB)':<36} {'planned':>8} {'measured':>9} {'ratio':>6}   "
+    width = max(len(name) for name, *_ in memory_rows)
+    print(f"\n{'peak memory, CPU (GiB)':<{width}} {'planned':>8} {'measured':>9} {'ratio':>6}   "
           f"{'above the baseline: planned':>27} {'measured':>9} {'ratio':>6}  plan took")
     for name, planned, measured, seconds in memory_rows:
         total = planned["peak"] + planned["baseline"]
         above = measured["peak_rss"] - measured["baseline"]
-        print(f"{name:<36} {total / gib:>8.2f} {measured['peak_rss'] / gib:>9.2f} "
+        print(f"{name:<{width}} {total / gib:>8.2f} {measured['peak_rss'] / gib:>9.2f} "
               f"{ratio(total, measured['peak_rss']):>6}   {planned['peak'] / gib:>27.3f} {above / gib:>9.3f} "
               f"{ratio(planned['peak'], above):>6}  {seconds:.1f} s")
     print("(baseline: a pirecon process before any model; planned by the plan in its own process, measured in "
