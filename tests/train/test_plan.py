@@ -262,3 +262,12 @@ def test_serve_mode_prints_memory_and_latency(capsys):
     for text in ("prefix's KV cache", "per request", "each denoising step", ": fits", "4 denoising steps"):
         assert text in out
     assert "note     --batch_size: training flags; a served request" in out  # typed, and said to change nothing
+
+
+def test_runs_fsdp_refuses_are_refused_and_training_rtc_is_counted(capsys):
+    code, _, err = run_plan(capsys, *TINY, "--policy.dtype=bfloat16", "--policy.full_bf16=true",
+                            "--plan.num_processes=2", "--plan.fsdp=true")
+    assert code == 2 and "--policy.full_bf16=true under FSDP" in err  # pirecon train's own refusal
+    code, out, err = run_plan(capsys, "--policy.type=pi05", *TINY, "--policy.rtc_training_max_delay=4",
+                              "--plan.gpu=H100")
+    assert code == 0 and ": fits" in out, err
