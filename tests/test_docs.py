@@ -171,6 +171,7 @@ HOOKS: dict[str, tuple[str, str, bool]] = {
     "doctor": ("pirecon.data.doctor", "parse_flags", True),
     "tokenizer": ("pirecon.data.task_tokenizer", "parse_flags", True),
     "train": ("pirecon.train.command", "parse_command", True),  # before --resume reads the run folder
+    "plan": ("pirecon.train.plan", "make_plan", False),
     "presets": ("pirecon.presets", "parse_flags", True),
     "export": ("pirecon.export", "export", False),
     "push": ("pirecon.push", "push", False),

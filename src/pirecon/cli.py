@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("pirecon.data.doctor", "check a LeRobot dataset folder and print a table of findings"),
     "tokenizer": ("pirecon.data.task_tokenizer", "build a tiny model's tokenizer from a LeRobot dataset's task texts"),
     "train": ("pirecon.train.command", "fine-tune Pi0 / Pi0.5 on a LeRobot dataset (LoRA or full, one or many processes)"),
+    "plan": ("pirecon.train.plan_command", "will a train (or serve) run fit on a GPU, and how long will it take? (train's flags)"),
     "presets": ("pirecon.presets", "list openpi's training configs as presets, or print one as `pirecon train` flags"),
     "export": ("pirecon.export", "write a stand-alone checkpoint (LoRA merged, EMA weights if asked)"),
     "push": ("pirecon.push", "upload a checkpoint to the Hugging Face Hub: pirecon push CKPT ORG/NAME [--private]"),

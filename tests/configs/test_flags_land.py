@@ -20,6 +20,7 @@ COMMAND_CONFIGS = {
     "demo": ("pirecon.configs.demo", "DemoConfig"), "smoke": ("pirecon.configs.demo", "SmokeConfig"),
     "stats": ("pirecon.configs.data", "StatsConfig"), "doctor": ("pirecon.configs.data", "DoctorConfig"),
     "train": ("pirecon.configs.train", "TrainConfig"), "export": ("pirecon.configs.checkpoint", "ExportConfig"),
+    "plan": ("pirecon.configs.plan", "PlanCommandConfig"),
     "push": ("pirecon.configs.checkpoint", "PushFlags"), "recon-viz": ("pirecon.configs.recon", "ReconVizConfig"),
     "serve": ("pirecon.configs.serve", "ServeConfig"), "eval": ("pirecon.configs.eval", "EvalConfig"),
     "eval-offline": ("pirecon.configs.eval", "OfflineConfig"),
@@ -81,7 +82,7 @@ def other_value(tp, default) -> tuple[str, typing.Any]:
 
 
 # LeRobot's spelling of one of our fields: the value lands in ours.
-LANDS_AT = {("train", "policy.path"): "policy.pretrained_path"}
+LANDS_AT = {("train", "policy.path"): "policy.pretrained_path", ("plan", "policy.path"): "policy.pretrained_path"}
 
 
 def cases():

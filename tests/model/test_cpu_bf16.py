@@ -98,6 +98,19 @@ def test_attention_over_bf16_inputs_runs_in_float32_on_an_emulating_cpu(monkeypa
                        F.scaled_dot_product_attention(q32, k.float(), v.float()))  # float32: untouched
 
 
+def test_assumed_bf16_arithmetic_decides_within_the_block_only(monkeypatch):
+    """pirecon plan counts a GPU's pass on CPU tensors: within the block the CPU's own answer is set aside."""
+    monkeypatch.setattr(cpu_bf16, "cpu_has_bf16_arithmetic", lambda: False)
+    t = torch.zeros(2, dtype=torch.bfloat16)
+    assert cpu_bf16.emulated_bf16(t)
+    with cpu_bf16.assume_bf16_arithmetic(True):
+        assert not cpu_bf16.emulated_bf16(t)
+        with cpu_bf16.assume_bf16_arithmetic(False):
+            assert cpu_bf16.emulated_bf16(t)
+        assert not cpu_bf16.emulated_bf16(t)
+    assert cpu_bf16.emulated_bf16(t) and not cpu_bf16.emulated_bf16(t.float())
+
+
 def test_trainable_or_float32_layers_keep_their_own_backward():
     layer = nn.Linear(8, 4)
     route_frozen_bf16_linears(layer)

@@ -349,27 +349,32 @@ def all_flags(cls: type, prefix: str = "") -> list[str]:
 @lru_cache(maxsize=None)
 def field_docs(cls: type) -> dict[str, str]:
     """{field name: help text} from the comments in `cls`'s source: the comment on the field's
-    line, else the comment lines directly above it."""
+    line, else the comment lines directly above it. Fields a dataclass inherits keep the help
+    text of the class that declares them."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
-        return {}
+        return docs
     names = {f.name for f in dataclasses.fields(cls)}
     lines = source.splitlines()
     trailing: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             trailing[tok.start[0]] = tok.string.lstrip("#").strip()
-    docs: dict[str, str] = {}
+    own: dict[str, str] = {}
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
         name = stripped.split(":", 1)[0].strip()
-        if name not in names or name in docs or not line.startswith(" ") or ":" not in stripped:
+        if name not in names or name in own or not line.startswith(" ") or ":" not in stripped:
             continue
         if line[:len(line) - len(line.lstrip())] != _body_indent(lines):
             continue
         if number in trailing and not stripped.startswith("#"):
-            docs[name] = trailing[number]
+            own[name] = trailing[number]
             continue
         above = []
         k = number - 1
@@ -377,8 +382,8 @@ def field_docs(cls: type) -> dict[str, str]:
             above.insert(0, lines[k - 1].strip().lstrip("#").strip())
             k -= 1
         if above:
-            docs[name] = " ".join(above)
-    return docs
+            own[name] = " ".join(above)
+    return {**docs, **own}
 
 
 def _body_indent(lines: list[str]) -> str:

@@ -20,7 +20,8 @@ AVX512-BF16, and with AMX: as fast as the forward product), and nothing is rerou
 `route_frozen_bf16_linears(model)` installs the linear-layer routing (idempotent; weights, state
 dicts and PEFT wrapping are unchanged) and `unroute_linears(model)` removes it; placement
 (`pirecon.model.placement.place`) decides which, once per model. `scaled_dot_product_attention`
-is the attention call the model modules use.
+is the attention call the model modules use. `assume_bf16_arithmetic(True)` makes it act as on a
+CPU with bfloat16 arithmetic (`pirecon plan` counts a GPU's pass on fake CPU tensors).
 
 The float32 products allocate and free large transient buffers layer after layer. glibc's malloc
 raises its mmap threshold each time such a buffer is freed, so later buffers of a few MB come from
@@ -31,6 +32,7 @@ environment variable MALLOC_MMAP_THRESHOLD_ would); placement calls it wherever 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -49,9 +51,25 @@ def cpu_has_bf16_arithmetic() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+_assumed_arithmetic: bool | None = None  # set by assume_bf16_arithmetic; None: ask the CPU
+
+
+@contextlib.contextmanager
+def assume_bf16_arithmetic(native: bool):
+    """Within the block, `emulated_bf16` answers as on a CPU that does (True) or does not (False)
+    compute in bfloat16 natively, whatever this CPU does."""
+    global _assumed_arithmetic
+    before, _assumed_arithmetic = _assumed_arithmetic, native
+    try:
+        yield
+    finally:
+        _assumed_arithmetic = before
+
+
 def emulated_bf16(t: torch.Tensor) -> bool:
     """True for a bfloat16 CPU tensor on a CPU without bfloat16 arithmetic."""
-    return t.dtype == torch.bfloat16 and t.device.type == "cpu" and not cpu_has_bf16_arithmetic()
+    native = cpu_has_bf16_arithmetic() if _assumed_arithmetic is None else _assumed_arithmetic
+    return t.dtype == torch.bfloat16 and t.device.type == "cpu" and not native
 
 
 @functools.cache

@@ -104,6 +104,29 @@ def resolve_policy_config(cfg: PolicyConfig, typed: frozenset[str] | None = None
     return resolved
 
 
+def run_policy_config(cfg: TrainConfig, typed: frozenset[str], adapted: list[str] | None = None,
+                      from_preset: frozenset[str] = frozenset(),
+                      from_file: frozenset[str] = frozenset()) -> tuple[PolicyConfig, str | None]:
+    """The policy config a run trains (`resolve_policy_config`; adapted weights noted in
+    `adapted`) and a note when typing a --peft.* flag turned LoRA on (`from_preset`, `from_file`:
+    as for the Trainer)."""
+    policy_cfg = resolve_policy_config(cfg.policy, typed, adapted)
+    if policy_cfg.full_bf16 and policy_cfg.dtype != "bfloat16":  # checked once the folder's dtype is known
+        raise ConfigError(f"--policy.full_bf16=true keeps the trained weights in bfloat16, but the policy's dtype "
+                          f"is {policy_cfg.dtype} (--policy.dtype, or the pretrained folder's); expected "
+                          f"--policy.dtype=bfloat16 with it")
+    # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true);
+    # a preset's --peft.* values do not (a LoRA preset sets --policy.use_peft=true itself), nor
+    # does a config file's peft group when the file also says policy.use_peft (our own
+    # train_config.json lists every field; a LeRobot file has a peft group only for LoRA).
+    requested = typed - from_preset
+    if "policy.use_peft" in from_file:
+        requested -= from_file
+    if not policy_cfg.use_peft and any(name.startswith("peft.") for name in requested):
+        return dataclasses.replace(policy_cfg, use_peft=True), "LoRA turned on by --peft.* (as lerobot-train does)"
+    return policy_cfg, None
+
+
 # Policy fields a resumed run may change: they alter neither the weights nor what trains.
 RESUMABLE_POLICY_FIELDS = ("n_action_steps", "num_inference_steps", "gradient_checkpointing", "compile_model",
                            "device", "push_to_hub", "repo_id")
@@ -202,22 +225,7 @@ class Trainer:
                               f"applies: build the config with pirecon.train.command.parse_train_command("
                               f"['--preset={cfg.preset}', ...])")
         typed = typed_by_value(cfg) if typed is None else typed
-        policy_cfg = resolve_policy_config(cfg.policy, typed, self.adapted)
-        if policy_cfg.full_bf16 and policy_cfg.dtype != "bfloat16":  # checked once the folder's dtype is known
-            raise ConfigError(f"--policy.full_bf16=true keeps the trained weights in bfloat16, but the policy's dtype "
-                              f"is {policy_cfg.dtype} (--policy.dtype, or the pretrained folder's); expected "
-                              f"--policy.dtype=bfloat16 with it")
-        # As in lerobot-train, typing any --peft.* flag turns LoRA on (so does --policy.use_peft=true);
-        # a preset's --peft.* values do not (a LoRA preset sets --policy.use_peft=true itself), nor
-        # does a config file's peft group when the file also says policy.use_peft (our own
-        # train_config.json lists every field; a LeRobot file has a peft group only for LoRA).
-        self.peft_note = None
-        requested = typed - from_preset
-        if "policy.use_peft" in from_file:
-            requested -= from_file
-        if not policy_cfg.use_peft and any(name.startswith("peft.") for name in requested):
-            policy_cfg = dataclasses.replace(policy_cfg, use_peft=True)
-            self.peft_note = "LoRA turned on by --peft.* (as lerobot-train does)"
+        policy_cfg, self.peft_note = run_policy_config(cfg, typed, self.adapted, from_preset, from_file)
         self.peft_plan = None
         self.cfg = cfg = dataclasses.replace(cfg, policy=policy_cfg)
         optimizer_cfg, scheduler_cfg = resolve_optimization(cfg, typed)
