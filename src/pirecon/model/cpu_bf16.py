@@ -68,8 +68,9 @@ def assume_bf16_arithmetic(native: bool):
 
 def emulated_bf16(t: torch.Tensor) -> bool:
     """True for a bfloat16 CPU tensor on a CPU without bfloat16 arithmetic."""
-    native = cpu_has_bf16_arithmetic() if _assumed_arithmetic is None else _assumed_arithmetic
-    return t.dtype == torch.bfloat16 and t.device.type == "cpu" and not native
+    if t.dtype != torch.bfloat16 or t.device.type != "cpu":
+        return False  # before asking the CPU: torch.compile cannot trace the probe, float32 never needs it
+    return not (cpu_has_bf16_arithmetic() if _assumed_arithmetic is None else _assumed_arithmetic)
 
 
 @functools.cache

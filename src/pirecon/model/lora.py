@@ -97,13 +97,7 @@ def load_trained(model: PeftModel, state: dict[str, torch.Tensor], where: Path, 
     if unknown or missing:
         raise CheckpointError(f"{where}: does not fit the adapter config: unknown weights {unknown[:10]}, adapter "
                               f"weights missing {missing[:10]}")
-    with torch.no_grad():
-        for name, value in state.items():
-            if params[name].shape != value.shape:
-                raise CheckpointError(f"{where}: {name} has shape {tuple(value.shape)}; the model expects "
-                                      f"{tuple(params[name].shape)}")
-            params[name].copy_(value.to(params[name].dtype))
-            params[name].requires_grad_(trainable)
+    _copy_into(params, state, where, trainable)
 
 
 def is_lora_param(name: str) -> bool:
@@ -131,11 +125,16 @@ def load_trainable_non_lora(model: nn.Module, state: dict[str, torch.Tensor], wh
     unknown = sorted(set(state) - set(params))
     if unknown:
         raise CheckpointError(f"{where}: weights {unknown[:10]} do not exist in the model")
+    _copy_into(params, state, where, trainable)
+
+
+def _copy_into(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], where: Path, trainable: bool) -> None:
+    """Each state tensor into the parameter of its name (shapes must agree), training on or not."""
     with torch.no_grad():
-        for key, value in state.items():
-            if params[key].shape != value.shape:
-                raise CheckpointError(f"{where}: {key} has shape {tuple(value.shape)}; the model expects "
-                                      f"{tuple(params[key].shape)}")
-            params[key].copy_(value.to(params[key].dtype))
-            params[key].requires_grad_(trainable)
+        for name, value in state.items():
+            if params[name].shape != value.shape:
+                raise CheckpointError(f"{where}: {name} has shape {tuple(value.shape)}; the model expects "
+                                      f"{tuple(params[name].shape)}")
+            params[name].copy_(value.to(params[name].dtype))
+            params[name].requires_grad_(trainable)
 

@@ -65,8 +65,24 @@ class Setting:
     shardable: bool = True  # FSDP can take this run
 
 
+class Budget:
+    """What a plan's memory comes to: `at_peak` (part -> bytes), `needed` and `capacity` in bytes."""
+
+    at_peak: dict[str, float]
+    needed: float
+    capacity: float
+
+    @property
+    def peak(self) -> float:
+        return sum(self.at_peak.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.capacity
+
+
 @dataclass
-class Estimate:
+class Estimate(Budget):
     """Memory per process (bytes) and FLOPs of one setting on the target."""
 
     setting: Setting
@@ -77,14 +93,6 @@ class Estimate:
     capacity: float
     flops_forward: float  # per micro-step (the whole per-process batch)
     flops_backward: float
-
-    @property
-    def peak(self) -> float:
-        return sum(self.at_peak.values())
-
-    @property
-    def fits(self) -> bool:
-        return self.needed <= self.capacity
 
 
 @dataclass
@@ -107,7 +115,7 @@ class TrainPlan:
 
 
 @dataclass
-class ServePlan:
+class ServePlan(Budget):
     at_peak: dict[str, float]
     weights: object
     kv_cache: float
@@ -118,14 +126,6 @@ class ServePlan:
     steps: int
     per_view: float
     per_token: float
-
-    @property
-    def peak(self) -> float:
-        return sum(self.at_peak.values())
-
-    @property
-    def fits(self) -> bool:
-        return self.needed <= self.capacity
 
 
 def process_rss() -> float:
