@@ -47,6 +47,16 @@ def _deterministic():
     yield
 
 
+@pytest.fixture
+def fresh_accelerator():
+    """A clean accelerate state around the test: accelerate allows one mixed-precision setting per
+    process, so a bfloat16 run beside float32 ones needs its state reset before and after."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def sim_dataset(tmp_path_factory) -> Path:
     """A small LeRobot v3.0 dataset of expert demos from the built-in simulator (32x32 cameras)."""

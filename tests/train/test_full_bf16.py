@@ -22,17 +22,8 @@ def test_the_decision_names_the_trainable_dtype():
         decide_placement("cpu", F32, full_bf16=True)
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """bf16 autocast: accelerate allows one mixed-precision setting per process unless its state is reset."""
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def test_a_full_finetune_in_bf16_keeps_weights_and_adamw_state_in_bf16(sim_dataset, sim_tokenizer, tmp_path, capsys,
-                                                                      fresh_accelerate_state):
+                                                                      fresh_accelerator):
     trainer = Trainer(parse_train_flags(tiny_train_flags(sim_dataset, sim_tokenizer, tmp_path / "run", "--steps=2",
                                                          "--policy.dtype=bfloat16", "--policy.full_bf16=true",
                                                          "--save_checkpoint=false")))

@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from accelerate.state import AcceleratorState
-
 from pirecon.checkpoint.layout import EMA_FILE
 from pirecon.cli import main
 from tests.train.helpers import logged, tiny_train_flags
 
 SIM_CAMERAS = '--dataset.camera_map={"top": "base_0_rgb", "wrist": "left_wrist_0_rgb"}'
-
-
-@pytest.fixture
-def fresh_accelerator():
-    """The preset's bfloat16 autocasts: accelerate allows one mixed-precision setting per process."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_a_preset_run_trains_with_the_preset_and_resumes(sim_dataset, sim_tokenizer, tmp_path, capsys,
