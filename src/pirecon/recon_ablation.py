@@ -25,13 +25,14 @@ import shutil
 import time
 from pathlib import Path
 
-from pirecon.checkpoint.layout import CHECKPOINTS, last_checkpoint
+from pirecon.checkpoint.layout import CHECKPOINTS, last_checkpoint, step_folders
 from pirecon.configs.ablation import ARMS, AblationConfig
 from pirecon.configs.demo import DemoConfig
 from pirecon.configs.recon import ReconVizConfig
 from pirecon.demo import demo_sim_config, demo_train_config
 from pirecon.eval.metrics import mean_interval, wilson_interval
 from pirecon.sim import SimEnv, record_dataset
+from pirecon.train.logs import read_log
 
 RECORDED = ".recorded"  # marker written after the dataset is complete
 
@@ -80,12 +81,6 @@ def _write_json(path: Path, body) -> None:
     os.replace(tmp, path)
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    root = run_dir / CHECKPOINTS
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()) \
-        if root.is_dir() else []
-
-
 def evaluate_checkpoint(cfg: AblationConfig, run_dir: Path, step: int) -> dict:
     """Successes of checkpoint `step` on the sweep's unseen layouts (read back when already written)."""
     path = run_dir / f"eval_{step:06d}.json"
@@ -130,11 +125,10 @@ def run_one(cfg: AblationConfig, arm: str, seed: int, data_dir: Path, tokenizer:
     started = time.perf_counter()
     train(tc)
     train_seconds = time.perf_counter() - started
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    rates = [row["samples_per_s"] for row in log if row.get("samples_per_s")]
+    rates = [row["samples_per_s"] for row in read_log(run_dir / "log.jsonl") if row.get("samples_per_s")]
     step_seconds = cfg.batch_size / (sum(rates) / len(rates)) if rates else train_seconds / cfg.steps
     evaluations = []
-    for step in checkpoint_steps(run_dir):
+    for step in (int(folder.name) for folder in step_folders(run_dir)):
         evaluations.append(evaluate_checkpoint(cfg, run_dir, step))
         if ARMS[arm][1] is not None:
             write_viz(cfg, run_dir, data_dir, step)

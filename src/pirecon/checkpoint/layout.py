@@ -223,6 +223,15 @@ def detect_format(config_json: dict, tensor_names: list[str], metadata: dict) ->
     return found
 
 
+def step_folders(output_dir: str | Path) -> list[Path]:
+    """The step checkpoints (`OUT/checkpoints/{step:06d}`) of a training output folder, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()),
+                  key=lambda p: int(p.name))
+
+
 def last_checkpoint(output_dir: str | Path) -> Path | None:
     link = Path(output_dir) / CHECKPOINTS / LAST
     return link.resolve() if link.exists() else None

@@ -37,7 +37,8 @@ import torch
 from safetensors.torch import save_file
 
 from pirecon.checkpoint.layout import (ADAPTER_DIR, CHECKPOINTS, CONFIG_FILE, EMA_FILE, LAST, NORM_STATS,
-                                       PRETRAINED_MODEL, TRAIN_CONFIG, TRAINABLE_FILE, TRAINING_STATE, write_manifest)
+                                       PRETRAINED_MODEL, TRAIN_CONFIG, TRAINABLE_FILE, TRAINING_STATE, step_folders,
+                                       write_manifest)
 from pirecon.checkpoint.write_pirecon import copy_tokenizer, pirecon_config, write_json, write_weights
 from pirecon.errors import CheckpointError
 from pirecon.model import lora
@@ -186,7 +187,7 @@ def _point_last(root: Path, name: str) -> None:
 
 
 def _prune(root: Path, keep_last: int) -> None:
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit())
+    steps = step_folders(root.parent)
     current = (root / LAST).resolve().name if (root / LAST).exists() else None
     for path in steps[:-keep_last]:
         if path.name != current:  # renamed away first: a kill mid-delete leaves no half step folder
