@@ -40,15 +40,14 @@ def augment_batch(batch: Batch, cfg: ImageTransformsConfig, generator: torch.Gen
     """Augments every present camera image of the batch in place (images in [-1, 1], as the model
     takes them) and returns the batch. `camera_names`: the views, in order (openpi's recipe keeps
     wrist views' geometry). The images go through in chunks of CHUNK, each drawing its parameters
-    in turn: on the CPU a buffer over 32 MB comes fresh from the kernel at every allocation (glibc
-    maps it), and its page faults would cost more than the arithmetic."""
+    in turn: on the CPU a large buffer comes fresh from the kernel at every allocation (glibc maps
+    what lies above its mmap threshold: 32 MB by default, 1 MiB once model.cpu_bf16 lowers it), and
+    its page faults would cost more than the arithmetic."""
     b, v = batch.images.shape[:2]
     present = batch.image_masks.reshape(-1).nonzero().flatten()  # (n,) indices into the B*V images
     if len(present) == 0:
         return batch
-    images = batch.images.reshape(b * v, *batch.images.shape[2:])
-    if images.data_ptr() != batch.images.data_ptr() or not batch.images.is_contiguous():
-        images = images.clone()
+    images = batch.images.reshape(b * v, *batch.images.shape[2:])  # a view (a copy if not contiguous)
     wrist = torch.tensor(["wrist" in name for name in camera_names] or [False] * v,
                          device=present.device).repeat(b)
     for rows in present.split(CHUNK):
