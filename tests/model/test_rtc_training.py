@@ -229,3 +229,10 @@ def test_trained_mode_refuses_what_the_policy_never_learnt():
                               rtc_mode="trained")
     with pytest.raises(InputError, match=r"rtc_mode='prefix': expected one of \['guided', 'trained'\]"):
         policy.sample_actions(batch, prefix_actions=previous, inference_delay=1, rtc_mode="prefix")
+
+
+def test_delays_given_by_the_caller_are_checked():
+    policy = tiny("pi0")
+    batch = synthetic_batch(policy.config, 2, action_dim=4)
+    with pytest.raises(ValueError, match=r"delays \[1, 6\]: expected one per example in 0 \.\. 5"):
+        policy.compute_loss(batch, delays=torch.tensor([1, 6]))

@@ -307,7 +307,9 @@ class Pi0Policy(nn.Module):
         if time is None:
             time = self.sample_time(b, actions.device)
         if delays is None and cfg.rtc_training_max_delay > 0:
-            delays = self.sample_delays(b, actions.device)
+            delays = self.sample_delays(b, actions.device)  # in range by construction: no host check
+        elif delays is not None:
+            rtc.check_delays(delays, actions.shape[1])
         clean = None if delays is None else rtc.prefix_mask(delays, actions.shape[1])  # (B, H) bool
         if clean is None:
             t = time[:, None, None]

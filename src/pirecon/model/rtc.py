@@ -45,10 +45,14 @@ def sample_delays(batch_size: int, max_delay: int, generator: torch.Generator | 
     return torch.randint(0, max_delay + 1, (batch_size,), generator=generator)
 
 
-def prefix_mask(delays: torch.Tensor, horizon: int) -> torch.Tensor:
-    """(B,) delays -> (B, H) bool, True on each example's first `delay` positions (the clean prefix)."""
+def check_delays(delays: torch.Tensor, horizon: int) -> None:
+    """Delays given by a caller: one per example in 0 .. horizon - 1 (reads them on the host)."""
     if delays.dim() != 1 or bool((delays < 0).any()) or bool((delays >= horizon).any()):
         raise ValueError(f"delays {delays.tolist()}: expected one per example in 0 .. {horizon - 1}")
+
+
+def prefix_mask(delays: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(B,) delays -> (B, H) bool, True on each example's first `delay` positions (the clean prefix)."""
     return torch.arange(horizon, device=delays.device)[None, :] < delays[:, None]
 
 

@@ -46,7 +46,7 @@ from pirecon.batch import Batch
 from pirecon.checkpoint.keys import lerobot_module_name
 from pirecon.configs.policy import PolicyConfig
 from pirecon.configs.train import OptimizerConfig, PeftConfig
-from pirecon.model import cpu_bf16, lora, placement, rtc
+from pirecon.model import cpu_bf16, lora, placement
 from pirecon.model.pi0 import Pi0Policy
 from pirecon.train.peft_plan import lora_plan
 from pirecon.train.steps import make_optimizer
@@ -192,18 +192,6 @@ def with_views(policy: Pi0Policy, views: int):
         yield
     finally:
         policy.config = kept
-
-
-@contextlib.contextmanager
-def unchecked_delays():
-    """Training-time RTC: `rtc.prefix_mask` checks the drawn delays' values on the host, which fake
-    tensors do not have; within the block it makes the same mask without that check."""
-    checked = rtc.prefix_mask
-    rtc.prefix_mask = lambda delays, horizon: torch.arange(horizon, device=delays.device)[None, :] < delays[:, None]
-    try:
-        yield
-    finally:
-        rtc.prefix_mask = checked
 
 
 def fake_parameters(model: nn.Module, mode: FakeTensorMode) -> None:
@@ -412,7 +400,7 @@ class ModelCount:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.torch_dtype == torch.bfloat16)
         micro_steps = min(spec.grad_accum_steps, 2)  # the second one runs beside the first one's gradients
         out = None
-        with tracker, unchecked_delays():
+        with tracker:
             for micro in range(1 if forward_only else micro_steps):
                 tracker.phase, tracker.category = "forward", "activations"
                 with autocast:
