@@ -69,6 +69,23 @@ def test_colour_adjustments():
     assert torch.allclose(one(gray_image, A.adjust_hue_, 0.25), gray_image, atol=1e-7)
 
 
+def test_hue_matches_pythons_colorsys_in_every_sector_and_on_ties():
+    """Python's colorsys (rgb_to_hsv, hsv_to_rgb) uses the same hexcone definition as torchvision."""
+    import colorsys
+
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(3, 64, generator=g)
+    pixels[:, :6] = torch.tensor([[0.7, 0.7, 0.2], [0.2, 0.7, 0.7], [0.7, 0.2, 0.7],  # two-way ties
+                                  [0.4, 0.4, 0.4], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).T  # gray, red, black
+    for f in (-0.5, -0.2, -0.04, 0.0, 0.03, 0.3, 0.5):
+        expected = []
+        for r, gr, b in pixels.T.tolist():
+            h, s, v = colorsys.rgb_to_hsv(r, gr, b)
+            expected.append(colorsys.hsv_to_rgb((h + f) % 1.0, s, v))
+        out = one(pixels.view(3, 8, 8), A.adjust_hue_, f).view(3, 64)
+        assert torch.allclose(out, torch.tensor(expected).T, atol=1e-5), f
+
+
 def test_sharpness_blends_with_a_3x3_blur_and_keeps_the_border():
     x = torch.zeros(3, 5, 5)
     x[:, 2, 2] = 1.0
@@ -103,6 +120,17 @@ def test_masked_views_are_left_alone():
     out = A.augment_batch(batch, ImageTransformsConfig(enable=True), torch.Generator().manual_seed(0))
     assert torch.equal(out.images[:, 2], images[:, 2])
     assert not torch.equal(out.images[:, :2], images[:, :2])
+
+
+def test_a_bfloat16_batch_is_augmented_as_the_float32_one():
+    images = torch.rand(2, 2, 3, 16, 16) * 2 - 1
+    batches = [Batch(images=images.clone().to(dtype), image_masks=torch.ones(2, 2, dtype=torch.bool),
+                     tokens=torch.zeros(2, 4, dtype=torch.long), token_masks=torch.ones(2, 4, dtype=torch.bool),
+                     state=torch.zeros(2, 8)) for dtype in (torch.float32, torch.bfloat16)]
+    out = [A.augment_batch(batch, ImageTransformsConfig(enable=True), torch.Generator().manual_seed(0)).images
+           for batch in batches]
+    assert out[1].dtype == torch.bfloat16 and not torch.equal(out[0], images)
+    assert torch.allclose(out[1].float(), out[0], atol=0.02)
 
 
 def test_only_training_augments():
