@@ -12,7 +12,8 @@ FLOPs are counted on the warm-up call with torch.utils.flop_counter.FlopCounterM
 products, convolutions, attention); FLOP/s = those FLOPs / the median time of a call. The "issue 15
 batch" rows compare trimmed sampling (the default: views the whole batch masks and prompt padding
 skipped) with the reference work (`trim=False`, what openpi computes) for 3 views with the third
-masked and a 20-token prompt padded to 48 (Pi0) / 200 (Pi0.5).
+masked and a 20-token prompt padded to 48 (Pi0) / 200 (Pi0.5); at full size also the largest
+difference between the two action chunks (same noise).
 """
 
 from __future__ import annotations
@@ -108,6 +109,24 @@ def time_sampling(policy, batch, use_cache: bool, num_steps: int, repeats: int, 
     return sorted(times)[len(times) // 2], counter.get_total_flops()
 
 
+def compare_trim(policy, batch, num_steps: int) -> dict:
+    """One trimmed and one reference-work (`trim=False`) call on the same batch and noise, each timed
+    while its FLOPs are counted (the counter's bookkeeping is small next to a full-size call):
+    seconds, FLOPs and the largest absolute difference between the two action chunks."""
+    config = policy.config
+    noise = torch.randn(batch.state.shape[0], config.chunk_size, config.max_action_dim,
+                        generator=torch.Generator().manual_seed(0))
+    out = {}
+    for trim in (True, False):
+        with FlopCounterMode(display=False) as counter:
+            start = time.perf_counter()
+            actions = policy.sample_actions(batch, noise=noise.clone(), num_steps=num_steps, trim=trim)
+            seconds = time.perf_counter() - start
+        out[trim] = (seconds, counter.get_total_flops(), actions.float())
+    (ts, tf, ta), (rs, rf, ra) = out[True], out[False]
+    return {"trim_s": ts, "ref_s": rs, "trim_flops": tf, "ref_flops": rf, "max_diff": (ta - ra).abs().max().item()}
+
+
 def flops_text(seconds: float, flops: int) -> str:
     return f"{flops / 1e9:.2f} GFLOP, {flops / 1e9 / seconds:.1f} GFLOP/s"
 
@@ -126,6 +145,8 @@ def main() -> None:
     parser.add_argument("--full-views", type=int, default=3)
     parser.add_argument("--full-steps", type=int, default=2,
                         help="denoising steps for the full-size latency rows (10 takes minutes on a CPU)")
+    parser.add_argument("--full-issue-steps", type=int, default=10,
+                        help="denoising steps of the full-size trim / reference-work rows (0: skip them)")
     parser.add_argument("--repeats", type=int, default=9, help="timed calls per tiny row (the median is shown)")
     args = parser.parse_args()
 
@@ -177,6 +198,14 @@ def main() -> None:
                 report(f"sample_actions full {kind} {args.full_dtype}, {args.full_views} view(s), {steps} steps",
                        f"{with_cache:.1f} s cached / {without:.1f} s uncached = {without / with_cache:.1f}x; "
                        f"cached {flops_text(with_cache, flops)}")
+                if args.full_issue_steps > 0 and args.full_views == 3:
+                    issue = synthetic_batch(policy.config, 1, action_dim=7, missing_views=1, text_lengths=[20])
+                    c = compare_trim(policy, issue, args.full_issue_steps)
+                    report(f"sample_actions full {kind} {args.full_dtype}, issue 15 batch, {args.full_issue_steps} "
+                           f"steps: trim / reference work",
+                           f"{c['trim_s']:.1f} / {c['ref_s']:.1f} s = {c['trim_s'] / c['ref_s']:.2f}x (FLOPs "
+                           f"{c['trim_flops'] / 1e12:.2f} / {c['ref_flops'] / 1e12:.2f} T = "
+                           f"{c['trim_flops'] / c['ref_flops']:.2f}x); max |actions diff| {c['max_diff']:.2e}")
                 del policy
             for file in folder.iterdir():
                 file.unlink()
