@@ -242,3 +242,14 @@ def test_lerobot_export_keeps_rtc_training_max_delay_where_lerobot_has_it(kind, 
     else:
         assert "rtc_training_max_delay" not in written and policy_config(out).rtc_training_max_delay == 0
         assert "rtc_training_max_delay=2, which the lerobot layout of a pi0 policy cannot record" in caplog.text
+
+
+def test_lerobot_export_writes_and_reads_back_the_compile_and_checkpointing_settings(tmp_path):
+    save_policy(tiny_policy("pi0", compile_model=True, compile_mode="reduce-overhead", gradient_checkpointing=True),
+                tmp_path / "src")
+    out = export(tmp_path / "src", tmp_path / "lerobot", format="lerobot")
+    written = json.loads((out / "config.json").read_text())
+    assert (written["compile_model"], written["compile_mode"], written["gradient_checkpointing"]) == (
+        True, "reduce-overhead", True)
+    read = policy_config(out)
+    assert (read.compile_model, read.compile_mode, read.gradient_checkpointing) == (True, "reduce-overhead", True)

@@ -120,7 +120,8 @@ def policy_fields(cfg: dict, layout: str, where: Path) -> dict[str, Any]:
              "dtype": "dtype", "time_sampling_beta_alpha": "time_beta_alpha",
              "time_sampling_beta_beta": "time_beta_beta", "freeze_vision_encoder": "freeze_vision_encoder",
              "train_expert_only": "train_expert_only", "empty_cameras": "empty_cameras",
-             "rtc_training_max_delay": "rtc_training_max_delay"}
+             "rtc_training_max_delay": "rtc_training_max_delay", "compile_model": "compile_model",
+             "compile_mode": "compile_mode", "gradient_checkpointing": "gradient_checkpointing"}
     fields = {ours: cfg[theirs] for theirs, ours in names.items() if cfg.get(theirs) is not None}
     cameras = lerobot_cameras(cfg)
     if cameras:

@@ -56,7 +56,7 @@ def lerobot_config(cfg: PolicyConfig, mode: str, state_dim: int | None = None,
         "image_resolution": [cfg.image_resolution, cfg.image_resolution], "empty_cameras": cfg.empty_cameras,
         "tokenizer_max_length": cfg.max_token_len, "normalization_mapping": _norm_map(mode),
         "gradient_checkpointing": cfg.gradient_checkpointing, "compile_model": cfg.compile_model,
-        "compile_mode": "max-autotune",
+        "compile_mode": cfg.compile_mode,
     }
     if cfg.type == "pi0":  # PI05Config has no such fields in every LeRobot release
         body.update(freeze_vision_encoder=cfg.freeze_vision_encoder, train_expert_only=cfg.train_expert_only)
