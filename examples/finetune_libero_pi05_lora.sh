@@ -11,7 +11,7 @@
 #     the expert trained in full) and no EMA (openpi turns EMA off for LoRA), where pi05_libero
 #     fine-tunes every weight with EMA 0.999;
 #   - 32 samples per process (openpi's 256 is global, e.g. 8 GPUs x 32);
-#   - LeRobot's LIBERO camera keys (IMAGE_KEY, WRIST_KEY); gradient checkpointing on.
+#   - LeRobot's LIBERO camera keys (IMAGE_KEY, WRIST_KEY).
 #
 # What it replaces:
 #   LeRobot:  lerobot-train --policy.type=pi05 --policy.pretrained_path=lerobot/pi05_base \
@@ -92,7 +92,6 @@ fi
   --preset=pi05_libero "${weights[@]}" \
   --policy.tokenizer_path="$TOKENIZER" \
   --policy.use_peft=true --peft.preset=openpi --ema_decay=none \
-  --policy.gradient_checkpointing=true \
   --dataset.root="$DATASET" \
   --dataset.camera_map="{\"$IMAGE_KEY\": \"base_0_rgb\", \"$WRIST_KEY\": \"left_wrist_0_rgb\"}" \
   --batch_size="$BATCH_SIZE" ${optional[@]+"${optional[@]}"} \

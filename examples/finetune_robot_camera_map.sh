@@ -101,7 +101,7 @@ fi
 "${train[@]}" \
   --preset="$TRAIN_PRESET" "${weights[@]}" \
   --policy.tokenizer_path="$TOKENIZER" \
-  --policy.use_peft="$USE_PEFT" --policy.gradient_checkpointing=true \
+  --policy.use_peft="$USE_PEFT" \
   --dataset.root="$DATASET" --dataset.camera_map="$CAMERA_MAP" \
   ${dims[@]+"${dims[@]}"} --dataset.val_episodes="$VAL_EPISODES" \
   ${optional[@]+"${optional[@]}"} \

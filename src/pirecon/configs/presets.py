@@ -106,6 +106,8 @@ def _policy(pi05: bool, horizon: int, horizon_source: str, replan: int, replan_s
               "Pi0.compute_loss mean over dims, train_step jnp.mean"),
         Value("policy.dtype", "bfloat16", "weights and compute in bfloat16 (trained weights: float32 masters)",
               "Pi0Config.dtype / TrainConfig.pytorch_training_precision"),
+        Value("policy.gradient_checkpointing", True, "each layer's activations recomputed in the backward pass",
+              "gemma.py: nn.remat(Block, policy=nothing_saveable); train_pytorch.py: gradient_checkpointing_enable()"),
         Value("policy.normalization_mode", "quantile" if pi05 else "mean_std",
               "state/action normalisation: q01/q99 to [-1, 1]" if pi05 else "state/action normalisation: mean/std",
               f"DataConfig.use_quantile_norm={pi05} (model_type != PI0)"),
@@ -197,8 +199,7 @@ COMMON_NOTES = (
     "mid-run than openpi's. When --steps < the decay steps pirecon (as LeRobot) shrinks warm-up and decay into the "
     "run; openpi does not.",
     "EMA: --ema_decay is the constant-decay EMA of openpi's JAX trainer (scripts/train.py); openpi's PyTorch trainer "
-    "(scripts/train_pytorch.py) keeps none, and always turns on gradient checkpointing, which pirecon leaves to "
-    "--policy.gradient_checkpointing (memory, not results).",
+    "(scripts/train_pytorch.py) keeps none.",
     "data: pirecon reads LeRobot's column names (observation.state, action) and prompts with each frame's task "
     "(openpi: prompt_from_task=True).",
     "not set: openpi keeps its newest checkpoint and every 5000th (max_to_keep=1, keep_period=5000), pirecon the "
