@@ -87,3 +87,21 @@ def test_bad_settings_name_the_flag():
         AblationConfig(steps=4, eval_points=5)
     with pytest.raises(ConfigError, match="--seeds"):
         AblationConfig(seeds=(1, 1))
+
+
+def test_each_arm_trains_with_its_own_reconstruction_and_the_same_budget(tmp_path):
+    from pirecon.recon_ablation import train_config
+
+    cfg = AblationConfig(output_dir=str(tmp_path), arms=("none", "full", "gaze", "gaze_vae"), vae_path="/vae",
+                         steps=30, eval_points=3, recon_weight=0.25)
+    tok = tmp_path / "tok.model"
+    got = {arm: train_config(cfg, arm, 1, tmp_path / "data", tok, tmp_path / arm) for arm in cfg.arms}
+    expected = {"none": (False, 0.0, None, None), "full": (True, 0.25, "full", None),
+                "gaze": (True, 0.25, "gaze", None), "gaze_vae": (True, 0.25, "gaze", "/vae")}
+    for arm, (enabled, weight, region, vae) in expected.items():
+        recon = got[arm].recon
+        assert recon.enable == enabled and recon.weight == weight, arm
+        if enabled:
+            assert recon.region == region and recon.vae_path == vae, arm
+            assert recon.target == ("vae" if vae else "pixels"), arm
+        assert (got[arm].steps, got[arm].seed, got[arm].save_freq) == (30, 1, 10), arm
