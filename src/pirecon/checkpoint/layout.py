@@ -110,7 +110,10 @@ def read_safetensors(path: str | Path) -> dict:
 
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
            "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # torch's names
-_CHUNK = 1 << 30  # bytes per read call (Linux caps one read near 2 GiB)
+# Bytes per read call. Reads go through one reused buffer whose pages are mapped already: the
+# kernel's copy into the never-touched pages of a fresh tensor faults them in one by one and ran
+# 4-5x slower than copying out of the buffer (6.7 GB file from the page cache: 20.7 s vs 4.4 s).
+_BOUNCE = 64 << 20
 
 
 class SafetensorsFile:
@@ -123,6 +126,7 @@ class SafetensorsFile:
         length = int.from_bytes(os.pread(raw.fileno(), 8, 0), "little")
         self._header = json.loads(os.pread(raw.fileno(), length, 8))
         self._data_start = 8 + length
+        self._bounce = None  # the read buffer (uint8), made on the first read
 
     def keys(self) -> list[str]:
         return self._checked.keys()
@@ -141,19 +145,26 @@ class SafetensorsFile:
         else:
             tensor = torch.empty(entry["shape"], dtype=getattr(torch, stored))
             begin, end = (self._data_start + offset for offset in entry["data_offsets"])
-            self._read_into(tensor.reshape(-1).view(torch.uint8).numpy(), begin, end)
+            self._read_into(tensor.reshape(-1).view(torch.uint8), begin, end)
         if dtype is not None:
             tensor = tensor.to(dtype)
         return tensor.to(self.device)
 
-    def _read_into(self, buffer, begin: int, end: int) -> None:
-        view = memoryview(buffer)
-        done = 0
-        while begin + done < end:
-            got = os.preadv(self._raw.fileno(), [view[done:done + _CHUNK]], begin + done)
+    def _read_into(self, out, begin: int, end: int) -> None:
+        """Bytes [begin, end) of the file into the uint8 tensor `out`, through the read buffer."""
+        import torch  # lazy: telling a folder's kind needs no torch
+
+        if self._bounce is None:
+            size = min(_BOUNCE, max(1, os.fstat(self._raw.fileno()).st_size - self._data_start))
+            self._bounce = torch.zeros(size, dtype=torch.uint8)  # zeros: its pages are mapped now
+        view = memoryview(self._bounce.numpy())
+        done, total = 0, end - begin
+        while done < total:
+            got = os.preadv(self._raw.fileno(), [view[:min(total - done, len(view))]], begin + done)
             if got <= 0:
                 raise CheckpointError(f"{self.path}: ends inside a tensor; it is damaged or truncated "
                                       f"(a copy cut short?)")
+            out[done:done + got].copy_(self._bounce[:got])
             done += got
 
 

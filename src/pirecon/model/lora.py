@@ -6,11 +6,12 @@ targets say so; what else trains in full is the plan's `full` list plus any auxi
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError
 from torch import nn
 
@@ -18,12 +19,20 @@ from pirecon.configs.train import PeftConfig
 from pirecon.errors import CheckpointError, ConfigError
 from pirecon.model.pi0 import Pi0Policy
 
+if TYPE_CHECKING:
+    from peft import LoraConfig, PeftModel  # lazy: peft imports transformers (~3 s); plain loads skip it
+
+# peft (and the transformers it imports, ~3 s) is imported where an adapter is made or loaded, so
+# loading a plain policy does not pay for it.
+
 PEFT_PREFIX = "base_model.model."
 
 
 def lora_config(plan, cfg: PeftConfig) -> LoraConfig:
     """PEFT's config for `plan` (a train.peft_plan.LoraPlan): explicit target names, the most
     common rank and alpha as defaults, the others as per-layer patterns."""
+    from peft import LoraConfig  # lazy: peft imports transformers (~3 s); plain loads skip it
+
     rank = Counter(plan.ranks.values()).most_common(1)[0][0]
     alpha = Counter(plan.alphas.values()).most_common(1)[0][0]
     try:
@@ -37,7 +46,8 @@ def lora_config(plan, cfg: PeftConfig) -> LoraConfig:
 
 def base_policy(model: nn.Module) -> Pi0Policy:
     """The Pi0Policy inside a PeftModel (or the model itself)."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    peft = sys.modules.get("peft")  # a PeftModel exists only once peft has been imported
+    return model.get_base_model() if peft is not None and isinstance(model, peft.PeftModel) else model
 
 
 def mark_trainable(model: nn.Module, full: tuple[str, ...]) -> None:
@@ -56,6 +66,8 @@ def auxiliary_heads(policy: Pi0Policy) -> list[nn.Module]:
 
 def add_lora(policy: Pi0Policy, plan, cfg: PeftConfig) -> PeftModel:
     """First fine-tune: fresh adapters on a base model, as `plan` says."""
+    from peft import get_peft_model  # lazy: peft imports transformers (~3 s); plain loads skip it
+
     model = get_peft_model(policy, lora_config(plan, cfg))
     mark_trainable(model, plan.full)
     return model
@@ -66,6 +78,8 @@ def load_lora(policy: Pi0Policy, adapter_dir: Path, trainable: bool) -> PeftMode
     the modules trained in full are made trainable by `load_trainable_non_lora`)."""
     if not (adapter_dir / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json; expected a PEFT adapter folder")
+    from peft import PeftModel  # lazy: peft imports transformers (~3 s); plain loads skip it
+
     try:
         return PeftModel.from_pretrained(policy, str(adapter_dir), is_trainable=trainable)
     except (ValueError, OSError, KeyError, RuntimeError, SafetensorError) as exc:  # bad JSON, a damaged file
@@ -79,6 +93,8 @@ def attach_lora(policy: Pi0Policy, adapter_dir: Path, trainable: bool) -> PeftMo
     path = adapter_dir / "adapter_config.json"
     if not path.is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json; expected a PEFT adapter folder")
+    from peft import LoraConfig, PeftModel  # lazy: peft imports transformers (~3 s); plain loads skip it
+
     try:
         config = LoraConfig.from_pretrained(str(adapter_dir))
     except (ValueError, OSError, TypeError) as exc:
