@@ -8,8 +8,15 @@ frames decoded per frame asked for, side by side in one run for three ways to de
     old       `FrameDecoder` as it was before the fix (read from git, revision --old_rev)
     new       `FrameDecoder` of this checkout
     torchcodec  `--dataset.video_backend=torchcodec` (where torchcodec is installed)
+    lerobot   with --lerobot_python=PYTHON: LeRobot's own LeRobotDataset (video_backend=torchcodec,
+              delta_timestamps for the action chunk) in a plain torch DataLoader with the same batch
+              size, shuffling and workers, run by that interpreter (a venv where LeRobot is installed),
+              in a fresh process per worker count. It stops at LeRobot's raw batch (frames at their
+              stored size, no resize, normalisation or tokens: its processor pipeline runs later, in
+              the training loop), so its row is the lighter work.
 
     .venv/bin/python benchmarks/loader.py [--root /tmp/pirecon-loader-bench] [--batches 25]
+        [--lerobot_python /path/to/lerobot-venv/bin/python]
 
 The loader runs per-sample work on one torch thread (busy cores made torch's intra-op threads
 ~30x slower on these small tensors); --torch_threads sets the main process's count otherwise
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import multiprocessing
 import os
 import subprocess
@@ -151,6 +159,61 @@ def load_old_video_module(rev: str):
 
 
 # ---------------------------------------------------------------------------------------------
+# LeRobot, in its own interpreter
+
+LEROBOT_CHILD = """
+import gc, json, multiprocessing, sys, time
+import torch
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+root, chunk, batch, batches, seconds, workers = sys.argv[1:7]
+chunk, batch, batches, seconds, workers = int(chunk), int(batch), int(batches), float(seconds), int(workers)
+fps = LeRobotDataset("bench/local", root=root, video_backend="torchcodec").fps
+dataset = LeRobotDataset("bench/local", root=root, video_backend="torchcodec",
+                         delta_timestamps={"action": [i / fps for i in range(chunk)]})
+loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                     generator=torch.Generator().manual_seed(0))
+data = iter(loader)
+next(data)
+start, done = time.perf_counter(), 0
+while done < batches and (done == 0 or time.perf_counter() - start < seconds):
+    last = next(data)
+    done += 1
+rate = done * batch / (time.perf_counter() - start)
+print(json.dumps({"rate": rate, "batches": done, "images": list(last["observation.images.top"].shape)}))
+"""
+
+# LeRobot's dataset modules import torchvision at module level (transforms.ToTensor for image
+# columns, the torchvision video backend), though its torchcodec path on a video dataset calls
+# none of it; where torchvision does not import (PyPI's beside a CPU torch 2.13 wheel) the child
+# gets this stand-in, which raises if anything is called.
+TORCHVISION_STANDIN = {
+    "torchvision/__init__.py": "from . import transforms  # noqa: F401\n",
+    "torchvision/transforms/__init__.py": (
+        "class ToTensor:\n"
+        "    def __call__(self, *args, **kwargs):\n"
+        "        raise RuntimeError('benchmark stand-in for torchvision: ToTensor was called')\n"),
+}
+
+
+def lerobot_throughput(python: str, root: Path, chunk: int, batch_size: int, batches: int, seconds: float,
+                       workers: int) -> tuple[float, int]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    probe = subprocess.run([python, "-c", "import torchvision"], capture_output=True, env=env)
+    if probe.returncode != 0:
+        standin = Path(tempfile.mkdtemp(prefix="pirecon-torchvision-standin-"))
+        for name, text in TORCHVISION_STANDIN.items():
+            (standin / name).parent.mkdir(parents=True, exist_ok=True)
+            (standin / name).write_text(text)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(standin), env.get("PYTHONPATH")]))
+    out = subprocess.run([python, "-c", LEROBOT_CHILD, str(root), str(chunk), str(batch_size), str(batches),
+                          str(seconds), str(workers)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"LeRobot's loader failed ({python}):\n{out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["rate"], result["batches"]
+
+
+# ---------------------------------------------------------------------------------------------
 # Measuring
 
 
@@ -192,6 +255,8 @@ def main() -> None:
                         choices=["pyav", "old", "new", "torchcodec"])
     parser.add_argument("--torch_threads", type=int, default=0, help="torch threads of the main process (0: torch's default)")
     parser.add_argument("--old_rev", default="2f1d94b", help="git revision of the FrameDecoder before the fix")
+    parser.add_argument("--lerobot_python", default=None,
+                        help="an interpreter with LeRobot installed: adds LeRobot's own loader as a row")
     args = parser.parse_args()
 
     if args.torch_threads > 0:
@@ -246,6 +311,12 @@ def main() -> None:
             rows.append((labels[name], workers, rate, done, per_frame))
             print(f"  {labels[name]}, {workers} workers: {rate:.1f} samples/s over {done} batches, "
                   f"{per_frame or '-'} frames decoded per frame asked", flush=True)
+        if args.lerobot_python:
+            label = "LeRobot's LeRobotDataset (torchcodec)"
+            rate, done = lerobot_throughput(args.lerobot_python, root, args.chunk, args.batch_size, args.batches,
+                                            args.seconds, workers)
+            rows.append((label, workers, rate, done, ""))
+            print(f"  {label}, {workers} workers: {rate:.1f} samples/s over {done} batches", flush=True)
 
     width = max(len(r[0]) for r in rows)
     print(f"\n{'decoder':<{width}}  workers  samples/s  batches timed  frames decoded per frame asked")
