@@ -19,7 +19,7 @@ def test_a_preset_run_trains_with_the_preset_and_resumes(sim_dataset, sim_tokeni
             *tiny_train_flags(sim_dataset, sim_tokenizer, out, SIM_CAMERAS, "--steps=2", kind="pi05")]
     assert main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "  preset      pi05_libero: openpi's pi05_libero config, 40 values, " in printed
+    assert "  preset      pi05_libero: openpi's pi05_libero config, 41 values, " in printed
     assert "  overridden  batch_size: preset 256, running 4" in printed
     assert "  overridden  policy.optimizer_lr: preset 5e-05, running 0.001" in printed
     assert '  overridden  dataset.camera_map: preset {"image": "base_0_rgb"' in printed
