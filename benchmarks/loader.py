@@ -173,7 +173,7 @@ dataset = LeRobotDataset("bench/local", root=root, video_backend="torchcodec",
 loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
                                      generator=torch.Generator().manual_seed(0))
 data = iter(loader)
-next(data)
+last = next(data)
 start, done = time.perf_counter(), 0
 while done < batches and (done == 0 or time.perf_counter() - start < seconds):
     last = next(data)
@@ -195,16 +195,26 @@ TORCHVISION_STANDIN = {
 }
 
 
+def torchvision_standin() -> Path:
+    """A folder holding TORCHVISION_STANDIN, written once per benchmark process."""
+    global _STANDIN
+    if _STANDIN is None:
+        _STANDIN = Path(tempfile.mkdtemp(prefix="pirecon-torchvision-standin-"))
+        for name, text in TORCHVISION_STANDIN.items():
+            (_STANDIN / name).parent.mkdir(parents=True, exist_ok=True)
+            (_STANDIN / name).write_text(text)
+    return _STANDIN
+
+
+_STANDIN: Path | None = None
+
+
 def lerobot_throughput(python: str, root: Path, chunk: int, batch_size: int, batches: int, seconds: float,
                        workers: int) -> tuple[float, int]:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     probe = subprocess.run([python, "-c", "import torchvision"], capture_output=True, env=env)
     if probe.returncode != 0:
-        standin = Path(tempfile.mkdtemp(prefix="pirecon-torchvision-standin-"))
-        for name, text in TORCHVISION_STANDIN.items():
-            (standin / name).parent.mkdir(parents=True, exist_ok=True)
-            (standin / name).write_text(text)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(standin), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(torchvision_standin()), env.get("PYTHONPATH")]))
     out = subprocess.run([python, "-c", LEROBOT_CHILD, str(root), str(chunk), str(batch_size), str(batches),
                           str(seconds), str(workers)], capture_output=True, text=True, env=env)
     if out.returncode != 0:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from pirecon import load_policy, save_policy
 from pirecon.batch import synthetic_batch
 from pirecon.data.normalize import save_norm_stats_json
-from pirecon.errors import ConfigError
+from pirecon.errors import CheckpointError, ConfigError
 from pirecon.inference import preprocessor_from_checkpoint
 from pirecon.checkpoint import folder_info
 from pirecon.checkpoint.folder_config import policy_config
@@ -253,3 +253,13 @@ def test_lerobot_export_writes_and_reads_back_the_compile_and_checkpointing_sett
         True, "reduce-overhead", True)
     read = policy_config(out)
     assert (read.compile_model, read.compile_mode, read.gradient_checkpointing) == (True, "reduce-overhead", True)
+
+
+def test_a_lerobot_folder_with_a_non_boolean_switch_is_refused_naming_the_key(tmp_path):
+    save_policy(tiny_policy("pi0"), tmp_path / "src")
+    out = export(tmp_path / "src", tmp_path / "lerobot", format="lerobot")
+    config = json.loads((out / "config.json").read_text())
+    config["compile_model"] = "false"
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: compile_model='false'; expected true or false"):
+        policy_config(out)

@@ -123,6 +123,9 @@ def policy_fields(cfg: dict, layout: str, where: Path) -> dict[str, Any]:
              "rtc_training_max_delay": "rtc_training_max_delay", "compile_model": "compile_model",
              "compile_mode": "compile_mode", "gradient_checkpointing": "gradient_checkpointing"}
     fields = {ours: cfg[theirs] for theirs, ours in names.items() if cfg.get(theirs) is not None}
+    for name in ("freeze_vision_encoder", "train_expert_only", "compile_model", "gradient_checkpointing"):
+        if name in fields and not isinstance(fields[name], bool):
+            raise CheckpointError(f"{where}: {name}={fields[name]!r}; expected true or false")
     cameras = lerobot_cameras(cfg)
     if cameras:
         fields["camera_names"] = tuple(cameras)
